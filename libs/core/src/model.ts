@@ -1,0 +1,104 @@
+/**
+ * The cluster model the decision core works on. Plain data, JSON-serialisable, treated as
+ * immutable: a transition returns a new state sharing unchanged parts with the old one.
+ */
+
+/** Role of one copy for one RS. */
+export type Role = 'ACTIVE' | 'STANDBY' | 'OUT_OF_SERVICE';
+
+/** Redundancy mode of an application (see SPEC vocabulary). */
+export type Mode = 'DISTRIBUTED' | 'FAULT_TOLERANT' | 'DISTRIBUTED_FAULT_TOLERANT';
+
+/** Controller-side status of a copy. Only `UP` copies receive assignments. */
+export type CopyStatus = 'UP' | 'DRAINED' | 'DISABLED' | 'OUT_OF_SERVICE';
+
+/** A declared application. */
+export interface AppSpec {
+  readonly name: string;
+  readonly mode: Mode;
+  /** Number of resource sets, RS ids are 0..rsCount-1. */
+  readonly rsCount: number;
+  /**
+   * DISTRIBUTED_FAULT_TOLERANT: standbys per RS (k). FAULT_TOLERANT: standby copies (1..N).
+   * DISTRIBUTED: must be 0.
+   */
+  readonly standbys: number;
+  /** Copies of this app that must be UP before the initial distribution happens. */
+  readonly minCopies: number;
+}
+
+/** A data-flow map edge (R-DFM-1). */
+export interface Edge {
+  readonly from: string;
+  readonly to: string;
+  readonly keyField: string;
+}
+
+/** Declared topology: the input of ApplyTopology. */
+export interface Topology {
+  readonly apps: readonly AppSpec[];
+  readonly edges: readonly Edge[];
+}
+
+/** One running process of an application, as the controller knows it. */
+export interface CopyInfo {
+  readonly copyId: string;
+  readonly app: string;
+  readonly host: string;
+  /** host:port of the copy's ADSM service. */
+  readonly address: string;
+  /** Increases on every start of the copy; a new one means the old process is gone. */
+  readonly incarnation: number;
+  readonly status: CopyStatus;
+  readonly registeredAtMs: number;
+  readonly lastHeardAtMs: number;
+}
+
+/** One entry of an RS's ordered member list. */
+export interface Member {
+  readonly copyId: string;
+  readonly role: Role;
+}
+
+/**
+ * Assignment of one RS. `members` is ordered: the ACTIVE first (if any), then STANDBYs in
+ * promotion order, then OUT_OF_SERVICE copies (R-DFM-4: a failed copy goes to the end).
+ */
+export interface RsAssignment {
+  readonly app: string;
+  readonly rs: number;
+  /** Fencing token; strictly increases on every activation of this RS. 0 = never activated. */
+  readonly epoch: number;
+  /** Strictly increases on every change of `members` or `epoch`. */
+  readonly version: number;
+  readonly members: readonly Member[];
+}
+
+/** Per-application state. */
+export interface AppState {
+  readonly spec: AppSpec;
+  /** True once the initial distribution has run (minCopies reached). */
+  readonly activated: boolean;
+  /** Indexed by RS id; length === spec.rsCount. */
+  readonly rs: readonly RsAssignment[];
+}
+
+/** Leadership phase of the controller replica that owns this state (R-HM-3). */
+export interface LeaderPhase {
+  /** While true: no recovery, no balancing, ops refused with UNAVAILABLE. */
+  readonly passive: boolean;
+  /** Copies not yet heard from since leadership was acquired. */
+  readonly awaiting: readonly string[];
+  /** The passive phase ends at this time even if some copies stay silent. */
+  readonly passiveUntilMs: number;
+}
+
+/** Everything the controller decides on; persisted (fenced) after every change. */
+export interface ClusterState {
+  /** Strictly increases on every change; persisted with the state. */
+  readonly version: number;
+  readonly apps: Readonly<Record<string, AppState>>;
+  readonly copies: Readonly<Record<string, CopyInfo>>;
+  readonly edges: readonly Edge[];
+  readonly leader: LeaderPhase;
+}
