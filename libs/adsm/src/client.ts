@@ -1,0 +1,286 @@
+import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import type { Logger } from 'pino';
+import * as grpc from '@grpc/grpc-js';
+import { AdsmServiceClient, modeName, type AppSpec, type Route, type WatchRoutesResponse } from '@understudy/proto';
+import { keyToRs } from '@understudy/core';
+import {
+  DeadlineExceededError,
+  InvalidArgumentError,
+  NotActiveError,
+  NotFoundError,
+  UnavailableError,
+  clientChannelOptions,
+  ensureError,
+  fromServiceError,
+  insecureCredentials,
+  silentLogger,
+  unaryCall,
+} from '@understudy/runtime';
+import { decodeJson, encodeJson } from './codec';
+import { ControllerClient, LEADER_ADDRESS_KEY } from './controller-client';
+
+/** Where one RS is served, as the routing client knows it. */
+export interface RouteInfo {
+  readonly app: string;
+  readonly rs: number;
+  readonly epoch: number;
+  readonly activeCopyId: string;
+  readonly activeAddress: string;
+}
+
+/** Per-application routing table. */
+interface AppTable {
+  rsCount: number;
+  mode: string;
+  routes: Map<number, RouteInfo>;
+}
+
+/** Options of {@link RoutingClient}. */
+export interface RoutingClientOptions {
+  /** Every controller replica's host:port. */
+  readonly controllerAddresses: readonly string[];
+  /** Watch only this application. @default all */
+  readonly app?: string;
+  /** Overall deadline of one deliver / query, retries included. @default 10000 */
+  readonly deliverDeadlineMs?: number;
+  /** Deadline of one attempt. @default 2000 */
+  readonly attemptTimeoutMs?: number;
+  readonly logger?: Logger;
+}
+
+/** Outcome of a delivery. */
+export interface Delivered<R> {
+  readonly reply: R;
+  readonly epoch: number;
+  readonly copyId: string;
+  /** The message id was seen before: this is the first delivery's reply. */
+  readonly duplicate: boolean;
+  readonly messageId: string;
+  readonly attempts: number;
+}
+
+/**
+ * Resolves RS → ACTIVE copy from the controller's route watch and delivers straight to the
+ * copy, retrying on NOT_ACTIVE / UNAVAILABLE with the same message id (the copy dedupes, so a
+ * retry never applies twice). The same logic backs the router service.
+ */
+export class RoutingClient {
+  private readonly tables = new Map<string, AppTable>();
+  private readonly copies = new Map<string, AdsmServiceClient>();
+  private readonly events = new EventEmitter();
+  private readonly controller: ControllerClient;
+  private readonly log: Logger;
+  private stream: grpc.ClientReadableStream<WatchRoutesResponse> | undefined;
+  private closed = false;
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private tableVersion = 0;
+  private readonly deliverDeadlineMs: number;
+  private readonly attemptTimeoutMs: number;
+
+  constructor(private readonly opts: RoutingClientOptions) {
+    this.controller = new ControllerClient({ addresses: opts.controllerAddresses });
+    this.log = opts.logger ?? silentLogger();
+    this.deliverDeadlineMs = opts.deliverDeadlineMs ?? 10_000;
+    this.attemptTimeoutMs = opts.attemptTimeoutMs ?? 2000;
+    this.events.setMaxListeners(0);
+    this.watch();
+  }
+
+  /** Current route of one RS, if known. */
+  route(app: string, rs: number): RouteInfo | undefined {
+    return this.tables.get(app)?.routes.get(rs);
+  }
+
+  /** Number of RS of an application, if known. */
+  rsCount(app: string): number | undefined {
+    return this.tables.get(app)?.rsCount;
+  }
+
+  /** RS a key maps to (hash partitioning). Throws NOT_FOUND for an unknown application. */
+  rsForKey(app: string, key: string): number {
+    const t = this.tables.get(app);
+    if (!t) throw new NotFoundError(`application ${JSON.stringify(app)} is unknown to the routing table`);
+    return keyToRs(key, t.rsCount);
+  }
+
+  /** Resolve once every RS of `app` has an active copy (or reject at the deadline). */
+  async waitReady(app: string, timeoutMs = 10_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const t = this.tables.get(app);
+      if (t && t.routes.size === t.rsCount && [...t.routes.values()].every((r) => r.activeAddress)) return;
+      const left = deadline - Date.now();
+      if (left <= 0) throw new DeadlineExceededError(`routes for ${app} not ready within ${timeoutMs} ms`);
+      await this.nextChange(left);
+    }
+  }
+
+  /**
+   * Deliver `payload` (JSON) to the RS of `key` (or `opts.rs`). Resolves with the reply once the
+   * active copy acknowledged, i.e. once the update is on every standby.
+   */
+  async deliver<R = unknown>(app: string, key: string, payload: unknown, opts: { messageId?: string; rs?: number; deadlineMs?: number } = {}): Promise<Delivered<R>> {
+    const messageId = opts.messageId ?? randomUUID();
+    const bytes = encodeJson(payload);
+    const res = await this.withActive(app, opts.rs ?? null, key, opts.deadlineMs, (client, rs, deadlineMs) =>
+      unaryCall(client.deliver.bind(client), { app, rs, messageId, payload: bytes, key }, { deadlineMs }),
+    );
+    return {
+      reply: decodeJson<R>(res.value.reply),
+      epoch: res.value.epoch,
+      copyId: res.value.copyId,
+      duplicate: res.value.duplicate,
+      messageId,
+      attempts: res.attempts,
+    };
+  }
+
+  /** Read-only query to the active copy of one RS. */
+  async query<QR = unknown>(app: string, rs: number, query: unknown, opts: { deadlineMs?: number } = {}): Promise<QR> {
+    const bytes = encodeJson(query);
+    const res = await this.withActive(app, rs, '', opts.deadlineMs, (client, r, deadlineMs) =>
+      unaryCall(client.query.bind(client), { app, rs: r, query: bytes }, { deadlineMs }),
+    );
+    return decodeJson<QR>(res.value.result);
+  }
+
+  private async withActive<T>(
+    app: string,
+    rsOrNull: number | null,
+    key: string,
+    deadlineMsOpt: number | undefined,
+    fn: (client: AdsmServiceClient, rs: number, deadlineMs: number) => Promise<T>,
+  ): Promise<{ value: T; attempts: number }> {
+    const deadline = Date.now() + (deadlineMsOpt ?? this.deliverDeadlineMs);
+    let attempts = 0;
+    let last: Error | undefined;
+    for (;;) {
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw last ?? new DeadlineExceededError(`no active copy for ${app} within the deadline`);
+      }
+      const t = this.tables.get(app);
+      if (!t) {
+        last = new UnavailableError(`application ${app} not in the routing table yet`);
+        await this.nextChange(Math.min(left, 200));
+        continue;
+      }
+      const rs = rsOrNull ?? keyToRs(key, t.rsCount);
+      if (rs < 0 || rs >= t.rsCount || !Number.isInteger(rs)) {
+        throw new InvalidArgumentError(`rs ${rs} out of range for ${app} (rs_count ${t.rsCount})`);
+      }
+      const route = t.routes.get(rs);
+      if (!route || !route.activeAddress) {
+        last = new UnavailableError(`${app}/${rs} has no active copy`);
+        await this.nextChange(Math.min(left, 200));
+        continue;
+      }
+      attempts++;
+      const versionBefore = this.tableVersion;
+      try {
+        const value = await fn(this.copyClient(route.activeAddress), rs, Math.min(left, this.attemptTimeoutMs));
+        return { value, attempts };
+      } catch (e) {
+        const err = ensureError(e);
+        last = err;
+        const retry = err instanceof NotActiveError || (err as { retryable?: boolean }).retryable === true;
+        if (!retry) throw err;
+        this.log.debug({ app, rs, copy: route.activeCopyId, err: err.message }, 'delivery attempt failed; retrying');
+        // Wait for the controller to publish a new route, but not forever: the copy may
+        // only have been briefly unreachable.
+        if (this.tableVersion === versionBefore) await this.nextChange(Math.min(deadline - Date.now(), 20 * Math.min(attempts, 10)));
+      }
+    }
+  }
+
+  private copyClient(address: string): AdsmServiceClient {
+    let c = this.copies.get(address);
+    if (!c) {
+      c = new AdsmServiceClient(address, insecureCredentials(), clientChannelOptions());
+      this.copies.set(address, c);
+    }
+    return c;
+  }
+
+  /** Resolves on the next routing-table change or after `ms` (whichever first). */
+  nextChange(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(t);
+        this.events.off('change', done);
+        resolve();
+      };
+      const t = setTimeout(done, Math.max(0, ms));
+      this.events.on('change', done);
+    });
+  }
+
+  /** Subscribe to routing changes (fires after the table was updated). */
+  onChange(fn: (routes: readonly Route[], full: boolean) => void): () => void {
+    const h = (routes: readonly Route[], full: boolean): void => fn(routes, full);
+    this.events.on('routes', h);
+    return () => this.events.off('routes', h);
+  }
+
+  private watch(): void {
+    if (this.closed) return;
+    const address = this.controller.preferredAddress;
+    const client = this.controller.clientFor(address);
+    const stream = client.watchRoutes({ app: this.opts.app ?? '' });
+    this.stream = stream;
+    stream.on('data', (msg: WatchRoutesResponse) => this.apply(msg));
+    stream.on('error', (e: grpc.ServiceError) => {
+      const err = fromServiceError(e) as { metadata?: Record<string, string> };
+      const leader = err.metadata?.[LEADER_ADDRESS_KEY];
+      if (leader && leader !== address) this.controller.noteLeader(leader);
+      else this.controller.rotate();
+      if (e.code !== grpc.status.CANCELLED) this.log.debug({ controller: address, err: e.details }, 'route watch broke; reconnecting');
+      this.scheduleReconnect();
+    });
+    stream.on('end', () => this.scheduleReconnect());
+  }
+
+  private scheduleReconnect(): void {
+    if (this.closed || this.reconnectTimer) return;
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = undefined;
+      this.watch();
+    }, 100);
+  }
+
+  private apply(msg: WatchRoutesResponse): void {
+    if (msg.full) {
+      // A full snapshot replaces the table, but keep apps it does not mention only if filtered.
+      for (const app of [...this.tables.keys()]) if (!this.opts.app || app === this.opts.app) this.tables.delete(app);
+    }
+    for (const spec of msg.apps) this.ensureApp(spec);
+    for (const r of msg.routes) {
+      const t = this.tables.get(r.app);
+      if (!t) continue;
+      const cur = t.routes.get(r.rs);
+      if (cur && cur.epoch > r.epoch) continue; // never go back to an older epoch
+      t.routes.set(r.rs, { app: r.app, rs: r.rs, epoch: r.epoch, activeCopyId: r.activeCopyId, activeAddress: r.activeAddress });
+    }
+    this.tableVersion++;
+    this.events.emit('routes', msg.routes, msg.full);
+    this.events.emit('change');
+  }
+
+  private ensureApp(spec: AppSpec): void {
+    const t = this.tables.get(spec.name);
+    if (t && t.rsCount === spec.rsCount) return;
+    this.tables.set(spec.name, { rsCount: spec.rsCount, mode: modeName(spec.mode) ?? 'UNKNOWN', routes: new Map() });
+  }
+
+  /** Stop watching and close channels. */
+  close(): void {
+    this.closed = true;
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.stream?.cancel();
+    for (const c of this.copies.values()) c.close();
+    this.copies.clear();
+    this.controller.close();
+    this.events.removeAllListeners();
+  }
+}

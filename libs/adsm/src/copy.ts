@@ -1,0 +1,713 @@
+import * as os from 'node:os';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import type { Logger } from 'pino';
+import {
+  AdsmServiceClient,
+  AdsmServiceService,
+  Role as PbRole,
+  roleFromName,
+  roleName,
+  type AdsmServiceServer,
+  type DeliverRequest,
+  type DeliverResponse,
+  type GetCopyInfoResponse,
+  type Health,
+  type InstallSnapshotRequest,
+  type InstallSnapshotResponse,
+  type Member as PbMember,
+  type QueryRequest,
+  type QueryResponse,
+  type ReplicateRequest,
+  type ReplicateResponse,
+  type SetRolesRequest,
+  type SetRolesResponse,
+  type UpdateEntry,
+} from '@understudy/proto';
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotActiveError,
+  NotFoundError,
+  ResourceExhaustedError,
+  StaleEpochError,
+  UnavailableError,
+  clientChannelOptions,
+  createLogger,
+  ensureError,
+  insecureCredentials,
+  startGrpcServer,
+  unaryCall,
+  unaryHandler,
+  type GrpcServer,
+} from '@understudy/runtime';
+import { decodeJson, encodeJson } from './codec';
+import { ControllerClient } from './controller-client';
+import type { AppDefinition, RsHandler } from './handler';
+
+type RoleName = 'ACTIVE' | 'STANDBY' | 'OUT_OF_SERVICE';
+
+/** Options of {@link startCopy}. */
+export interface CopyOptions<S, M, U, R, Q, QR> {
+  /** The application this process runs. */
+  readonly app: AppDefinition<S, M, U, R, Q, QR>;
+  /** Stable id of this copy (survives restarts; a restart gets a new incarnation). */
+  readonly copyId: string;
+  /** Every controller replica's host:port. */
+  readonly controllerAddresses: readonly string[];
+  /** Host id used for placement spread and host-fault location. @default os.hostname() */
+  readonly host?: string;
+  /** Where the ADSM gRPC service listens. @default '127.0.0.1:0' */
+  readonly listenAddress?: string;
+  /** Host part others use to reach this copy. @default '127.0.0.1' */
+  readonly advertiseHost?: string;
+  /** Increases on every start. @default Date.now() */
+  readonly incarnation?: number;
+  /** Heartbeat period towards the controller. @default 500 */
+  readonly heartbeatIntervalMs?: number;
+  /** A Deliver waits at most this long for its update to be replicated. @default 5000 */
+  readonly deliverTimeoutMs?: number;
+  /** Deadline of one Replicate / InstallSnapshot call. @default 1000 */
+  readonly replicationCallTimeoutMs?: number;
+  /** Queued messages per RS before RESOURCE_EXHAUSTED. @default 10000 */
+  readonly maxQueuePerRs?: number;
+  /** Message ids remembered per RS for dedupe (replicated with the state). @default 10000 */
+  readonly dedupeWindow?: number;
+  /** Committed updates kept per RS to catch a lagging standby up without a snapshot. @default 1024 */
+  readonly logTailEntries?: number;
+  /** Largest accepted payload. @default 1048576 */
+  readonly maxPayloadBytes?: number;
+  readonly logger?: Logger;
+}
+
+/** A running copy. */
+export interface CopyHandle {
+  readonly copyId: string;
+  readonly incarnation: number;
+  /** host:port of the ADSM service. */
+  readonly address: string;
+  /** Current role per RS (for tests and tools). */
+  roles(): Map<number, { role: RoleName; epoch: number; seq: number }>;
+  /** Stop serving (graceful). */
+  stop(): Promise<void>;
+}
+
+interface PeerProgress {
+  address: string;
+  ackedSeq: number;
+  needsSnapshot: boolean;
+}
+
+interface DeliverOutcome {
+  reply: Uint8Array;
+  epoch: number;
+  duplicate: boolean;
+}
+
+interface Job {
+  readonly messageId: string;
+  readonly key: string;
+  readonly message: unknown;
+  readonly epoch: number;
+  resolve(o: DeliverOutcome): void;
+  reject(e: Error): void;
+}
+
+/** One RS as this copy holds it. */
+class RsSlot<S> {
+  role: RoleName = 'OUT_OF_SERVICE';
+  epoch = 0;
+  version = 0;
+  members: PbMember[] = [];
+  seq = 0;
+  /** True once this copy holds real state for the RS (activated it, or got a snapshot). */
+  hasState = false;
+  /** Standby: a snapshot from the active at the current epoch was installed. */
+  synced = false;
+  readonly dedupe = new Map<string, Uint8Array>();
+  readonly inflight = new Map<string, Promise<DeliverOutcome>>();
+  readonly queue: Job[] = [];
+  running = false;
+  readonly log: UpdateEntry[] = [];
+  readonly peers = new Map<string, PeerProgress>();
+  /** Resolved and replaced whenever the controller changes this RS (wakes replication waits). */
+  private changedSignal!: { promise: Promise<void>; resolve: () => void };
+
+  constructor(
+    readonly rs: number,
+    public state: S,
+  ) {
+    this.resetSignal();
+  }
+  private resetSignal(): void {
+    let resolve!: () => void;
+    const promise = new Promise<void>((r) => (resolve = r));
+    this.changedSignal = { promise, resolve };
+  }
+  signalChanged(): void {
+    const s = this.changedSignal;
+    this.resetSignal();
+    s.resolve();
+  }
+  get changed(): Promise<void> {
+    return this.changedSignal.promise;
+  }
+}
+
+/**
+ * Start a copy of an application: serve the ADSM gRPC service, register with the
+ * controller, heartbeat, and follow the roles the controller sets.
+ *
+ * Commit rule (R-NF-1, R-NF-2): the ACTIVE acknowledges a message only after every STANDBY
+ * in the RS's member list has applied its update at the current epoch; a standby refuses an
+ * older epoch. A deposed active therefore cannot acknowledge anything, whatever the timing.
+ */
+export async function startCopy<S, M, U, R, Q, QR>(opts: CopyOptions<S, M, U, R, Q, QR>): Promise<CopyHandle> {
+  const copy = new AdsmCopy(opts);
+  await copy.start();
+  return copy;
+}
+
+class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
+  readonly copyId: string;
+  readonly incarnation: number;
+  address = '';
+  private readonly handler: RsHandler<S, M, U, R, Q, QR>;
+  private readonly appName: string;
+  private readonly log: Logger;
+  private readonly slots = new Map<number, RsSlot<S>>();
+  private readonly peerClients = new Map<string, AdsmServiceClient>();
+  private readonly controller: ControllerClient;
+  private server: GrpcServer | undefined;
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private maxLeaderTerm = 0;
+  private registered = false;
+  private stopped = false;
+  private handledCount = 0;
+  private readonly loopDelay = monitorEventLoopDelay({ resolution: 10 });
+  private lastCpu = process.cpuUsage();
+  private lastCpuAt = Date.now();
+  private readonly o: Required<Omit<CopyOptions<S, M, U, R, Q, QR>, 'app' | 'logger' | 'controllerAddresses'>>;
+
+  constructor(opts: CopyOptions<S, M, U, R, Q, QR>) {
+    if (!opts.copyId || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(opts.copyId)) {
+      throw new InvalidArgumentError(`copyId must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}, got ${JSON.stringify(opts.copyId)}`);
+    }
+    this.handler = opts.app.handler;
+    this.appName = opts.app.name;
+    this.copyId = opts.copyId;
+    this.o = {
+      copyId: opts.copyId,
+      host: opts.host ?? os.hostname(),
+      listenAddress: opts.listenAddress ?? '127.0.0.1:0',
+      advertiseHost: opts.advertiseHost ?? '127.0.0.1',
+      incarnation: opts.incarnation ?? Date.now(),
+      heartbeatIntervalMs: opts.heartbeatIntervalMs ?? 500,
+      deliverTimeoutMs: opts.deliverTimeoutMs ?? 5000,
+      replicationCallTimeoutMs: opts.replicationCallTimeoutMs ?? 1000,
+      maxQueuePerRs: opts.maxQueuePerRs ?? 10_000,
+      dedupeWindow: opts.dedupeWindow ?? 10_000,
+      logTailEntries: opts.logTailEntries ?? 1024,
+      maxPayloadBytes: opts.maxPayloadBytes ?? 1 << 20,
+    };
+    this.incarnation = this.o.incarnation;
+    this.log = (opts.logger ?? createLogger({ service: 'adsm' })).child({ copy: this.copyId, app: this.appName });
+    this.controller = new ControllerClient({ addresses: opts.controllerAddresses, callTimeoutMs: 2000 });
+  }
+
+  async start(): Promise<void> {
+    this.loopDelay.enable();
+    const impl: AdsmServiceServer = {
+      setRoles: unaryHandler('SetRoles', this.log, (req: SetRolesRequest) => this.onSetRoles(req)),
+      deliver: unaryHandler('Deliver', this.log, (req: DeliverRequest) => this.onDeliver(req)),
+      query: unaryHandler('Query', this.log, (req: QueryRequest) => this.onQuery(req)),
+      replicate: unaryHandler('Replicate', this.log, (req: ReplicateRequest) => this.onReplicate(req)),
+      installSnapshot: unaryHandler('InstallSnapshot', this.log, (req: InstallSnapshotRequest) => this.onInstallSnapshot(req)),
+      getCopyInfo: unaryHandler('GetCopyInfo', this.log, () => this.onGetCopyInfo()),
+    };
+    this.server = await startGrpcServer({
+      address: this.o.listenAddress,
+      services: [{ definition: AdsmServiceService, implementation: impl as never }],
+      logger: this.log,
+      healthServiceNames: ['understudy.v1.AdsmService'],
+    });
+    this.address = `${this.o.advertiseHost}:${this.server.port}`;
+    this.log.info({ address: this.address, incarnation: this.incarnation }, 'copy serving');
+    // Registration and heartbeats run in the background: a copy keeps serving its RS while
+    // no controller is reachable (the data plane never waits for the control plane).
+    this.heartbeatLoop();
+  }
+
+  roles(): Map<number, { role: RoleName; epoch: number; seq: number }> {
+    const out = new Map<number, { role: RoleName; epoch: number; seq: number }>();
+    for (const [rs, s] of this.slots) out.set(rs, { role: s.role, epoch: s.epoch, seq: s.seq });
+    return out;
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
+    this.loopDelay.disable();
+    for (const slot of this.slots.values()) this.failQueued(slot, new UnavailableError('copy is stopping'));
+    await this.server?.shutdown(1000);
+    for (const c of this.peerClients.values()) c.close();
+    this.controller.close();
+  }
+
+  // ---- control plane link -------------------------------------------------------------
+
+  private heartbeatLoop(): void {
+    const tick = async (): Promise<void> => {
+      if (this.stopped) return;
+      try {
+        if (!this.registered) {
+          await this.controller.withLeader((c) =>
+            unaryCall(c.registerCopy.bind(c), {
+              copyId: this.copyId,
+              app: this.appName,
+              host: this.o.host,
+              address: this.address,
+              incarnation: this.incarnation,
+            }, { deadlineMs: 2000 }),
+          );
+          this.registered = true;
+          this.log.info('registered with controller');
+        }
+        const res = await this.controller.withLeader((c) =>
+          unaryCall(c.copyHeartbeat.bind(c), { copyId: this.copyId, incarnation: this.incarnation, health: this.health() }, { deadlineMs: 2000 }),
+        );
+        if (!res.known) this.registered = false;
+      } catch (e) {
+        const err = ensureError(e);
+        // A controller that forgot us (NOT_FOUND / stale) wants a fresh registration.
+        if (err instanceof NotFoundError || err instanceof FailedPreconditionError) this.registered = false;
+        this.log.debug({ err: err.message }, 'controller unreachable; still serving');
+      }
+      if (!this.stopped) this.heartbeatTimer = setTimeout(() => void tick(), this.o.heartbeatIntervalMs);
+    };
+    void tick();
+  }
+
+  private health(): Health {
+    const now = Date.now();
+    const cpu = process.cpuUsage(this.lastCpu);
+    const elapsedMs = Math.max(1, now - this.lastCpuAt);
+    this.lastCpu = process.cpuUsage();
+    this.lastCpuAt = now;
+    let queueDepth = 0;
+    for (const s of this.slots.values()) queueDepth += s.queue.length;
+    const lagMs = this.loopDelay.max / 1e6;
+    this.loopDelay.reset();
+    return {
+      eventLoopLagMs: Number.isFinite(lagMs) ? lagMs : 0,
+      cpuPercent: ((cpu.user + cpu.system) / 1000 / elapsedMs) * 100,
+      rssBytes: process.memoryUsage.rss(),
+      handledCount: this.handledCount,
+      queueDepth,
+    };
+  }
+
+  // ---- roles ---------------------------------------------------------------------------
+
+  private onSetRoles(req: SetRolesRequest): SetRolesResponse {
+    if (req.copyId !== this.copyId) {
+      throw new FailedPreconditionError(`SetRoles addressed to copy ${req.copyId} reached copy ${this.copyId}`);
+    }
+    if (req.incarnation !== this.incarnation) {
+      throw new FailedPreconditionError(`SetRoles for incarnation ${req.incarnation}; this copy is incarnation ${this.incarnation}`);
+    }
+    if (req.leaderTerm < this.maxLeaderTerm) {
+      throw new FailedPreconditionError(`stale controller term ${req.leaderTerm} (seen ${this.maxLeaderTerm})`);
+    }
+    this.maxLeaderTerm = req.leaderTerm;
+    let applied = 0;
+    let ignoredStale = 0;
+    const listed = new Set<number>();
+    for (const e of req.entries) {
+      if (e.app !== this.appName) throw new InvalidArgumentError(`role entry for app ${e.app}; this copy runs ${this.appName}`);
+      const role = roleName(e.role);
+      if (!role) throw new InvalidArgumentError(`role entry for rs ${e.rs} has no valid role`);
+      listed.add(e.rs);
+    }
+    for (const e of req.entries) {
+      const role = roleName(e.role)!;
+      const slot = this.slots.get(e.rs);
+      if (slot && (e.epoch < slot.epoch || (e.epoch === slot.epoch && e.version <= slot.version))) {
+        ignoredStale++;
+        continue;
+      }
+      this.transition(e.rs, role, e.epoch, e.version, e.members, slot);
+      applied++;
+    }
+    if (req.full) {
+      for (const [rs, slot] of this.slots) {
+        if (!listed.has(rs)) {
+          this.transition(rs, 'OUT_OF_SERVICE', slot.epoch, slot.version + 1, [], slot);
+          applied++;
+        }
+      }
+    }
+    return { applied, ignoredStale };
+  }
+
+  private transition(rs: number, role: RoleName, epoch: number, version: number, members: PbMember[], existing: RsSlot<S> | undefined): void {
+    const prevRole = existing?.role ?? 'OUT_OF_SERVICE';
+    const log = this.log.child({ rs, epoch });
+    if (role === 'OUT_OF_SERVICE') {
+      if (existing) {
+        existing.role = 'OUT_OF_SERVICE';
+        existing.epoch = epoch;
+        this.failQueued(existing, new NotActiveError(`NOT_ACTIVE: copy ${this.copyId} no longer holds ${this.appName}/${rs}`));
+        existing.signalChanged();
+        this.slots.delete(rs);
+      }
+      log.info({ from: prevRole }, 'role OUT_OF_SERVICE');
+      this.hook(rs, role, epoch);
+      return;
+    }
+    const slot = existing ?? new RsSlot<S>(rs, this.handler.init(rs));
+    if (!existing) this.slots.set(rs, slot);
+    const epochChanged = epoch !== slot.epoch;
+    slot.epoch = epoch;
+    slot.version = version;
+    slot.members = members;
+    slot.role = role;
+    if (role === 'ACTIVE') {
+      if (!slot.hasState) {
+        // First activation of the RS (or no prior holder had state): start from init.
+        // Restoring from a checkpoint in DISTRIBUTED mode comes with the fault-manager work.
+        slot.hasState = true;
+      }
+      const standbys = members.filter((m) => m.role === PbRole.ROLE_STANDBY);
+      if (epochChanged) slot.peers.clear();
+      for (const id of [...slot.peers.keys()]) if (!standbys.some((m) => m.copyId === id)) slot.peers.delete(id);
+      for (const m of standbys) {
+        if (!slot.peers.has(m.copyId)) slot.peers.set(m.copyId, { address: m.address, ackedSeq: -1, needsSnapshot: true });
+        else slot.peers.get(m.copyId)!.address = m.address;
+      }
+      // Bring new standbys up to date now rather than on the next message, so they are
+      // ready to take over as soon as possible.
+      this.kickSync(slot);
+    } else {
+      if (prevRole === 'ACTIVE') {
+        this.failQueued(slot, new NotActiveError(`NOT_ACTIVE: copy ${this.copyId} was demoted for ${this.appName}/${rs} at epoch ${epoch}`));
+      }
+      if (epochChanged) slot.synced = false;
+    }
+    slot.signalChanged();
+    if (prevRole !== role || epochChanged) {
+      log.info({ from: prevRole, to: role, members: members.map((m) => m.copyId) }, 'role changed');
+      this.hook(rs, role, epoch);
+    }
+  }
+
+  private hook(rs: number, role: RoleName, epoch: number): void {
+    try {
+      this.handler.onRoleChange?.({ rs, role, epoch });
+    } catch (e) {
+      this.log.warn({ rs, err: ensureError(e).message }, 'onRoleChange hook threw');
+    }
+  }
+
+  private failQueued(slot: RsSlot<S>, err: Error): void {
+    for (const job of slot.queue.splice(0)) job.reject(err);
+  }
+
+  // ---- delivery on the active -------------------------------------------------------------
+
+  private async onDeliver(req: DeliverRequest): Promise<DeliverResponse> {
+    if (req.app !== this.appName) throw new NotFoundError(`application ${JSON.stringify(req.app)} is not served by this copy (it runs ${this.appName})`);
+    if (!req.messageId) throw new InvalidArgumentError('message_id is required');
+    if (req.messageId.length > 256) throw new InvalidArgumentError('message_id is longer than 256 characters');
+    if (req.payload.length > this.o.maxPayloadBytes) {
+      throw new InvalidArgumentError(`payload of ${req.payload.length} bytes exceeds the limit of ${this.o.maxPayloadBytes}`);
+    }
+    const slot = this.activeSlot(req.rs);
+    const seen = slot.dedupe.get(req.messageId);
+    if (seen) return { reply: seen, epoch: slot.epoch, duplicate: true, copyId: this.copyId };
+    let pending = slot.inflight.get(req.messageId);
+    if (!pending) {
+      let message: unknown;
+      try {
+        message = decodeJson(req.payload);
+      } catch {
+        throw new InvalidArgumentError('payload is not valid JSON');
+      }
+      if (slot.queue.length >= this.o.maxQueuePerRs) {
+        throw new ResourceExhaustedError(`queue of ${this.appName}/${req.rs} is full (${this.o.maxQueuePerRs} messages)`);
+      }
+      pending = new Promise<DeliverOutcome>((resolve, reject) => {
+        slot.queue.push({ messageId: req.messageId, key: req.key, message, epoch: slot.epoch, resolve, reject });
+      });
+      const id = req.messageId;
+      slot.inflight.set(id, pending);
+      pending.then(
+        () => slot.inflight.delete(id),
+        () => slot.inflight.delete(id),
+      );
+      void this.drain(slot);
+    }
+    const outcome = await withTimeout(pending, this.o.deliverTimeoutMs, () =>
+      new UnavailableError(`${this.appName}/${req.rs}: update not replicated within ${this.o.deliverTimeoutMs} ms; retry with the same message_id`),
+    );
+    return { reply: outcome.reply, epoch: outcome.epoch, duplicate: outcome.duplicate, copyId: this.copyId };
+  }
+
+  private activeSlot(rs: number): RsSlot<S> {
+    const slot = this.slots.get(rs);
+    if (!slot || slot.role !== 'ACTIVE') {
+      throw new NotActiveError(
+        `NOT_ACTIVE: copy ${this.copyId} is ${slot?.role ?? 'OUT_OF_SERVICE'} for ${this.appName}/${rs}${slot ? ` at epoch ${slot.epoch}` : ''}`,
+      );
+    }
+    return slot;
+  }
+
+  private async drain(slot: RsSlot<S>): Promise<void> {
+    if (slot.running) return;
+    slot.running = true;
+    try {
+      for (let job = slot.queue.shift(); job; job = slot.queue.shift()) {
+        try {
+          job.resolve(await this.process(slot, job));
+        } catch (e) {
+          job.reject(ensureError(e));
+        }
+      }
+    } finally {
+      slot.running = false;
+    }
+  }
+
+  private async process(slot: RsSlot<S>, job: Job): Promise<DeliverOutcome> {
+    if (slot.role !== 'ACTIVE' || slot.epoch !== job.epoch) {
+      throw new NotActiveError(`NOT_ACTIVE: ${this.appName}/${slot.rs} changed hands before the message ran`);
+    }
+    const seen = slot.dedupe.get(job.messageId);
+    if (seen) return { reply: seen, epoch: slot.epoch, duplicate: true };
+    let result;
+    try {
+      result = this.handler.handle(slot.state, job.message as M, {
+        app: this.appName,
+        rs: slot.rs,
+        epoch: slot.epoch,
+        messageId: job.messageId,
+        key: job.key,
+      });
+    } catch (e) {
+      throw new InvalidArgumentError(`handler rejected the message: ${ensureError(e).message}`);
+    }
+    const updates = result.updates ?? [];
+    const reply = encodeJson(result.reply);
+    const entry: UpdateEntry = { seq: slot.seq + 1, messageId: job.messageId, update: encodeJson(updates), reply };
+    await this.replicateUntilCommitted(slot, entry, job.epoch);
+    // Committed on every standby: now (and only now) apply locally and acknowledge.
+    for (const u of updates) slot.state = this.handler.apply(slot.state, u);
+    this.commitBookkeeping(slot, entry);
+    this.handledCount++;
+    return { reply, epoch: slot.epoch, duplicate: false };
+  }
+
+  private commitBookkeeping(slot: RsSlot<S>, entry: UpdateEntry): void {
+    slot.seq = entry.seq;
+    slot.dedupe.set(entry.messageId, entry.reply);
+    if (slot.dedupe.size > this.o.dedupeWindow) slot.dedupe.delete(slot.dedupe.keys().next().value as string);
+    slot.log.push(entry);
+    if (slot.log.length > this.o.logTailEntries) slot.log.shift();
+  }
+
+  /**
+   * Replicate `entry` (or, with none, just bring standbys up to date) until every STANDBY in
+   * the current member list acknowledged it. Retries while this copy stays ACTIVE at `epoch`;
+   * a changed member list (controller removed a dead standby) is picked up on the next round.
+   */
+  private async replicateUntilCommitted(slot: RsSlot<S>, entry: UpdateEntry | null, epoch: number): Promise<void> {
+    let backoffMs = 10;
+    for (;;) {
+      if (slot.role !== 'ACTIVE' || slot.epoch !== epoch) {
+        throw new NotActiveError(`NOT_ACTIVE: ${this.appName}/${slot.rs} was handed over at epoch ${slot.epoch}`);
+      }
+      const peers = [...slot.peers.entries()];
+      if (peers.length === 0) return;
+      const changed = slot.changed;
+      const results = await Promise.all(peers.map(([id, p]) => this.syncPeer(slot, id, p, entry, epoch).then(() => true, (e) => {
+        this.log.debug({ rs: slot.rs, epoch, peer: id, err: ensureError(e).message }, 'replication to standby failed');
+        return false;
+      })));
+      if (results.every(Boolean)) return;
+      if (entry === null) return; // background sync: one round is enough, messages retry.
+      await Promise.race([changed, new Promise((r) => setTimeout(r, backoffMs))]);
+      backoffMs = Math.min(backoffMs * 2, 200);
+    }
+  }
+
+  private async syncPeer(slot: RsSlot<S>, peerId: string, peer: PeerProgress, entry: UpdateEntry | null, epoch: number): Promise<void> {
+    const client = this.peerClient(peer.address);
+    const target = entry ? entry.seq : slot.seq;
+    if (peer.needsSnapshot || (peer.ackedSeq >= 0 && peer.ackedSeq < slot.seq && !slot.log.some((l) => l.seq === peer.ackedSeq + 1))) {
+      const res = await unaryCall(client.installSnapshot.bind(client), {
+        app: this.appName,
+        rs: slot.rs,
+        epoch,
+        fromCopyId: this.copyId,
+        seq: slot.seq,
+        state: encodeJson(this.handler.snapshot ? this.handler.snapshot(slot.state) : slot.state),
+        dedupe: [...slot.dedupe].map(([messageId, reply]) => ({ seq: 0, messageId, update: new Uint8Array(0), reply })),
+      }, { deadlineMs: this.o.replicationCallTimeoutMs });
+      peer.ackedSeq = res.appliedSeq;
+      peer.needsSnapshot = false;
+    }
+    if (peer.ackedSeq >= target) return;
+    const entries = slot.log.filter((l) => l.seq > peer.ackedSeq);
+    if (entry) entries.push(entry);
+    try {
+      const res = await unaryCall(client.replicate.bind(client), {
+        app: this.appName,
+        rs: slot.rs,
+        epoch,
+        fromCopyId: this.copyId,
+        entries,
+      }, { deadlineMs: this.o.replicationCallTimeoutMs });
+      peer.ackedSeq = res.appliedSeq;
+    } catch (e) {
+      if (ensureError(e).message.includes('NEEDS_SNAPSHOT')) peer.needsSnapshot = true;
+      throw e;
+    }
+    if (peer.ackedSeq < target) {
+      peer.needsSnapshot = true;
+      throw new UnavailableError(`standby ${peerId} at seq ${peer.ackedSeq}, needs ${target}`);
+    }
+  }
+
+  private kickSync(slot: RsSlot<S>): void {
+    const epoch = slot.epoch;
+    const run = async (): Promise<void> => {
+      // Serialise with message processing so a snapshot never races an update.
+      if (slot.running) return;
+      slot.running = true;
+      try {
+        await this.replicateUntilCommitted(slot, null, epoch);
+      } catch {
+        /* not active anymore: nothing to sync */
+      } finally {
+        slot.running = false;
+      }
+      if (slot.queue.length > 0) void this.drain(slot);
+    };
+    void run();
+  }
+
+  private peerClient(address: string): AdsmServiceClient {
+    let c = this.peerClients.get(address);
+    if (!c) {
+      c = new AdsmServiceClient(address, insecureCredentials(), clientChannelOptions());
+      this.peerClients.set(address, c);
+    }
+    return c;
+  }
+
+  // ---- standby side -------------------------------------------------------------------
+
+  private standbySlot(app: string, rs: number, epoch: number, from: string): RsSlot<S> {
+    if (app !== this.appName) throw new NotFoundError(`application ${JSON.stringify(app)} is not served by this copy`);
+    const slot = this.slots.get(rs);
+    if (slot && epoch < slot.epoch) {
+      throw new StaleEpochError(`stale epoch ${epoch} for ${app}/${rs}: this copy is at epoch ${slot.epoch}`);
+    }
+    if (!slot || epoch > slot.epoch) {
+      // The controller persists before it sends, so the role change is on its way: retry.
+      throw new UnavailableError(`${app}/${rs}: epoch ${epoch} not yet known to copy ${this.copyId}`);
+    }
+    if (slot.role !== 'STANDBY') throw new FailedPreconditionError(`NOT_STANDBY: copy ${this.copyId} is ${slot.role} for ${app}/${rs}`);
+    if (slot.members[0]?.copyId !== from || slot.members[0]?.role !== PbRole.ROLE_ACTIVE) {
+      throw new FailedPreconditionError(`${from} is not the active of ${app}/${rs} at epoch ${epoch}`);
+    }
+    return slot;
+  }
+
+  private onReplicate(req: ReplicateRequest): ReplicateResponse {
+    const slot = this.standbySlot(req.app, req.rs, req.epoch, req.fromCopyId);
+    if (!slot.synced) throw new FailedPreconditionError(`NEEDS_SNAPSHOT: ${req.app}/${req.rs} has no snapshot at epoch ${req.epoch}`);
+    for (const e of req.entries) {
+      if (e.seq <= slot.seq) continue;
+      if (e.seq !== slot.seq + 1) break;
+      let updates: U[];
+      try {
+        updates = decodeJson<U[]>(e.update) ?? [];
+      } catch {
+        throw new InvalidArgumentError(`update ${e.seq} of ${req.app}/${req.rs} is not valid JSON`);
+      }
+      for (const u of updates) slot.state = this.handler.apply(slot.state, u);
+      this.commitBookkeeping(slot, e);
+    }
+    return { appliedSeq: slot.seq };
+  }
+
+  private onInstallSnapshot(req: InstallSnapshotRequest): InstallSnapshotResponse {
+    const slot = this.standbySlot(req.app, req.rs, req.epoch, req.fromCopyId);
+    let snap: unknown;
+    try {
+      snap = decodeJson(req.state);
+    } catch {
+      throw new InvalidArgumentError(`snapshot of ${req.app}/${req.rs} is not valid JSON`);
+    }
+    slot.state = this.handler.restore ? this.handler.restore(snap) : (snap as S);
+    slot.seq = req.seq;
+    slot.dedupe.clear();
+    for (const d of req.dedupe) slot.dedupe.set(d.messageId, d.reply);
+    slot.log.length = 0;
+    slot.synced = true;
+    slot.hasState = true;
+    this.log.debug({ rs: req.rs, epoch: req.epoch, seq: req.seq }, 'snapshot installed');
+    return { appliedSeq: slot.seq };
+  }
+
+  // ---- queries & info --------------------------------------------------------------------
+
+  private onQuery(req: QueryRequest): QueryResponse {
+    if (req.app !== this.appName) throw new NotFoundError(`application ${JSON.stringify(req.app)} is not served by this copy`);
+    const slot = this.activeSlot(req.rs);
+    if (!this.handler.query) throw new FailedPreconditionError(`application ${this.appName} defines no query`);
+    let q: unknown;
+    try {
+      q = decodeJson(req.query);
+    } catch {
+      throw new InvalidArgumentError('query is not valid JSON');
+    }
+    return { result: encodeJson(this.handler.query(slot.state, q as Q)), epoch: slot.epoch, seq: slot.seq };
+  }
+
+  private onGetCopyInfo(): GetCopyInfoResponse {
+    return {
+      copyId: this.copyId,
+      app: this.appName,
+      incarnation: this.incarnation,
+      rs: [...this.slots.values()].map((s) => ({
+        app: this.appName,
+        rs: s.rs,
+        role: roleFromName(s.role),
+        epoch: s.epoch,
+        version: s.version,
+        appliedSeq: s.seq,
+        synced: s.role === 'ACTIVE' ? true : s.synced,
+      })),
+      health: this.health(),
+    };
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, err: () => Error): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = setTimeout(() => reject(err()), ms);
+    p.then(
+      (v) => {
+        clearTimeout(t);
+        resolve(v);
+      },
+      (e) => {
+        clearTimeout(t);
+        reject(e);
+      },
+    );
+  });
+}

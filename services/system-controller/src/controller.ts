@@ -1,0 +1,533 @@
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import {
+  AdsmServiceClient,
+  ControllerServiceService,
+  copyStatusFromName,
+  type ApplyTopologyRequest,
+  type ApplyTopologyResponse,
+  type ControllerServiceServer,
+  type CopyHeartbeatRequest,
+  type CopyHeartbeatResponse,
+  type DisableCopyRequest,
+  type DisableCopyResponse,
+  type DrainCopyRequest,
+  type DrainCopyResponse,
+  type EnableCopyRequest,
+  type EnableCopyResponse,
+  type GetStatusRequest,
+  type GetStatusResponse,
+  type RegisterCopyRequest,
+  type RegisterCopyResponse,
+  type SwitchoverRequest,
+  type SwitchoverResponse,
+  type WatchRoutesRequest,
+  type WatchRoutesResponse,
+} from '@understudy/proto';
+import {
+  copyLoads,
+  decide,
+  emptyState,
+  fullRoleSet,
+  routesOf,
+  type ClusterState,
+  type ControllerCommand,
+  type ControllerEvent,
+  type Decision,
+  type RouteChange,
+} from '@understudy/core';
+import {
+  FencedError,
+  InvalidArgumentError,
+  NotFoundError,
+  ResourceExhaustedError,
+  UnavailableError,
+  clientChannelOptions,
+  ensureError,
+  insecureCredentials,
+  malformedReason,
+  startGrpcServer,
+  toServiceError,
+  unaryCall,
+  unaryHandler,
+  withSafeDeserialize,
+  type GrpcServer,
+  type Store,
+} from '@understudy/runtime';
+import {
+  appSpecToPb,
+  assignmentToPb,
+  copyToPb,
+  edgeToPb,
+  rejectionToError,
+  roleEntriesToPb,
+  routeToPb,
+  topologyFromPb,
+} from './convert';
+
+/** Store key of the persisted cluster state. */
+export const STATE_KEY = 'controller/state';
+/** Name of the leader lease. */
+export const LEADER_LEASE = 'controller/leader';
+/** Metadata key naming the leader in a follower's UNAVAILABLE answer. */
+export const LEADER_ADDRESS_KEY = 'understudy-leader-address';
+
+/** Options of {@link startController}. */
+export interface ControllerOptions {
+  /** Unique id of this replica. */
+  readonly controllerId: string;
+  readonly store: Store;
+  readonly logger: Logger;
+  /** Where the gRPC service listens. @default '127.0.0.1:0' */
+  readonly listenAddress?: string;
+  /** Host others use to reach this replica. @default '127.0.0.1' */
+  readonly advertiseHost?: string;
+  /** Leader lease time-to-live; a dead leader is replaced within about this long. @default 2000 */
+  readonly leaseTtlMs?: number;
+  /** A new leader stays passive at most this long waiting for known copies (R-HM-3). @default 2000 */
+  readonly passiveTimeoutMs?: number;
+  /** Period of the reconcile tick and of resyncs. @default 200 */
+  readonly tickIntervalMs?: number;
+  /** Deadline of one SetRoles call to a copy. @default 1000 */
+  readonly setRolesTimeoutMs?: number;
+  /** Events waiting for the decision loop before RESOURCE_EXHAUSTED. @default 10000 */
+  readonly maxPendingEvents?: number;
+}
+
+/** A running controller replica. */
+export interface ControllerHandle {
+  readonly controllerId: string;
+  /** host:port of its gRPC service. */
+  readonly address: string;
+  isLeader(): boolean;
+  /** The current state (leader only; followers hold none). */
+  state(): ClusterState | undefined;
+  stop(): Promise<void>;
+}
+
+interface Watcher {
+  readonly app: string;
+  readonly call: grpc.ServerWritableStream<WatchRoutesRequest, WatchRoutesResponse>;
+}
+
+const COPY_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+const ADDRESS_RE = /^[A-Za-z0-9.\-:[\]]+:\d{1,5}$/;
+
+/**
+ * Start one System Controller replica (R-SC). Replicas elect a leader through a store lease;
+ * only the leader decides. Every decision is `decide(state, event, now)` from libs/core; this
+ * shell persists the new state (fenced by the lease token) BEFORE it sends any command, so a
+ * copy never holds an epoch the store does not know, and a deposed leader cannot persist.
+ */
+export async function startController(opts: ControllerOptions): Promise<ControllerHandle> {
+  const c = new ControllerNode(opts);
+  await c.start();
+  return c;
+}
+
+class ControllerNode implements ControllerHandle {
+  readonly controllerId: string;
+  address = '';
+  private readonly store: Store;
+  private readonly log: Logger;
+  private readonly leaseTtlMs: number;
+  private readonly passiveTimeoutMs: number;
+  private readonly tickIntervalMs: number;
+  private readonly setRolesTimeoutMs: number;
+  private readonly maxPendingEvents: number;
+  private readonly listenAddress: string;
+  private readonly advertiseHost: string;
+  private server: GrpcServer | undefined;
+
+  private leader = false;
+  private token = 0;
+  private leaseValidUntil = 0;
+  private leaderHint: { id: string; address: string } | undefined;
+  private current: ClusterState | undefined;
+  private chain: Promise<unknown> = Promise.resolve();
+  private pending = 0;
+  private readonly watchers = new Set<Watcher>();
+  private readonly copyClients = new Map<string, AdsmServiceClient>();
+  private readonly lastHeard = new Map<string, number>();
+  private readonly resync = new Set<string>();
+  private leaseTimer: NodeJS.Timeout | undefined;
+  private tickTimer: NodeJS.Timeout | undefined;
+  private stopped = false;
+
+  constructor(opts: ControllerOptions) {
+    if (!COPY_ID_RE.test(opts.controllerId)) throw new InvalidArgumentError(`controllerId must match ${COPY_ID_RE}`);
+    this.controllerId = opts.controllerId;
+    this.store = opts.store;
+    this.log = opts.logger.child({ controller: opts.controllerId });
+    this.leaseTtlMs = opts.leaseTtlMs ?? 2000;
+    this.passiveTimeoutMs = opts.passiveTimeoutMs ?? 2000;
+    this.tickIntervalMs = opts.tickIntervalMs ?? 200;
+    this.setRolesTimeoutMs = opts.setRolesTimeoutMs ?? 1000;
+    this.maxPendingEvents = opts.maxPendingEvents ?? 10_000;
+    this.listenAddress = opts.listenAddress ?? '127.0.0.1:0';
+    this.advertiseHost = opts.advertiseHost ?? '127.0.0.1';
+  }
+
+  isLeader(): boolean {
+    return this.leader;
+  }
+
+  state(): ClusterState | undefined {
+    return this.leader ? this.current : undefined;
+  }
+
+  async start(): Promise<void> {
+    const impl: ControllerServiceServer = {
+      registerCopy: unaryHandler('RegisterCopy', this.log, (r: RegisterCopyRequest) => this.registerCopy(r)),
+      copyHeartbeat: unaryHandler('CopyHeartbeat', this.log, (r: CopyHeartbeatRequest) => this.copyHeartbeat(r)),
+      getStatus: unaryHandler('GetStatus', this.log, (r: GetStatusRequest) => this.getStatus(r)),
+      applyTopology: unaryHandler('ApplyTopology', this.log, (r: ApplyTopologyRequest) => this.applyTopology(r)),
+      switchover: unaryHandler('Switchover', this.log, (r: SwitchoverRequest) => this.switchover(r)),
+      drainCopy: unaryHandler('DrainCopy', this.log, (r: DrainCopyRequest) => this.drainCopy(r)),
+      disableCopy: unaryHandler('DisableCopy', this.log, (r: DisableCopyRequest) => this.disableCopy(r)),
+      enableCopy: unaryHandler('EnableCopy', this.log, (r: EnableCopyRequest) => this.enableCopy(r)),
+      watchRoutes: (call) => this.watchRoutes(call),
+    };
+    this.server = await startGrpcServer({
+      address: this.listenAddress,
+      services: [{ definition: withSafeDeserialize(ControllerServiceService), implementation: impl as never }],
+      logger: this.log,
+      healthServiceNames: ['understudy.v1.ControllerService'],
+    });
+    this.address = `${this.advertiseHost}:${this.server.port}`;
+    this.log.info({ address: this.address, store: this.store.kind }, 'controller replica started');
+    await this.leadershipRound();
+    this.leaseTimer = setInterval(() => void this.leadershipRound(), Math.max(50, Math.floor(this.leaseTtlMs / 3)));
+    this.tickTimer = setInterval(() => void this.tick(), this.tickIntervalMs);
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    clearInterval(this.leaseTimer);
+    clearInterval(this.tickTimer);
+    for (const w of this.watchers) w.call.end();
+    this.watchers.clear();
+    await this.chain.catch(() => undefined);
+    if (this.leader) {
+      this.leader = false;
+      await this.store.releaseLease(LEADER_LEASE, this.controllerId, this.token).catch(() => undefined);
+    }
+    await this.server?.shutdown(1000);
+    for (const c of this.copyClients.values()) c.close();
+  }
+
+  // ---- leadership -------------------------------------------------------------------------
+
+  private leadershipBusy = false;
+
+  private async leadershipRound(): Promise<void> {
+    if (this.stopped || this.leadershipBusy) return;
+    this.leadershipBusy = true;
+    const startedAt = Date.now();
+    try {
+      if (this.leader) {
+        const ok = await this.store.renewLease(LEADER_LEASE, this.controllerId, this.token, this.leaseTtlMs);
+        if (!ok) await this.stepDown('lease lost');
+        else this.leaseValidUntil = startedAt + this.leaseTtlMs;
+      } else {
+        const lease = await this.store.acquireLease(LEADER_LEASE, this.controllerId, this.address, this.leaseTtlMs);
+        if (lease) {
+          this.leaseValidUntil = startedAt + this.leaseTtlMs;
+          await this.becomeLeader(lease.token);
+        } else {
+          const cur = await this.store.readLease(LEADER_LEASE);
+          this.leaderHint = cur ? { id: cur.holderId, address: cur.holderData } : undefined;
+        }
+      }
+    } catch (e) {
+      const err = ensureError(e);
+      this.log.warn({ err: err.message }, 'leadership round failed');
+      // Unknown standing is no standing (R-HM-4): once the lease may have lapsed, step down.
+      if (this.leader && Date.now() >= this.leaseValidUntil) await this.stepDown('store unreachable past lease expiry');
+    } finally {
+      this.leadershipBusy = false;
+    }
+  }
+
+  private becomeLeader(token: number): Promise<void> {
+    return this.serial(async () => {
+      const raw = await this.store.get(STATE_KEY);
+      const loaded: ClusterState = raw ? (JSON.parse(Buffer.from(raw).toString('utf8')) as ClusterState) : emptyState();
+      this.token = token;
+      this.current = loaded;
+      this.leader = true;
+      this.leaderHint = { id: this.controllerId, address: this.address };
+      this.log.info({ term: token, version: loaded.version, copies: Object.keys(loaded.copies).length }, 'became leader; passive until copies are heard');
+      const d = decide(loaded, { type: 'LeadershipAcquired', passiveTimeoutMs: this.passiveTimeoutMs }, Date.now());
+      await this.commit(d);
+    });
+  }
+
+  private async stepDown(reason: string): Promise<void> {
+    if (!this.leader) return;
+    this.leader = false;
+    this.current = undefined;
+    this.resync.clear();
+    this.log.warn({ reason, term: this.token }, 'stepped down as leader');
+    // Watchers must move to the new leader: end their streams with UNAVAILABLE.
+    for (const w of this.watchers) w.call.emit('error', toServiceError(this.notLeaderError()));
+    this.watchers.clear();
+  }
+
+  private notLeaderError(): UnavailableError {
+    const hint = this.leaderHint && this.leaderHint.id !== this.controllerId ? this.leaderHint : undefined;
+    return new UnavailableError(
+      hint ? `not the leader; leader is ${hint.id} at ${hint.address}` : 'not the leader; no leader known yet, retry shortly',
+      hint ? { [LEADER_ADDRESS_KEY]: hint.address } : {},
+    );
+  }
+
+  private requireLeader(): ClusterState {
+    if (!this.leader || !this.current) throw this.notLeaderError();
+    return this.current;
+  }
+
+  // ---- the decision loop ------------------------------------------------------------------
+
+  /** Run `fn` after every earlier event (decisions are strictly ordered). Bounded. */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.pending >= this.maxPendingEvents) {
+      return Promise.reject(new ResourceExhaustedError(`controller has ${this.pending} events pending; retry later`));
+    }
+    this.pending++;
+    const run = this.chain.then(fn, fn);
+    this.chain = run.then(
+      () => this.pending--,
+      () => this.pending--,
+    );
+    return run;
+  }
+
+  private submit(event: ControllerEvent): Promise<Decision> {
+    return this.serial(async () => {
+      const state = this.requireLeader();
+      const d = decide(state, event, Date.now());
+      if (d.rejection) throw rejectionToError(d.rejection);
+      await this.commit(d);
+      return d;
+    });
+  }
+
+  /** Persist (fenced) then execute. Must run inside `serial`. */
+  private async commit(d: Decision): Promise<void> {
+    if (this.current === undefined || d.state.version !== this.current.version || d.state !== this.current) {
+      try {
+        await this.store.putFenced(STATE_KEY, Buffer.from(JSON.stringify(d.state)), LEADER_LEASE, this.token);
+      } catch (e) {
+        const err = ensureError(e);
+        if (err instanceof FencedError) {
+          await this.stepDown('fenced: another replica holds the lease');
+          throw this.notLeaderError();
+        }
+        throw err;
+      }
+      this.current = d.state;
+    }
+    for (const n of d.notes) this.log.info({ version: d.state.version }, n);
+    await this.execute(d.commands);
+  }
+
+  private async execute(commands: readonly ControllerCommand[]): Promise<void> {
+    const sends: Promise<void>[] = [];
+    for (const c of commands) {
+      switch (c.type) {
+        case 'SetRoles':
+          sends.push(this.sendRoles(c));
+          break;
+        case 'PublishRoutes':
+          this.publish(c.routes, false);
+          break;
+        case 'StopCopy':
+          // Isolation is by epoch (the copy's replication is refused); asking the process to
+          // exit goes through the node agent / ADSM stop RPC that the fault-manager work adds.
+          this.log.warn({ copy: c.copyId, incarnation: c.incarnation, reason: c.reason }, 'copy fenced');
+          break;
+      }
+    }
+    await Promise.all(sends);
+  }
+
+  private async sendRoles(c: Extract<ControllerCommand, { type: 'SetRoles' }>): Promise<void> {
+    const client = this.copyClient(c.address);
+    try {
+      await unaryCall(client.setRoles.bind(client), {
+        copyId: c.copyId,
+        incarnation: c.incarnation,
+        leaderTerm: this.token,
+        entries: roleEntriesToPb(c.entries),
+        full: c.full,
+      }, { deadlineMs: this.setRolesTimeoutMs });
+    } catch (e) {
+      // Level-triggered repair: the copy gets its full role set on a later tick.
+      this.resync.add(c.copyId);
+      this.log.warn({ copy: c.copyId, err: ensureError(e).message }, 'SetRoles failed; will resync');
+    }
+  }
+
+  private copyClient(address: string): AdsmServiceClient {
+    let cl = this.copyClients.get(address);
+    if (!cl) {
+      cl = new AdsmServiceClient(address, insecureCredentials(), clientChannelOptions());
+      this.copyClients.set(address, cl);
+    }
+    return cl;
+  }
+
+  private tickBusy = false;
+
+  private async tick(): Promise<void> {
+    if (!this.leader || this.stopped || this.tickBusy) return;
+    this.tickBusy = true;
+    try {
+      await this.serial(async () => {
+        if (!this.leader || !this.current) return;
+        const d = decide(this.current, { type: 'Tick' }, Date.now());
+        if (!d.rejection) await this.commit(d);
+        if (this.current.leader.passive) return;
+        const due = [...this.resync];
+        this.resync.clear();
+        await Promise.all(
+          due.filter((id) => this.current!.copies[id]).map((id) => this.sendRoles(fullRoleSet(this.current!, id))),
+        );
+      });
+    } catch (e) {
+      this.log.warn({ err: ensureError(e).message }, 'tick failed');
+    } finally {
+      this.tickBusy = false;
+    }
+  }
+
+  // ---- routes -------------------------------------------------------------------------------
+
+  private publish(routes: readonly RouteChange[], full: boolean): void {
+    if (this.watchers.size === 0 || routes.length === 0) return;
+    const state = this.current!;
+    for (const w of this.watchers) {
+      const mine = w.app ? routes.filter((r) => r.app === w.app) : routes;
+      if (mine.length === 0) continue;
+      const apps = [...new Set(mine.map((r) => r.app))].map((a) => state.apps[a]).filter((a) => a).map((a) => appSpecToPb(a!.spec));
+      w.call.write({ full, stateVersion: state.version, routes: mine.map(routeToPb), apps });
+    }
+  }
+
+  private watchRoutes(call: grpc.ServerWritableStream<WatchRoutesRequest, WatchRoutesResponse>): void {
+    try {
+      const bad = malformedReason(call.request);
+      if (bad) throw new InvalidArgumentError(`malformed request: ${bad}`);
+      const state = this.requireLeader();
+      const app = call.request.app;
+      if (app && !state.apps[app]) throw new NotFoundError(`application ${JSON.stringify(app)} is not declared`);
+      const w: Watcher = { app, call };
+      this.watchers.add(w);
+      call.on('cancelled', () => this.watchers.delete(w));
+      call.on('close', () => this.watchers.delete(w));
+      const apps = Object.values(state.apps).filter((a) => !app || a.spec.name === app);
+      call.write({
+        full: true,
+        stateVersion: state.version,
+        routes: routesOf(state, app || undefined).map(routeToPb),
+        apps: apps.map((a) => appSpecToPb(a.spec)),
+      });
+    } catch (e) {
+      call.emit('error', toServiceError(e));
+    }
+  }
+
+  // ---- copy-facing RPCs -------------------------------------------------------------------
+
+  private async registerCopy(r: RegisterCopyRequest): Promise<RegisterCopyResponse> {
+    if (!COPY_ID_RE.test(r.copyId)) throw new InvalidArgumentError(`copy_id must match ${COPY_ID_RE}, got ${JSON.stringify(r.copyId)}`);
+    if (!r.app) throw new InvalidArgumentError('app is required');
+    if (!ADDRESS_RE.test(r.address)) throw new InvalidArgumentError(`address must be host:port, got ${JSON.stringify(r.address)}`);
+    if (!r.host) throw new InvalidArgumentError('host is required');
+    if (!(r.incarnation > 0)) throw new InvalidArgumentError('incarnation must be > 0');
+    await this.submit({ type: 'CopyRegistered', copyId: r.copyId, app: r.app, host: r.host, address: r.address, incarnation: r.incarnation });
+    this.lastHeard.set(r.copyId, Date.now());
+    // The copy may have missed commands while it was away: give it its complete role set.
+    this.resync.add(r.copyId);
+    return { controllerId: this.controllerId, leaderTerm: this.token };
+  }
+
+  private async copyHeartbeat(r: CopyHeartbeatRequest): Promise<CopyHeartbeatResponse> {
+    const state = this.requireLeader();
+    const c = state.copies[r.copyId];
+    if (!c || c.incarnation !== r.incarnation) return { known: false };
+    this.lastHeard.set(r.copyId, Date.now());
+    // Heartbeats are decisions only while a new leader waits for its copies (R-HM-3);
+    // afterwards they are liveness data kept in memory, not persisted state.
+    if (state.leader.passive && state.leader.awaiting.includes(r.copyId)) {
+      await this.submit({ type: 'CopyHeard', copyId: r.copyId, incarnation: r.incarnation });
+    }
+    return { known: true };
+  }
+
+  // ---- ops RPCs ------------------------------------------------------------------------------
+
+  private getStatus(r: GetStatusRequest): GetStatusResponse {
+    const state = this.requireLeader();
+    if (r.app && !state.apps[r.app]) throw new NotFoundError(`application ${JSON.stringify(r.app)} is not declared`);
+    const apps = Object.values(state.apps).filter((a) => !r.app || a.spec.name === r.app);
+    const copies = Object.values(state.copies).filter((c) => !r.app || c.app === r.app);
+    const loadsByApp = new Map(apps.map((a) => [a.spec.name, copyLoads(state, a.spec.name)]));
+    return {
+      controllerId: this.controllerId,
+      leaderId: this.controllerId,
+      leaderAddress: this.address,
+      leaderTerm: this.token,
+      passive: state.leader.passive,
+      apps: apps.map((a) => ({
+        spec: appSpecToPb(a.spec),
+        activated: a.activated,
+        rsWithActive: a.rs.filter((x) => x.members[0]?.role === 'ACTIVE').length,
+        rsFullyReplicated: a.rs.filter(
+          (x) => x.members[0]?.role === 'ACTIVE' && x.members.filter((m) => m.role === 'STANDBY').length >= a.spec.standbys,
+        ).length,
+      })),
+      copies: copies.map((c) => copyToPb(state, c.copyId, loadsByApp.get(c.app)?.get(c.copyId), this.lastHeard.get(c.copyId))),
+      assignments: r.includeAssignments ? apps.flatMap((a) => a.rs.map((x) => assignmentToPb(state, x))) : [],
+      edges: state.edges.map(edgeToPb),
+      stateVersion: state.version,
+    };
+  }
+
+  private async applyTopology(r: ApplyTopologyRequest): Promise<ApplyTopologyResponse> {
+    const topology = topologyFromPb(r.topology);
+    const d = await this.submit({ type: 'TopologyApplied', topology });
+    return { stateVersion: d.state.version, changes: [...d.notes] };
+  }
+
+  private async switchover(r: SwitchoverRequest): Promise<SwitchoverResponse> {
+    if (!r.app) throw new InvalidArgumentError('app is required');
+    if (!r.toCopyId) throw new InvalidArgumentError('to_copy_id is required');
+    const d = await this.submit({ type: 'SwitchoverRequested', app: r.app, rs: r.rs, toCopyId: r.toCopyId });
+    const a = d.state.apps[r.app]!.rs[r.rs]!;
+    return { assignment: assignmentToPb(d.state, a) };
+  }
+
+  private async drainCopy(r: DrainCopyRequest): Promise<DrainCopyResponse> {
+    if (!r.copyId) throw new InvalidArgumentError('copy_id is required');
+    const before = this.current ? copyLoads(this.current, this.current.copies[r.copyId]?.app ?? '').get(r.copyId) : undefined;
+    await this.submit({ type: 'DrainRequested', copyId: r.copyId });
+    return { movedActive: before?.active ?? 0, movedStandby: before?.standby ?? 0 };
+  }
+
+  private async disableCopy(r: DisableCopyRequest): Promise<DisableCopyResponse> {
+    if (!r.copyId) throw new InvalidArgumentError('copy_id is required');
+    const before = this.current ? copyLoads(this.current, this.current.copies[r.copyId]?.app ?? '').get(r.copyId) : undefined;
+    await this.submit({ type: 'CopyDisabled', copyId: r.copyId });
+    return { failedOver: before?.active ?? 0 };
+  }
+
+  private async enableCopy(r: EnableCopyRequest): Promise<EnableCopyResponse> {
+    if (!r.copyId) throw new InvalidArgumentError('copy_id is required');
+    const d = await this.submit({ type: 'CopyEnabled', copyId: r.copyId });
+    const status = d.state.copies[r.copyId]!.status;
+    return { status: copyStatusFromName(status) };
+  }
+}
