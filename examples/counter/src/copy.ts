@@ -11,6 +11,7 @@ const schema = defineConfig({
   controllers: { env: 'UNDERSTUDY_CONTROLLERS', flag: 'controllers', type: 'string', default: '127.0.0.1:7100', description: 'comma-separated controller host:port list' },
   host: { env: 'UNDERSTUDY_HOST', flag: 'host', type: 'string', default: 'localhost', description: 'host id for placement spread' },
   listenAddress: { env: 'UNDERSTUDY_LISTEN', flag: 'listen', type: 'string', default: '127.0.0.1:0', description: 'ADSM service host:port' },
+  advertiseHost: { env: 'UNDERSTUDY_ADVERTISE_HOST', flag: 'advertise-host', type: 'string', default: '127.0.0.1', description: 'host others reach this copy at' },
   heartbeatIntervalMs: { env: 'UNDERSTUDY_HEARTBEAT_INTERVAL_MS', flag: 'heartbeat-interval-ms', type: 'ms', default: 500, min: 10, max: 60_000, description: 'heartbeat period' },
 });
 
@@ -24,6 +25,7 @@ async function main(): Promise<void> {
     controllerAddresses: c.controllers.split(',').map((s) => s.trim()).filter(Boolean),
     host: c.host,
     listenAddress: c.listenAddress,
+    advertiseHost: c.advertiseHost,
     heartbeatIntervalMs: c.heartbeatIntervalMs,
     logger,
   });

@@ -1,0 +1,178 @@
+/**
+ * A counter cluster of real processes for end-to-end tests: controller replica(s) on fixed
+ * ports (so a restarted replica keeps its address), counter copies, and a load client that
+ * records every acknowledged increment.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { ControllerClient, RoutingClient } from '@understudy/adsm';
+import { Mode, Partitioning, type GetStatusResponse } from '@understudy/proto';
+import { unaryCall } from '@understudy/runtime';
+import { freePort, startControllerProc, startCounterCopy, type Proc } from './processes';
+import { waitFor } from './wait';
+
+/** Options of {@link startCounterCluster}. */
+export interface ClusterOptions {
+  readonly redisUrl?: string;
+  readonly controllers?: number;
+  readonly copies?: number;
+  readonly rsCount?: number;
+  readonly standbys?: number;
+  readonly mode?: Mode;
+  readonly leaseTtlMs?: number;
+  readonly passiveTimeoutMs?: number;
+}
+
+/** A running cluster. */
+export interface CounterCluster {
+  readonly ports: number[];
+  readonly addresses: string[];
+  readonly dataDirs: string[];
+  readonly controllers: (Proc | undefined)[];
+  readonly copies: Map<string, Proc>;
+  readonly ctl: ControllerClient;
+  readonly routing: RoutingClient;
+  status(includeAssignments?: boolean): Promise<GetStatusResponse>;
+  restartController(i: number): Promise<Proc>;
+  stop(): Promise<void>;
+}
+
+/** Start controllers, declare the counter app, start copies, wait until every RS is placed. */
+export async function startCounterCluster(o: ClusterOptions = {}): Promise<CounterCluster> {
+  const n = o.controllers ?? 1;
+  const ports = await Promise.all(Array.from({ length: n }, () => freePort()));
+  const addresses = ports.map((p) => `127.0.0.1:${p}`);
+  const dataDirs = ports.map(() => fs.mkdtempSync(path.join(os.tmpdir(), 'understudy-ctl-')));
+  const startCtl = (i: number): Promise<Proc> =>
+    startControllerProc({
+      id: `ctl-${i + 1}`,
+      port: ports[i]!,
+      redisUrl: o.redisUrl,
+      dataDir: dataDirs[i],
+      leaseTtlMs: o.leaseTtlMs,
+      passiveTimeoutMs: o.passiveTimeoutMs,
+    });
+  const controllers: (Proc | undefined)[] = [];
+  for (let i = 0; i < n; i++) controllers.push(await startCtl(i));
+  const ctl = new ControllerClient({ addresses, callTimeoutMs: 10_000 });
+  const rsCount = o.rsCount ?? 8;
+  const copyCount = o.copies ?? 3;
+  const mode = o.mode ?? Mode.MODE_DISTRIBUTED_FAULT_TOLERANT;
+  await ctl.withLeader((c) =>
+    unaryCall(c.applyTopology.bind(c), {
+      topology: {
+        apps: [{ name: 'counter', mode, rsCount, standbys: o.standbys ?? (mode === Mode.MODE_DISTRIBUTED ? 0 : 1), minCopies: copyCount, partitioning: Partitioning.PARTITIONING_HASH }],
+        edges: [],
+      },
+    }),
+  );
+  const copies = new Map<string, Proc>();
+  await Promise.all(
+    Array.from({ length: copyCount }, async (_, i) => {
+      const id = `c${i + 1}`;
+      copies.set(id, await startCounterCopy({ copyId: id, controllers: addresses }));
+    }),
+  );
+  const status = (includeAssignments = false): Promise<GetStatusResponse> =>
+    ctl.withLeader((c) => unaryCall(c.getStatus.bind(c), { app: '', includeAssignments }, { deadlineMs: 3000 }), 10_000);
+  await waitFor(async () => {
+    const s = await status();
+    const app = s.apps.find((a) => a.spec?.name === 'counter');
+    return app && !s.passive && app.activated && app.rsWithActive === rsCount;
+  }, { what: 'counter app placed', timeoutMs: 30_000 });
+  const routing = new RoutingClient({ controllerAddresses: addresses, deliverDeadlineMs: 20_000 });
+  await routing.waitReady('counter', 15_000);
+  return {
+    ports,
+    addresses,
+    dataDirs,
+    controllers,
+    copies,
+    ctl,
+    routing,
+    status,
+    restartController: async (i) => {
+      const p = await startCtl(i);
+      controllers[i] = p;
+      return p;
+    },
+    stop: async () => {
+      routing.close();
+      ctl.close();
+      await Promise.all([...copies.values()].map((p) => p.kill()));
+      await Promise.all(controllers.map((p) => p?.kill()));
+      for (const d of dataDirs) fs.rmSync(d, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * Drives increments with bounded concurrency and records what was acknowledged. Each
+ * increment keeps its message id across retries, so an acknowledged increment is applied
+ * exactly once however many attempts it took.
+ */
+export class CounterLoad {
+  readonly acked = new Map<string, number>();
+  readonly failures: string[] = [];
+  private running = false;
+  private loops: Promise<void>[] = [];
+  private seq = 0;
+  count = 0;
+
+  constructor(
+    private readonly routing: RoutingClient,
+    private readonly keys: readonly string[],
+    private readonly concurrency = 4,
+  ) {}
+
+  /** Start sending until `stop()`. */
+  start(): void {
+    this.running = true;
+    this.loops = Array.from({ length: this.concurrency }, () => this.loop());
+  }
+
+  /** Send `n` increments now (sequentially per worker), resolving when all are acknowledged. */
+  async burst(n: number): Promise<void> {
+    const per = Math.ceil(n / this.concurrency);
+    await Promise.all(Array.from({ length: this.concurrency }, async () => {
+      for (let i = 0; i < per; i++) await this.one();
+    }));
+  }
+
+  private async loop(): Promise<void> {
+    while (this.running) await this.one();
+  }
+
+  private async one(): Promise<void> {
+    const key = this.keys[this.seq++ % this.keys.length]!;
+    try {
+      await this.routing.deliver('counter', key, { key, by: 1 }, { deadlineMs: 20_000 });
+      this.acked.set(key, (this.acked.get(key) ?? 0) + 1);
+      this.count++;
+    } catch (e) {
+      this.failures.push(`${key}: ${(e as Error).message}`);
+    }
+  }
+
+  /** Stop and wait for in-flight increments. */
+  async stop(): Promise<void> {
+    this.running = false;
+    await Promise.all(this.loops);
+  }
+
+  /** Read every key's value from its active copy. */
+  async values(): Promise<Map<string, number>> {
+    const out = new Map<string, number>();
+    for (const key of this.keys) {
+      const rs = this.routing.rsForKey('counter', key);
+      out.set(key, await this.routing.query<number>('counter', rs, { key }));
+    }
+    return out;
+  }
+}
+
+/** Keys spread over the RS of a counter app. */
+export function keys(n: number): string[] {
+  return Array.from({ length: n }, (_, i) => `k${i}`);
+}

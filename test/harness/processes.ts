@@ -1,0 +1,59 @@
+/**
+ * Starts real Understudy processes (controller replicas, example copies) on 127.0.0.1 for
+ * end-to-end tests, and kills them for real (SIGKILL, SIGSTOP).
+ */
+import * as path from 'node:path';
+import { startProcess as startAny, type Proc, type StartOptions } from '@understudy/runtime';
+
+export { freePort, type Proc } from '@understudy/runtime';
+
+/** Repository root. */
+export const ROOT = path.resolve(__dirname, '..', '..');
+
+/** Start a TypeScript entry point (relative to the repo root); logs at warn unless TEST_LOG_LEVEL. */
+export function startProcess(o: Omit<StartOptions, 'cwd'>): Promise<Proc> {
+  return startAny({ ...o, cwd: ROOT, env: { LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'warn', ...o.env } });
+}
+
+/** Options for a controller replica process. */
+export interface ControllerProcOptions {
+  readonly id: string;
+  readonly port: number;
+  readonly redisUrl?: string;
+  readonly dataDir?: string;
+  readonly leaseTtlMs?: number;
+  readonly passiveTimeoutMs?: number;
+}
+
+/** Start `services/system-controller/src/main.ts`. */
+export function startControllerProc(o: ControllerProcOptions): Promise<Proc> {
+  return startProcess({
+    name: `controller ${o.id}`,
+    script: 'services/system-controller/src/main.ts',
+    args: [
+      '--id', o.id,
+      '--listen', `127.0.0.1:${o.port}`,
+      ...(o.redisUrl ? ['--redis-url', o.redisUrl] : []),
+      ...(o.dataDir ? ['--data-dir', o.dataDir] : []),
+      '--lease-ttl-ms', String(o.leaseTtlMs ?? 1500),
+      '--passive-timeout-ms', String(o.passiveTimeoutMs ?? 1500),
+    ],
+    env: o.redisUrl ? {} : { REDIS_URL: '' },
+    readyMsg: 'controller listening',
+  });
+}
+
+/** Start one counter copy process. */
+export function startCounterCopy(o: { copyId: string; controllers: readonly string[]; host?: string; heartbeatIntervalMs?: number }): Promise<Proc> {
+  return startProcess({
+    name: `copy ${o.copyId}`,
+    script: 'examples/counter/src/copy.ts',
+    args: [
+      '--copy-id', o.copyId,
+      '--controllers', o.controllers.join(','),
+      '--host', o.host ?? `host-${o.copyId}`,
+      '--heartbeat-interval-ms', String(o.heartbeatIntervalMs ?? 200),
+    ],
+    readyMsg: 'copy listening',
+  });
+}
