@@ -172,7 +172,9 @@ export class CounterLoad {
   }
 }
 
-/** Keys spread over the RS of a counter app. */
+let keySpace = 0;
+/** `n` fresh keys (never used before in this process) spread over the RS of a counter app. */
 export function keys(n: number): string[] {
-  return Array.from({ length: n }, (_, i) => `k${i}`);
+  const prefix = `t${keySpace++}`;
+  return Array.from({ length: n }, (_, i) => `${prefix}-k${i}`);
 }

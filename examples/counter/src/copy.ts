@@ -1,45 +1,11 @@
 /** A counter copy process: `node --import tsx examples/counter/src/copy.ts --copy-id c1 --controllers 127.0.0.1:7100`. */
-import { startTelemetry } from '@understudy/runtime';
+import { ensureError, startTelemetry } from '@understudy/runtime';
+
+// Telemetry first, everything else loaded after it so gRPC clients and servers are traced.
 const telemetry = startTelemetry({ serviceName: 'counter' });
-
-import { startCopy } from '@understudy/adsm';
-import { createLogger, defineConfig, ensureError, loadConfig } from '@understudy/runtime';
-import { counterApp } from './counter';
-
-const schema = defineConfig({
-  copyId: { env: 'UNDERSTUDY_COPY_ID', flag: 'copy-id', type: 'string', default: '', description: 'stable id of this copy (required)' },
-  controllers: { env: 'UNDERSTUDY_CONTROLLERS', flag: 'controllers', type: 'string', default: '127.0.0.1:7100', description: 'comma-separated controller host:port list' },
-  host: { env: 'UNDERSTUDY_HOST', flag: 'host', type: 'string', default: 'localhost', description: 'host id for placement spread' },
-  listenAddress: { env: 'UNDERSTUDY_LISTEN', flag: 'listen', type: 'string', default: '127.0.0.1:0', description: 'ADSM service host:port' },
-  advertiseHost: { env: 'UNDERSTUDY_ADVERTISE_HOST', flag: 'advertise-host', type: 'string', default: '127.0.0.1', description: 'host others reach this copy at' },
-  heartbeatIntervalMs: { env: 'UNDERSTUDY_HEARTBEAT_INTERVAL_MS', flag: 'heartbeat-interval-ms', type: 'ms', default: 500, min: 10, max: 60_000, description: 'heartbeat period' },
-});
-
-async function main(): Promise<void> {
-  const c = loadConfig(schema, { env: process.env, argv: process.argv.slice(2) });
-  if (!c.copyId) throw new Error('--copy-id (UNDERSTUDY_COPY_ID) is required');
-  const logger = createLogger({ service: 'counter' });
-  const copy = await startCopy({
-    app: counterApp,
-    copyId: c.copyId,
-    controllerAddresses: c.controllers.split(',').map((s) => s.trim()).filter(Boolean),
-    host: c.host,
-    listenAddress: c.listenAddress,
-    advertiseHost: c.advertiseHost,
-    heartbeatIntervalMs: c.heartbeatIntervalMs,
-    logger,
+void import('./copy-run')
+  .then((m) => m.main(telemetry))
+  .catch((e: unknown) => {
+    process.stderr.write(`counter: ${ensureError(e).message}\n`);
+    process.exit(1);
   });
-  process.stdout.write(`${JSON.stringify({ msg: 'copy listening', address: copy.address, copyId: copy.copyId })}\n`);
-  const shutdown = async (): Promise<void> => {
-    await copy.stop();
-    await telemetry.shutdown();
-    process.exit(0);
-  };
-  process.on('SIGTERM', () => void shutdown());
-  process.on('SIGINT', () => void shutdown());
-}
-
-main().catch((e) => {
-  process.stderr.write(`counter copy: ${ensureError(e).message}\n`);
-  process.exit(1);
-});

@@ -98,7 +98,7 @@ interface PeerProgress {
 }
 
 interface DeliverOutcome {
-  reply: Uint8Array;
+  reply: Buffer;
   epoch: number;
   duplicate: boolean;
 }
@@ -123,7 +123,7 @@ class RsSlot<S> {
   hasState = false;
   /** Standby: a snapshot from the active at the current epoch was installed. */
   synced = false;
-  readonly dedupe = new Map<string, Uint8Array>();
+  readonly dedupe = new Map<string, Buffer>();
   readonly inflight = new Map<string, Promise<DeliverOutcome>>();
   readonly queue: Job[] = [];
   running = false;
@@ -529,11 +529,24 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       }
       const peers = [...slot.peers.entries()];
       if (peers.length === 0) return;
+      if (this.stopped) throw new UnavailableError(`copy ${this.copyId} is stopping`);
       const changed = slot.changed;
+      let fenced = false;
       const results = await Promise.all(peers.map(([id, p]) => this.syncPeer(slot, id, p, entry, epoch).then(() => true, (e) => {
+        if (e instanceof StaleEpochError) fenced = true;
         this.log.debug({ rs: slot.rs, epoch, peer: id, err: ensureError(e).message }, 'replication to standby failed');
         return false;
       })));
+      if (fenced && slot.role === 'ACTIVE' && slot.epoch === epoch) {
+        // A standby is at a newer epoch: someone else was activated. Stop committing at once
+        // (R-NF-2) and wait for the controller to tell us our new role.
+        this.log.warn({ rs: slot.rs, epoch }, 'fenced: a standby holds a newer epoch; demoting self');
+        slot.role = 'STANDBY';
+        slot.synced = false;
+        this.failQueued(slot, new NotActiveError(`NOT_ACTIVE: copy ${this.copyId} was fenced for ${this.appName}/${slot.rs}`));
+        this.hook(slot.rs, 'STANDBY', epoch);
+        throw new NotActiveError(`NOT_ACTIVE: copy ${this.copyId} was fenced for ${this.appName}/${slot.rs} (epoch ${epoch} is stale)`);
+      }
       if (results.every(Boolean)) return;
       if (entry === null) return; // background sync: one round is enough, messages retry.
       await Promise.race([changed, new Promise((r) => setTimeout(r, backoffMs))]);
@@ -552,7 +565,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         fromCopyId: this.copyId,
         seq: slot.seq,
         state: encodeJson(this.handler.snapshot ? this.handler.snapshot(slot.state) : slot.state),
-        dedupe: [...slot.dedupe].map(([messageId, reply]) => ({ seq: 0, messageId, update: new Uint8Array(0), reply })),
+        dedupe: [...slot.dedupe].map(([messageId, reply]) => ({ seq: 0, messageId, update: Buffer.alloc(0), reply })),
       }, { deadlineMs: this.o.replicationCallTimeoutMs });
       peer.ackedSeq = res.appliedSeq;
       peer.needsSnapshot = false;

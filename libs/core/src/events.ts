@@ -83,6 +83,11 @@ export interface Decision {
   readonly rejection?: Rejection;
   /** Human-readable summary lines (for ops RPC responses and logs). */
   readonly notes: readonly string[];
+  /**
+   * DrainRequested / CopyRemoved only: how many RS the copy was ACTIVE resp. STANDBY for before
+   * it left (all of them moved or were re-homed). Also in `notes` as `moved_active=… moved_standby=…`.
+   */
+  readonly moved?: { readonly active: number; readonly standby: number };
 }
 
 /** Copy info used by the shell when it builds a full resync. */

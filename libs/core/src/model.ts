@@ -52,6 +52,13 @@ export interface CopyInfo {
   readonly status: CopyStatus;
   readonly registeredAtMs: number;
   readonly lastHeardAtMs: number;
+  /**
+   * True when the current incarnation was declared failed while the copy kept an operator status
+   * (DRAINED / DISABLED survive failures). Such a process is dead: it gets no roles, cannot be
+   * enabled, and returns only by registering a new incarnation (which clears the flag). Absent
+   * otherwise; an OUT_OF_SERVICE copy is failed by definition.
+   */
+  readonly failed?: boolean;
 }
 
 /** One entry of an RS's ordered member list. */

@@ -1,0 +1,160 @@
+/**
+ * ADSM replication and fencing with real copies (in-process gRPC servers on 127.0.0.1), roles
+ * set directly through the AdsmService the way the controller does.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { AdsmServiceClient, Role, type Member } from '@understudy/proto';
+import { NotActiveError, StaleEpochError, clientChannelOptions, insecureCredentials, silentLogger, unaryCall } from '@understudy/runtime';
+import { decodeJson, encodeJson, startCopy, type CopyHandle } from '../src/index';
+import { counterApp } from '../../../examples/counter/src/counter';
+
+const APP = 'counter';
+// Nothing listens here: copies keep serving while they cannot reach a controller.
+const NO_CONTROLLER = ['127.0.0.1:1'];
+
+describe('ADSM replication and fencing', () => {
+  const copies: CopyHandle[] = [];
+  const clients = new Map<string, AdsmServiceClient>();
+  const incarnations = new Map<string, number>();
+  let term = 1;
+
+  const client = (c: CopyHandle): AdsmServiceClient => {
+    let cl = clients.get(c.copyId);
+    if (!cl) {
+      cl = new AdsmServiceClient(c.address, insecureCredentials(), clientChannelOptions());
+      clients.set(c.copyId, cl);
+    }
+    return cl;
+  };
+  const members = (active: CopyHandle, standbys: CopyHandle[]): Member[] => [
+    { copyId: active.copyId, address: active.address, role: Role.ROLE_ACTIVE },
+    ...standbys.map((s) => ({ copyId: s.copyId, address: s.address, role: Role.ROLE_STANDBY })),
+  ];
+  const setRole = async (c: CopyHandle, rs: number, role: Role, epoch: number, version: number, m: Member[]): Promise<void> => {
+    const cl = client(c);
+    await unaryCall(cl.setRoles.bind(cl), {
+      copyId: c.copyId,
+      incarnation: incarnations.get(c.copyId)!,
+      leaderTerm: term,
+      entries: [{ app: APP, rs, role, epoch, version, members: m }],
+      full: false,
+    });
+  };
+  const place = async (rs: number, epoch: number, version: number, active: CopyHandle, standbys: CopyHandle[]): Promise<void> => {
+    const m = members(active, standbys);
+    await Promise.all([setRole(active, rs, Role.ROLE_ACTIVE, epoch, version, m), ...standbys.map((s) => setRole(s, rs, Role.ROLE_STANDBY, epoch, version, m))]);
+  };
+  const inc = async (c: CopyHandle, rs: number, key: string, messageId: string): Promise<{ value: number; duplicate: boolean }> => {
+    const cl = client(c);
+    const res = await unaryCall(cl.deliver.bind(cl), { app: APP, rs, messageId, payload: encodeJson({ key }), key });
+    return { value: decodeJson<{ value: number }>(res.reply).value, duplicate: res.duplicate };
+  };
+  const query = async (c: CopyHandle, rs: number, key: string): Promise<number> => {
+    const cl = client(c);
+    return decodeJson<number>((await unaryCall(cl.query.bind(cl), { app: APP, rs, query: encodeJson({ key }) })).result);
+  };
+
+  before(async () => {
+    for (const id of ['a', 'b', 'c']) {
+      const inc = Date.now() + copies.length;
+      incarnations.set(id, inc);
+      copies.push(await startCopy({ app: counterApp, copyId: id, incarnation: inc, controllerAddresses: NO_CONTROLLER, logger: silentLogger(), deliverTimeoutMs: 1500, heartbeatIntervalMs: 60_000 }));
+    }
+  });
+  after(async () => {
+    for (const cl of clients.values()) cl.close();
+    await Promise.all(copies.map((c) => c.stop()));
+  });
+
+  test('delivery only on the ACTIVE; standbys answer NOT_ACTIVE', async () => {
+    const [a, b] = copies as [CopyHandle, CopyHandle];
+    await place(0, 1, 1, a, [b]);
+    assert.equal((await inc(a, 0, 'x', 'm1')).value, 1);
+    await assert.rejects(inc(b, 0, 'x', 'm2'), NotActiveError);
+    await assert.rejects(inc(a, 7, 'x', 'm3'), (e: Error) => e instanceof NotActiveError && /OUT_OF_SERVICE/.test(e.message));
+  });
+
+  test('acknowledged updates are on the standby; dedupe survives promotion', async () => {
+    const [a, b] = copies as [CopyHandle, CopyHandle];
+    for (let i = 0; i < 20; i++) await inc(a, 0, 'y', `y${i}`);
+    assert.deepEqual(await inc(a, 0, 'y', 'y5'), { value: 6, duplicate: true });
+    // Switch over: b becomes active at epoch 2 with the state it replicated.
+    await place(0, 2, 2, b, [a]);
+    assert.equal(await query(b, 0, 'y'), 20);
+    assert.equal(await query(b, 0, 'x'), 1);
+    // A redelivery of a message acknowledged by the old active is answered from the dedupe table.
+    assert.deepEqual(await inc(b, 0, 'y', 'y19'), { value: 20, duplicate: true });
+    assert.equal((await inc(b, 0, 'y', 'y20')).value, 21);
+    await assert.rejects(inc(a, 0, 'y', 'y21'), NotActiveError);
+  });
+
+  test('a standby refuses replication from an older epoch (a deposed active cannot commit)', async () => {
+    const [a, b] = copies as [CopyHandle, CopyHandle];
+    // b is ACTIVE at epoch 2 for rs 0; a is its standby at epoch 2. Old active a at epoch 1:
+    const cla = client(a);
+    await assert.rejects(
+      unaryCall(cla.replicate.bind(cla), { app: APP, rs: 0, epoch: 1, fromCopyId: 'a', entries: [{ seq: 999, messageId: 'evil', update: encodeJson([{ key: 'y', value: 1000 }]), reply: Buffer.alloc(0) }] }),
+      StaleEpochError,
+    );
+    assert.equal(await query(b, 0, 'y'), 21);
+  });
+
+  test('a deposed active that still believes it is active cannot acknowledge', async () => {
+    const [a, b, c] = copies as [CopyHandle, CopyHandle, CopyHandle];
+    // rs 1: a active, b standby at epoch 1.
+    await place(1, 1, 1, a, [b]);
+    assert.equal((await inc(a, 1, 'z', 'z1')).value, 1);
+    // The controller promotes b at epoch 2 with c as standby, but a never hears of it.
+    const m = members(b, [c]);
+    await Promise.all([setRole(b, 1, Role.ROLE_ACTIVE, 2, 2, m), setRole(c, 1, Role.ROLE_STANDBY, 2, 2, m)]);
+    // a still thinks it is ACTIVE at epoch 1; its replication to b is refused → no ack, and a
+    // learns it was fenced and stops acting as ACTIVE.
+    await assert.rejects(inc(a, 1, 'z', 'z2'), NotActiveError);
+    assert.equal(a.roles().get(1)?.role, 'STANDBY');
+    assert.equal((await inc(b, 1, 'z', 'z3')).value, 2);
+    assert.equal(await query(b, 1, 'z'), 2, 'the unacknowledged increment on the deposed active was never committed');
+  });
+
+  test('a new standby gets a snapshot before it counts', async () => {
+    const [, b, c] = copies as [CopyHandle, CopyHandle, CopyHandle];
+    // rs 2: b active alone, builds state, then c is added as standby at the same epoch.
+    await place(2, 1, 1, b, []);
+    for (let i = 0; i < 10; i++) await inc(b, 2, 'w', `w${i}`);
+    await place(2, 1, 2, b, [c]);
+    assert.equal((await inc(b, 2, 'w', 'w10')).value, 11);
+    // Promote c: it has the snapshot plus the replicated update.
+    await place(2, 2, 3, c, [b]);
+    assert.equal(await query(c, 2, 'w'), 11);
+  });
+
+  test('stale role changes are ignored; bad SetRoles input is refused', async () => {
+    const [a] = copies as [CopyHandle];
+    const before = a.roles().get(0);
+    await setRole(a, 0, Role.ROLE_ACTIVE, 1, 1, members(a, []));
+    assert.deepEqual(a.roles().get(0), before, 'an older (epoch, version) changes nothing');
+    const cl = client(a);
+    await assert.rejects(
+      unaryCall(cl.setRoles.bind(cl), { copyId: 'zz', incarnation: incarnations.get('a')!, leaderTerm: term, entries: [], full: false }),
+      /reached copy a/,
+    );
+    await assert.rejects(
+      unaryCall(cl.setRoles.bind(cl), { copyId: 'a', incarnation: 1, leaderTerm: term, entries: [], full: false }),
+      /incarnation/,
+    );
+    term = 5;
+    await setRole(a, 9, Role.ROLE_STANDBY, 1, 1, members(copies[1]!, [a]));
+    await assert.rejects(
+      unaryCall(cl.setRoles.bind(cl), { copyId: 'a', incarnation: incarnations.get('a')!, leaderTerm: 4, entries: [], full: false }),
+      /stale controller term/,
+    );
+    await assert.rejects(
+      unaryCall(cl.deliver.bind(cl), { app: APP, rs: 0, messageId: '', payload: encodeJson({ key: 'x' }), key: 'x' }),
+      /message_id is required/,
+    );
+    await assert.rejects(
+      unaryCall(cl.deliver.bind(cl), { app: 'nope', rs: 0, messageId: 'q', payload: encodeJson({}), key: '' }),
+      /not served by this copy/,
+    );
+  });
+});

@@ -1,0 +1,485 @@
+/**
+ * `decide`: the controller's only transition function. Pure and deterministic: the same state,
+ * event and time always give the same decision; time is an argument, never read.
+ */
+import type { AppSpec, ClusterState, CopyInfo, Edge, Topology } from './model';
+import type { ControllerCommand, ControllerEvent, Decision, Rejection } from './events';
+import { Tx } from './tx';
+import { reconcile } from './reconcile';
+import { validateTopology } from './validate';
+import { peekIndex } from './derived';
+import { buildMembers, cmpStr, parseMembers, roleOf } from './members';
+
+type Stop = Extract<ControllerCommand, { type: 'StopCopy' }>;
+
+function reject(state: ClusterState, code: Rejection['code'], message: string): Decision {
+  return { state, commands: [], rejection: { code, message }, notes: [] };
+}
+
+function noop(state: ClusterState, note: string): Decision {
+  return { state, commands: [], notes: [note] };
+}
+
+function passive(state: ClusterState, op: string): Decision {
+  const l = state.leader;
+  return reject(
+    state,
+    'UNAVAILABLE',
+    `controller is passive (new leader, waiting for ${l.awaiting.length} copies to report, until t=${l.passiveUntilMs} ms); retry ${op} later`,
+  );
+}
+
+function str(v: unknown): v is string {
+  return typeof v === 'string' && v.length > 0;
+}
+
+function own<T>(rec: Readonly<Record<string, T>>, key: string): T | undefined {
+  return Object.prototype.hasOwnProperty.call(rec, key) ? rec[key] : undefined;
+}
+
+/** True when the copy's current process is known dead (failed, or failed while parked). */
+function dead(c: CopyInfo): boolean {
+  return c.status === 'OUT_OF_SERVICE' || c.failed === true;
+}
+
+function stopOf(c: CopyInfo, reason: string, incarnation = c.incarnation): Stop {
+  return { type: 'StopCopy', copyId: c.copyId, address: c.address, incarnation, reason };
+}
+
+/** ACTIVE / STANDBY counts of a copy in its app. */
+function loadOf(state: ClusterState, c: CopyInfo): { active: number; standby: number } {
+  const app = own(state.apps, c.app);
+  if (app === undefined || !app.activated) return { active: 0, standby: 0 };
+  const idx = peekIndex(app);
+  const s = idx.slotOf.get(c.copyId);
+  return s === undefined ? { active: 0, standby: 0 } : { active: idx.act[s]!, standby: idx.sb[s]! };
+}
+
+/**
+ * Applies one event to the state.
+ *
+ * Level-triggered: handlers record what happened (copy status, specs, leader phase), then one
+ * reconcile pass repairs everything (see reconcile.ts). Rejections leave the state untouched.
+ * Commands are derived from the state difference (see tx.ts) and are empty while passive.
+ *
+ * Balancing runs only for events that change the set of copies or the specs of an app
+ * (registration, failure, drain, disable, enable, removal, topology, end of the passive phase):
+ * a plain `Tick` repairs but never re-balances, so an operator's switchover is not undone.
+ */
+export function decide(state: ClusterState, event: ControllerEvent, nowMs: number): Decision {
+  if (event === null || typeof event !== 'object') return reject(state, 'INVALID_ARGUMENT', 'event: must be an object');
+  if (!Number.isFinite(nowMs)) return reject(state, 'INVALID_ARGUMENT', `now: must be a finite number of ms (got ${String(nowMs)})`);
+  switch (event.type) {
+    case 'TopologyApplied':
+      return onTopology(state, event.topology, nowMs);
+    case 'CopyRegistered':
+      return onRegistered(state, event, nowMs);
+    case 'CopyHeard':
+      return onHeard(state, event, nowMs);
+    case 'CopyFailed':
+      return onFailed(state, event, nowMs);
+    case 'SwitchoverRequested':
+      return onSwitchover(state, event, nowMs);
+    case 'DrainRequested':
+      return onDrainOrRemove(state, event.copyId, nowMs, false);
+    case 'CopyRemoved':
+      return onDrainOrRemove(state, event.copyId, nowMs, true);
+    case 'CopyDisabled':
+      return onDisabled(state, event.copyId, nowMs);
+    case 'CopyEnabled':
+      return onEnabled(state, event.copyId, nowMs);
+    case 'LeadershipAcquired':
+      return onLeadership(state, event.passiveTimeoutMs, nowMs);
+    case 'Tick':
+      return onTick(state, nowMs);
+    default:
+      return reject(state, 'INVALID_ARGUMENT', `event.type: unknown event type ${JSON.stringify((event as { type?: unknown }).type)}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leader phase (R-HM-3)
+
+function removeAwaiting(tx: Tx, copyId: string): void {
+  const l = tx.leader;
+  if (l.awaiting.includes(copyId)) tx.leader = { ...l, awaiting: l.awaiting.filter((id) => id !== copyId) };
+}
+
+/**
+ * Ends the passive phase: copies never heard are treated as failed (R-HM-4), everything is
+ * repaired and balanced, then every live copy gets its full role set and every route is
+ * published (the previous leader may have died between persisting and sending).
+ */
+function endPassive(tx: Tx, why: string): void {
+  const l = tx.leader;
+  const silent = new Set(l.awaiting);
+  for (const id of l.awaiting) {
+    const c = tx.copy(id);
+    if (c === undefined || dead(c)) continue;
+    if (c.status === 'UP') {
+      tx.setCopy({ ...c, status: 'OUT_OF_SERVICE' });
+      tx.notes.push(`copy ${id} not heard during the passive phase: treated as failed (R-HM-4)`);
+    } else {
+      // Operator statuses survive (the copy holds no roles); the silent process is dead.
+      tx.setCopy({ ...c, failed: true });
+      tx.notes.push(`copy ${id} (${c.status}) not heard during the passive phase: treated as failed, status kept`);
+    }
+  }
+  tx.leader = { passive: false, awaiting: [], passiveUntilMs: l.passiveUntilMs };
+  tx.balance = 'all';
+  reconcile(tx);
+  // Isolation of every failed copy, including ones failed while passive (no commands then).
+  for (const id of Object.keys(tx.copies).sort(cmpStr)) {
+    const c = tx.copies[id]!;
+    if (dead(c)) tx.stops.push(stopOf(c, silent.has(id) ? 'not heard during the passive phase' : 'failed (isolation re-sent at leadership change)'));
+  }
+  tx.fullResync = true;
+  tx.notes.push(`passive phase ended (${why}): full resync`);
+}
+
+function maybeEndPassive(tx: Tx): void {
+  if (tx.leader.passive && tx.leader.awaiting.length === 0) endPassive(tx, 'all copies heard');
+}
+
+function onLeadership(state: ClusterState, timeout: number, now: number): Decision {
+  if (!Number.isSafeInteger(timeout) || timeout < 0) {
+    return reject(state, 'INVALID_ARGUMENT', `passiveTimeoutMs: must be an integer >= 0 (got ${String(timeout)})`);
+  }
+  const tx = new Tx(state, now);
+  const awaiting = Object.values(state.copies)
+    .filter((c) => !dead(c))
+    .map((c) => c.copyId)
+    .sort(cmpStr);
+  tx.leader = { passive: true, awaiting, passiveUntilMs: now + timeout };
+  tx.notes.push(`leadership acquired: passive until t=${now + timeout} ms, waiting for ${awaiting.length} copies`);
+  if (awaiting.length === 0) endPassive(tx, 'no copies to hear from');
+  return tx.commit();
+}
+
+function onTick(state: ClusterState, now: number): Decision {
+  const tx = new Tx(state, now);
+  if (state.leader.passive) {
+    if (now < state.leader.passiveUntilMs) return { state, commands: [], notes: [] };
+    endPassive(tx, 'timeout');
+  } else reconcile(tx);
+  return tx.commit();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Topology
+
+function onTopology(state: ClusterState, t: Topology, now: number): Decision {
+  if (state.leader.passive) return passive(state, 'ApplyTopology');
+  const err = validateTopology(t, Object.keys(state.apps));
+  if (err !== null) return reject(state, err.code, err.message);
+  for (const a of t.apps) {
+    const ex = own(state.apps, a.name);
+    if (ex === undefined) continue;
+    if (ex.spec.mode !== a.mode) {
+      return reject(state, 'FAILED_PRECONDITION', `app "${a.name}": changing mode ${ex.spec.mode} -> ${a.mode} is not supported on a declared app; declare a new app instead`);
+    }
+    if (ex.spec.rsCount !== a.rsCount) {
+      return reject(state, 'FAILED_PRECONDITION', `app "${a.name}": changing rsCount ${ex.spec.rsCount} -> ${a.rsCount} is not supported on a declared app; declare a new app instead`);
+    }
+  }
+  const tx = new Tx(state, now);
+  const balanceSet = new Set<string>();
+  for (const a of t.apps) {
+    const spec: AppSpec = { name: a.name, mode: a.mode, rsCount: a.rsCount, standbys: a.standbys, minCopies: a.minCopies };
+    const ex = own(state.apps, a.name);
+    if (ex === undefined) {
+      tx.createApp(spec);
+      tx.notes.push(`app ${a.name} declared: mode=${a.mode} rsCount=${a.rsCount} standbys=${a.standbys} minCopies=${a.minCopies}`);
+      continue;
+    }
+    const changes: string[] = [];
+    if (ex.spec.standbys !== a.standbys) changes.push(`app ${a.name}: standbys ${ex.spec.standbys} -> ${a.standbys}`);
+    if (ex.spec.minCopies !== a.minCopies) changes.push(`app ${a.name}: minCopies ${ex.spec.minCopies} -> ${a.minCopies}`);
+    if (changes.length === 0) continue;
+    tx.app(a.name)!.spec = spec;
+    tx.notes.push(...changes);
+    balanceSet.add(a.name);
+  }
+  const edges: Edge[] = t.edges.map((e) => ({ from: e.from, to: e.to, keyField: e.keyField }));
+  const key = (e: Edge): string => `${e.from} -> ${e.to}`;
+  const before = new Map(state.edges.map((e) => [key(e), e] as const));
+  const after = new Map(edges.map((e) => [key(e), e] as const));
+  const edgeNotes: string[] = [];
+  for (const [k, e] of after) {
+    const b = before.get(k);
+    if (b === undefined) edgeNotes.push(`edge ${k} added (key ${e.keyField})`);
+    else if (b.keyField !== e.keyField) edgeNotes.push(`edge ${k}: keyField ${b.keyField} -> ${e.keyField}`);
+  }
+  for (const k of before.keys()) if (!after.has(k)) edgeNotes.push(`edge ${k} removed`);
+  if (edgeNotes.length > 0) {
+    tx.edges = edges;
+    tx.notes.push(...edgeNotes);
+  }
+  if (tx.notes.length === 0) return noop(state, 'topology unchanged');
+  tx.balance = balanceSet;
+  reconcile(tx);
+  return tx.commit();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Copies
+
+function onRegistered(state: ClusterState, e: ControllerEvent & { type: 'CopyRegistered' }, now: number): Decision {
+  for (const f of ['copyId', 'app', 'host', 'address'] as const) {
+    if (!str(e[f])) return reject(state, 'INVALID_ARGUMENT', `${f}: must be a non-empty string`);
+  }
+  if (!Number.isSafeInteger(e.incarnation) || e.incarnation < 0) {
+    return reject(state, 'INVALID_ARGUMENT', `incarnation: must be an integer >= 0 (got ${String(e.incarnation)})`);
+  }
+  if (own(state.apps, e.app) === undefined) {
+    return reject(state, 'NOT_FOUND', `app "${e.app}" is not declared; apply a topology that declares it first`);
+  }
+  const ex = own(state.copies, e.copyId);
+  if (ex !== undefined && ex.app !== e.app) {
+    return reject(state, 'FAILED_PRECONDITION', `copy ${e.copyId} is registered for app "${ex.app}", not "${e.app}"`);
+  }
+  const tx = new Tx(state, now);
+  const balanceSet = new Set<string>();
+  if (ex === undefined) {
+    tx.setCopy({ copyId: e.copyId, app: e.app, host: e.host, address: e.address, incarnation: e.incarnation, status: 'UP', registeredAtMs: now, lastHeardAtMs: now });
+    tx.notes.push(`copy ${e.copyId} registered: app ${e.app}, host ${e.host}, address ${e.address}, incarnation ${e.incarnation}`);
+    balanceSet.add(e.app);
+  } else if (e.incarnation < ex.incarnation) {
+    return reject(state, 'FAILED_PRECONDITION', `copy ${e.copyId}: stale incarnation ${e.incarnation} (incarnation ${ex.incarnation} is registered)`);
+  } else if (e.incarnation === ex.incarnation) {
+    if (dead(ex)) {
+      return reject(state, 'FAILED_PRECONDITION', `copy ${e.copyId}: incarnation ${e.incarnation} was declared failed; restart it with a new incarnation`);
+    }
+    if (ex.host !== e.host) {
+      return reject(state, 'FAILED_PRECONDITION', `copy ${e.copyId}: incarnation ${e.incarnation} is registered on host ${ex.host}, not ${e.host}; a restarted process needs a new incarnation`);
+    }
+    // Idempotent refresh of the same process: only the address may change.
+    tx.setCopy({ ...ex, address: e.address, lastHeardAtMs: now });
+    if (ex.address !== e.address) {
+      tx.notes.push(`copy ${e.copyId}: address ${ex.address} -> ${e.address}`);
+      const at = tx.app(e.app)!;
+      if (at.activated) {
+        // Peers hold the old address in their member views: re-send every RS it is live in.
+        const idx = at.idx();
+        const slot = idx.slotOf.get(e.copyId);
+        if (slot !== undefined) {
+          for (const r of [...idx.rsOf[slot]!].sort((a, b) => a - b)) {
+            const role = roleOf(at.get(r).members, e.copyId);
+            if (role === 'ACTIVE' || role === 'STANDBY') at.touch(r);
+          }
+        }
+      }
+    } else tx.notes.push(`copy ${e.copyId}: registration refreshed (same incarnation ${e.incarnation})`);
+  } else {
+    // A new process: the old one is gone. Fence it exactly like a failure; the new process has
+    // no state, so it only gets STANDBY work (after catching up) from reconcile.
+    const status = ex.status === 'DRAINED' || ex.status === 'DISABLED' ? ex.status : 'UP';
+    tx.setCopy({
+      copyId: ex.copyId,
+      app: ex.app,
+      host: e.host,
+      address: e.address,
+      incarnation: e.incarnation,
+      status,
+      registeredAtMs: now,
+      lastHeardAtMs: now,
+    });
+    tx.fenced.add(e.copyId);
+    const load = loadOf(state, ex);
+    tx.notes.push(
+      `copy ${e.copyId} restarted: incarnation ${ex.incarnation} -> ${e.incarnation} (status ${ex.status} -> ${status}); ` +
+        `old process fenced (was ACTIVE for ${load.active} RS, STANDBY for ${load.standby})`,
+    );
+    balanceSet.add(e.app);
+  }
+  removeAwaiting(tx, e.copyId);
+  tx.balance = balanceSet;
+  reconcile(tx);
+  maybeEndPassive(tx);
+  return tx.commit();
+}
+
+function onHeard(state: ClusterState, e: ControllerEvent & { type: 'CopyHeard' }, now: number): Decision {
+  if (!str(e.copyId)) return reject(state, 'INVALID_ARGUMENT', 'copyId: must be a non-empty string');
+  if (!Number.isSafeInteger(e.incarnation)) return reject(state, 'INVALID_ARGUMENT', `incarnation: must be an integer (got ${String(e.incarnation)})`);
+  const c = own(state.copies, e.copyId);
+  if (c === undefined) return reject(state, 'NOT_FOUND', `copy ${e.copyId} is not registered; it must register`);
+  if (e.incarnation !== c.incarnation) {
+    return reject(state, 'FAILED_PRECONDITION', `copy ${e.copyId}: heard incarnation ${e.incarnation} but incarnation ${c.incarnation} is registered; it must re-register`);
+  }
+  if (dead(c)) {
+    return reject(state, 'FAILED_PRECONDITION', `copy ${e.copyId}: incarnation ${e.incarnation} was declared failed; restart it with a new incarnation`);
+  }
+  const tx = new Tx(state, now);
+  tx.setCopy({ ...c, lastHeardAtMs: now });
+  removeAwaiting(tx, e.copyId);
+  maybeEndPassive(tx);
+  return tx.commit();
+}
+
+function onFailed(state: ClusterState, e: ControllerEvent & { type: 'CopyFailed' }, now: number): Decision {
+  if (!str(e.copyId)) return reject(state, 'INVALID_ARGUMENT', 'copyId: must be a non-empty string');
+  if (!Number.isSafeInteger(e.incarnation)) return reject(state, 'INVALID_ARGUMENT', `incarnation: must be an integer (got ${String(e.incarnation)})`);
+  const reason = typeof e.reason === 'string' && e.reason !== '' ? e.reason : 'failed';
+  const c = own(state.copies, e.copyId);
+  if (c === undefined) return reject(state, 'NOT_FOUND', `copy ${e.copyId} is not registered`);
+  if (e.incarnation < c.incarnation) {
+    return noop(state, `stale report: copy ${e.copyId} incarnation ${e.incarnation} failed, but incarnation ${c.incarnation} is registered; nothing to do`);
+  }
+  if (dead(c) && e.incarnation === c.incarnation) {
+    return noop(state, `copy ${e.copyId} incarnation ${e.incarnation} is already declared failed; nothing to do`);
+  }
+  const tx = new Tx(state, now);
+  // Remember the highest failed incarnation, so that process can never register again.
+  const incarnation = Math.max(e.incarnation, c.incarnation);
+  if (c.status === 'OUT_OF_SERVICE') {
+    tx.setCopy({ ...c, incarnation });
+    tx.notes.push(`copy ${e.copyId} incarnation ${e.incarnation} failed before registering; recorded`);
+  } else if (c.status === 'DRAINED' || c.status === 'DISABLED') {
+    // The operator status survives (a restart stays parked); the process is marked dead.
+    tx.setCopy({ ...c, incarnation, failed: true });
+    tx.stops.push(stopOf(c, reason, e.incarnation));
+    tx.notes.push(`copy ${e.copyId} (${c.status}) failed: ${reason}; it holds no roles, status kept`);
+  } else {
+    const load = loadOf(state, c);
+    tx.setCopy({ ...c, status: 'OUT_OF_SERVICE', incarnation });
+    tx.stops.push(stopOf(c, reason, e.incarnation));
+    tx.notes.push(`copy ${e.copyId} incarnation ${e.incarnation} failed: ${reason}; failing over ${load.active} active and ${load.standby} standby RS`);
+  }
+  tx.balance = new Set([c.app]);
+  removeAwaiting(tx, e.copyId);
+  reconcile(tx);
+  maybeEndPassive(tx);
+  return tx.commit();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations
+
+/**
+ * Switchover: the target STANDBY becomes ACTIVE (front of the list), the old active takes the
+ * target's place in the promotion order, epoch+1. In FAULT_TOLERANT mode an app has a single
+ * active copy, so the switchover moves the active role of *all* RS of the app to the target
+ * (every RS gets its own epoch+1). No balancing follows: it would undo the operator.
+ */
+function onSwitchover(state: ClusterState, e: ControllerEvent & { type: 'SwitchoverRequested' }, now: number): Decision {
+  if (state.leader.passive) return passive(state, 'Switchover');
+  if (!str(e.app)) return reject(state, 'INVALID_ARGUMENT', 'app: must be a non-empty string');
+  if (!str(e.toCopyId)) return reject(state, 'INVALID_ARGUMENT', 'toCopyId: must be a non-empty string');
+  if (!Number.isSafeInteger(e.rs)) return reject(state, 'INVALID_ARGUMENT', `rs: must be an integer (got ${String(e.rs)})`);
+  const app = own(state.apps, e.app);
+  if (app === undefined) return reject(state, 'NOT_FOUND', `app "${e.app}" not found`);
+  const c = own(state.copies, e.toCopyId);
+  if (c === undefined || c.app !== e.app) return reject(state, 'NOT_FOUND', `copy ${e.toCopyId} not found in app "${e.app}"`);
+  if (e.rs < 0 || e.rs >= app.spec.rsCount) {
+    return reject(state, 'NOT_FOUND', `app "${e.app}" has no RS ${e.rs}: rsCount is ${app.spec.rsCount} (RS 0..${app.spec.rsCount - 1})`);
+  }
+  if (!app.activated) {
+    return reject(state, 'FAILED_PRECONDITION', `app "${e.app}" is not activated yet (it needs ${app.spec.minCopies} UP copies)`);
+  }
+  const where = `${e.app}/${e.rs}`;
+  const role = roleOf(app.rs[e.rs]!.members, e.toCopyId);
+  if (role === 'ACTIVE') return reject(state, 'FAILED_PRECONDITION', `copy ${e.toCopyId} is already ACTIVE for ${where}`);
+  if (c.status !== 'UP') return reject(state, 'FAILED_PRECONDITION', `copy ${e.toCopyId} is ${c.status}, not UP; it cannot become ACTIVE`);
+  if (role !== 'STANDBY') {
+    return reject(
+      state,
+      'FAILED_PRECONDITION',
+      `copy ${e.toCopyId} is not a STANDBY of ${where} (${role === null ? 'not a member' : 'it is OUT_OF_SERVICE there'}); only a standby that holds the state can take over`,
+    );
+  }
+  const tx = new Tx(state, now);
+  const at = tx.app(e.app)!;
+  const targets = app.spec.mode === 'FAULT_TOLERANT' ? [...Array(at.rsCount).keys()] : [e.rs];
+  let from: string | null = null;
+  for (const r of targets) {
+    const p = parseMembers(at.get(r).members);
+    if (!p.standbys.includes(e.toCopyId)) continue;
+    from = p.active;
+    const sbs = p.standbys.flatMap((s) => (s === e.toCopyId ? (p.active === null ? [] : [p.active]) : [s]));
+    at.put(r, buildMembers(tx.pool, e.toCopyId, sbs, p.oos), true);
+  }
+  const scope = app.spec.mode === 'FAULT_TOLERANT' ? `${e.app} (all ${at.rsCount} RS, FAULT_TOLERANT)` : where;
+  tx.notes.push(`switchover ${scope}: ${from ?? 'none'} -> ${e.toCopyId}, epoch ${at.get(e.rs).epoch}`);
+  return tx.commit();
+}
+
+/**
+ * Drain (and graceful removal): every RS the copy is ACTIVE for moves to its first UP standby
+ * (epoch+1) or, with none, to the least-loaded other UP copy; standby roles are re-homed on
+ * eligible copies (or dropped when there is none). All or nothing: when an active RS has nowhere
+ * to go, nothing changes. A drained copy is listed in no RS (it is healthy, just parked);
+ * removal then forgets the copy and asks it to stop.
+ */
+function onDrainOrRemove(state: ClusterState, copyId: string, now: number, remove: boolean): Decision {
+  const op = remove ? 'RemoveCopy' : 'Drain';
+  if (state.leader.passive) return passive(state, op);
+  if (!str(copyId)) return reject(state, 'INVALID_ARGUMENT', 'copyId: must be a non-empty string');
+  const c = own(state.copies, copyId);
+  if (c === undefined) return reject(state, 'NOT_FOUND', `copy ${copyId} is not registered`);
+  if (!remove && c.status !== 'UP') return reject(state, 'FAILED_PRECONDITION', `copy ${copyId} is ${c.status}; only UP copies can be drained`);
+  const load = loadOf(state, c);
+  if (load.active > 0) {
+    const others = Object.values(state.copies).filter((o) => o.app === c.app && o.status === 'UP' && o.copyId !== copyId).length;
+    if (others === 0) {
+      return reject(state, 'FAILED_PRECONDITION', `cannot ${remove ? 'remove' : 'drain'} copy ${copyId}: it is ACTIVE for ${load.active} RS of app "${c.app}" and no other UP copy can take them`);
+    }
+  }
+  const tx = new Tx(state, now);
+  tx.moved = { active: load.active, standby: load.standby };
+  if (remove) {
+    tx.deleteCopy(copyId);
+    removeAwaiting(tx, copyId);
+    if (!dead(c)) tx.stops.push(stopOf(c, 'removed by operator'));
+    tx.notes.push(`copy ${copyId} removed (was ${c.status}): moved_active=${load.active} moved_standby=${load.standby}`);
+  } else {
+    tx.setCopy({ ...c, status: 'DRAINED' });
+    tx.notes.push(`copy ${copyId} drained: moved_active=${load.active} moved_standby=${load.standby}`);
+  }
+  tx.balance = new Set([c.app]);
+  reconcile(tx);
+  return tx.commit();
+}
+
+/**
+ * Disable: fenced like a failure (its actives fail over with new epochs, its entries go to the
+ * end as OUT_OF_SERVICE), but the process keeps running: it gets an empty full role set instead
+ * of a StopCopy. DISABLED survives re-registration until CopyEnabled.
+ */
+function onDisabled(state: ClusterState, copyId: string, now: number): Decision {
+  if (state.leader.passive) return passive(state, 'Disable');
+  if (!str(copyId)) return reject(state, 'INVALID_ARGUMENT', 'copyId: must be a non-empty string');
+  const c = own(state.copies, copyId);
+  if (c === undefined) return reject(state, 'NOT_FOUND', `copy ${copyId} is not registered`);
+  if (c.status === 'DISABLED') return noop(state, `copy ${copyId} is already DISABLED`);
+  const tx = new Tx(state, now);
+  const load = loadOf(state, c);
+  // A failed copy stays dead when disabled: only a new incarnation brings a process back.
+  tx.setCopy(dead(c) ? { ...c, status: 'DISABLED', failed: true } : { ...c, status: 'DISABLED' });
+  if (!dead(c)) tx.fullFor.add(copyId);
+  tx.notes.push(`copy ${copyId} disabled (was ${c.status}): fenced ${load.active} active and ${load.standby} standby RS`);
+  tx.balance = new Set([c.app]);
+  reconcile(tx);
+  return tx.commit();
+}
+
+/** Enable: a DRAINED or DISABLED copy is UP again and gets its share through reconcile. */
+function onEnabled(state: ClusterState, copyId: string, now: number): Decision {
+  if (state.leader.passive) return passive(state, 'Enable');
+  if (!str(copyId)) return reject(state, 'INVALID_ARGUMENT', 'copyId: must be a non-empty string');
+  const c = own(state.copies, copyId);
+  if (c === undefined) return reject(state, 'NOT_FOUND', `copy ${copyId} is not registered`);
+  if (c.status === 'UP') return noop(state, `copy ${copyId} is already UP`);
+  if (c.status === 'OUT_OF_SERVICE') {
+    return reject(state, 'FAILED_PRECONDITION', `copy ${copyId} is OUT_OF_SERVICE: failed copies return by registering a new incarnation`);
+  }
+  if (c.failed === true) {
+    return reject(state, 'FAILED_PRECONDITION', `copy ${copyId}: its process (incarnation ${c.incarnation}) was declared failed; failed copies return by registering a new incarnation`);
+  }
+  const tx = new Tx(state, now);
+  tx.setCopy({ ...c, status: 'UP' });
+  tx.notes.push(`copy ${copyId} enabled (was ${c.status})`);
+  tx.balance = new Set([c.app]);
+  reconcile(tx);
+  return tx.commit();
+}

@@ -1,0 +1,13 @@
+/**
+ * @understudy/core — the pure decision core of the System Controller (DESIGN §3): cluster
+ * model, `decide(state, event, now)`, placement, and read-side helpers. No I/O, no clock.
+ */
+export type { AppSpec, AppState, ClusterState, CopyInfo, CopyStatus, Edge, LeaderPhase, Member, Mode, Role, RsAssignment, Topology } from './model';
+export type { ControllerCommand, ControllerEvent, Decision, MemberView, Rejection, RoleEntry, RouteChange } from './events';
+export { decide } from './decide';
+export { validateTopology, APP_NAME_RE, MAX_RS_COUNT, MAX_STANDBYS } from './validate';
+export { keyToRs } from './hash';
+export { emptyState, routesOf, fullRoleSet, copyLoads } from './views';
+export { checkInvariants, checkBalance } from './invariants';
+export { placeInitial, spreadOrder } from './placement';
+export { MAX_OOS_ENTRIES } from './members';

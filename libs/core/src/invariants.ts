@@ -1,0 +1,138 @@
+/** Checks of the safety and shape invariants of a state (used by tests and the simulation). */
+import type { ClusterState } from './model';
+
+const LIMIT = 50;
+
+/**
+ * Every violated invariant of `state`, as readable lines (empty = fine). Checked:
+ * - shape: RS ids and counts, known apps and copies, members of the right app, leader phase;
+ * - member lists: at most one ACTIVE and first, then STANDBYs, then ≤ 2 OUT_OF_SERVICE, no copy
+ *   twice, standbys ≤ spec (0 for DISTRIBUTED), an ACTIVE implies epoch ≥ 1;
+ * - roles: DRAINED copies are listed nowhere; when not passive, ACTIVE/STANDBY only on UP copies;
+ * - liveness (not passive): every RS of an activated app has an ACTIVE when the app has an UP
+ *   copy, and as many standbys as the spec asks and UP copies allow;
+ * - FAULT_TOLERANT: all RS of the app have the same member list.
+ * Balance is separate ({@link checkBalance}): a switchover may legitimately unbalance an app.
+ */
+export function checkInvariants(state: ClusterState): string[] {
+  const out: string[] = [];
+  const add = (s: string): void => {
+    if (out.length < LIMIT) out.push(s);
+  };
+  const passive = state.leader.passive;
+  if (!passive && state.leader.awaiting.length > 0) add(`leader: not passive but awaiting ${state.leader.awaiting.length} copies`);
+  if (new Set(state.leader.awaiting).size !== state.leader.awaiting.length) add('leader: duplicate awaiting entries');
+  for (const [id, c] of Object.entries(state.copies)) {
+    if (c.copyId !== id) add(`copy ${id}: keyed under a different id ${c.copyId}`);
+    if (state.apps[c.app] === undefined) add(`copy ${id}: unknown app ${c.app}`);
+    if (!Number.isSafeInteger(c.incarnation) || c.incarnation < 0) add(`copy ${id}: bad incarnation ${c.incarnation}`);
+    if (c.failed === true && c.status !== 'DRAINED' && c.status !== 'DISABLED') add(`copy ${id}: failed flag on a ${c.status} copy`);
+  }
+  for (const e of state.edges) {
+    if (state.apps[e.from] === undefined || state.apps[e.to] === undefined) add(`edge ${e.from} -> ${e.to}: unknown app`);
+  }
+  for (const [name, app] of Object.entries(state.apps)) {
+    const spec = app.spec;
+    if (spec.name !== name) add(`app ${name}: spec name ${spec.name}`);
+    if (app.rs.length !== spec.rsCount) add(`app ${name}: ${app.rs.length} RS, spec says ${spec.rsCount}`);
+    const k = spec.mode === 'DISTRIBUTED' ? 0 : spec.standbys;
+    let up = 0;
+    for (const c of Object.values(state.copies)) if (c.app === name && c.status === 'UP') up++;
+    const ft0 = app.rs[0]?.members;
+    for (let r = 0; r < app.rs.length; r++) {
+      const a = app.rs[r]!;
+      const at = `${name}/${r}`;
+      if (a.rs !== r || a.app !== name) add(`${at}: assignment says ${a.app}/${a.rs}`);
+      if (!Number.isSafeInteger(a.epoch) || a.epoch < 0 || !Number.isSafeInteger(a.version) || a.version < 0) add(`${at}: bad epoch/version`);
+      if (!app.activated) {
+        if (a.members.length > 0) add(`${at}: members before activation`);
+        continue;
+      }
+      const seen = new Set<string>();
+      let phase = 0; // 0 = expect ACTIVE, 1 = standbys, 2 = oos
+      let actives = 0;
+      let sbs = 0;
+      let oos = 0;
+      for (let i = 0; i < a.members.length; i++) {
+        const m = a.members[i]!;
+        if (seen.has(m.copyId)) add(`${at}: copy ${m.copyId} listed twice`);
+        seen.add(m.copyId);
+        const c = state.copies[m.copyId];
+        if (c === undefined) add(`${at}: unknown copy ${m.copyId}`);
+        else {
+          if (c.app !== name) add(`${at}: copy ${m.copyId} belongs to app ${c.app}`);
+          if (c.status === 'DRAINED') add(`${at}: DRAINED copy ${m.copyId} is listed (${m.role})`);
+          if (!passive && m.role !== 'OUT_OF_SERVICE' && c.status !== 'UP') add(`${at}: ${m.role} on ${c.status} copy ${m.copyId}`);
+        }
+        if (m.role === 'ACTIVE') {
+          actives++;
+          if (i !== 0) add(`${at}: ACTIVE not first`);
+        } else if (m.role === 'STANDBY') {
+          sbs++;
+          if (phase > 1) add(`${at}: STANDBY after OUT_OF_SERVICE`);
+          phase = 1;
+        } else {
+          oos++;
+          phase = 2;
+        }
+      }
+      if (actives > 1) add(`${at}: ${actives} ACTIVE members`);
+      if (actives === 1 && a.epoch < 1) add(`${at}: ACTIVE with epoch ${a.epoch}`);
+      if (sbs > k) add(`${at}: ${sbs} standbys, spec allows ${k}`);
+      if (oos > 2) add(`${at}: ${oos} OUT_OF_SERVICE entries (max 2)`);
+      if (!passive && up > 0) {
+        if (actives === 0) add(`${at}: no ACTIVE although ${up} UP copies exist`);
+        const want = Math.min(k, up - 1);
+        if (actives === 1 && sbs < want) add(`${at}: ${sbs} standbys, want ${want} (${up} UP copies)`);
+      }
+      if (spec.mode === 'FAULT_TOLERANT' && ft0 !== undefined && !sameList(ft0, a.members)) add(`${at}: FAULT_TOLERANT RS differs from RS 0`);
+    }
+  }
+  return out;
+}
+
+function sameList(a: readonly { copyId: string; role: string }[], b: readonly { copyId: string; role: string }[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i]!.copyId !== b[i]!.copyId || a[i]!.role !== b[i]!.role) return false;
+  return true;
+}
+
+/**
+ * Balance check for activated DISTRIBUTED / DISTRIBUTED_FAULT_TOLERANT apps (all, or `apps`):
+ * over UP copies, active counts and total (ACTIVE+STANDBY) counts each within 1. Apps with
+ * fewer UP copies than 1 + standbys are skipped (every RS then spans all copies anyway).
+ */
+export function checkBalance(state: ClusterState, apps?: Iterable<string>): string[] {
+  const out: string[] = [];
+  const names = apps === undefined ? Object.keys(state.apps) : [...apps];
+  for (const name of names) {
+    const app = state.apps[name];
+    if (app === undefined || !app.activated || app.spec.mode === 'FAULT_TOLERANT') continue;
+    const act = new Map<string, number>();
+    const tot = new Map<string, number>();
+    for (const c of Object.values(state.copies)) {
+      if (c.app === name && c.status === 'UP') {
+        act.set(c.copyId, 0);
+        tot.set(c.copyId, 0);
+      }
+    }
+    if (act.size < 1 + app.spec.standbys) continue;
+    for (const a of app.rs) {
+      for (const m of a.members) {
+        if (m.role === 'OUT_OF_SERVICE' || !act.has(m.copyId)) continue;
+        tot.set(m.copyId, tot.get(m.copyId)! + 1);
+        if (m.role === 'ACTIVE') act.set(m.copyId, act.get(m.copyId)! + 1);
+      }
+    }
+    const spread = (m: Map<string, number>): [number, number] => [Math.min(...m.values()), Math.max(...m.values())];
+    const [amin, amax] = spread(act);
+    const [tmin, tmax] = spread(tot);
+    if (amax - amin > 1) add(`${name}: active counts ${amin}..${amax} over ${act.size} UP copies`);
+    if (tmax - tmin > 1) add(`${name}: total counts ${tmin}..${tmax} over ${tot.size} UP copies`);
+  }
+  return out;
+
+  function add(s: string): void {
+    out.push(s);
+  }
+}

@@ -1,0 +1,97 @@
+/**
+ * OpenTelemetry bootstrap (R-TR-5): traces of every gRPC call, with the context carried in
+ * gRPC metadata, so ALDM → Router → copy → standby is one trace in Jaeger.
+ *
+ * Call {@link startTelemetry} FIRST in a service's entry file, before the modules that
+ * create gRPC servers and clients are loaded, and load the rest dynamically:
+ *
+ * @example
+ * // services/router/src/main.ts
+ * import { startTelemetry } from '@understudy/runtime';
+ * const telemetry = startTelemetry({ serviceName: 'router' });
+ * void import('./router').then((m) => m.main({ telemetry }));
+ *
+ * Why "first": the gRPC instrumentation patches `@grpc/grpc-js` through a require hook.
+ * {@link startTelemetry} re-requires grpc-js itself, so a copy already loaded (this package
+ * loads it) is patched too and servers are traced whenever they are created after it. But
+ * ts-proto builds client constructors when `@understudy/proto` is loaded, capturing grpc-js
+ * functions: clients from a proto module loaded BEFORE startTelemetry make no client spans
+ * and propagate no context. So: runtime import, startTelemetry, then everything else.
+ * Only gRPC is instrumented; pino lines get `trace_id`/`span_id` from the active span
+ * (logging.ts); ioredis is not instrumented (no instrumentation package is installed).
+ *
+ * Export: an OTLP/gRPC trace exporter only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set
+ * (e.g. `http://jaeger:4317`); nothing is exported otherwise. OTel metrics and logs
+ * exporters are off (metrics go through prom-client; logs through pino).
+ */
+import { trace, type Tracer } from '@opentelemetry/api';
+import { GrpcInstrumentation } from '@opentelemetry/instrumentation-grpc';
+import { NodeSDK } from '@opentelemetry/sdk-node';
+import { BatchSpanProcessor, type SpanProcessor } from '@opentelemetry/sdk-trace-base';
+
+/** Options of {@link startTelemetry}. */
+export interface TelemetryOptions {
+  /** `service.name` of every span (e.g. `router`, `aggregator`). */
+  readonly serviceName: string;
+  /** Extra span processors (tests pass `new SimpleSpanProcessor(new InMemorySpanExporter())`). */
+  readonly spanProcessors?: readonly SpanProcessor[];
+  /**
+   * OTLP gRPC endpoint for traces; empty or unset means no exporter.
+   * @default process.env.OTEL_EXPORTER_OTLP_ENDPOINT
+   */
+  readonly otlpEndpoint?: string;
+}
+
+/** A started telemetry pipeline. */
+export interface Telemetry {
+  /** Flush pending spans and stop. Idempotent. */
+  shutdown(): Promise<void>;
+}
+
+let started = false;
+
+/**
+ * Start tracing for this process (once per process). Returns a handle whose `shutdown`
+ * flushes spans; call it on SIGTERM before exiting.
+ */
+export function startTelemetry(options: TelemetryOptions): Telemetry {
+  if (!options.serviceName) throw new TypeError('startTelemetry: serviceName must be a non-empty string');
+  if (started) throw new Error('startTelemetry: already started in this process (call it once, in the entry file)');
+  started = true;
+
+  const processors: SpanProcessor[] = [...(options.spanProcessors ?? [])];
+  const endpoint = options.otlpEndpoint ?? process.env.OTEL_EXPORTER_OTLP_ENDPOINT ?? '';
+  if (endpoint !== '') {
+    // Loaded lazily: the exporter is only needed when someone collects the traces.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { OTLPTraceExporter } = require('@opentelemetry/exporter-trace-otlp-grpc') as typeof import('@opentelemetry/exporter-trace-otlp-grpc');
+    processors.push(new BatchSpanProcessor(new OTLPTraceExporter({ url: endpoint })));
+  }
+
+  const sdk = new NodeSDK({
+    serviceName: options.serviceName,
+    // Explicit (even when empty) so NodeSDK does not create its env-default OTLP exporters.
+    spanProcessors: processors,
+    metricReaders: [],
+    logRecordProcessors: [],
+    instrumentations: [new GrpcInstrumentation({ ignoreGrpcMethods: ['Check', 'Watch'] })],
+  });
+  sdk.start();
+  // The require hook patches a module when it is next required; grpc-js may already be
+  // in the module cache (this package and NodeSDK load it), so require it once now.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  require('@grpc/grpc-js');
+
+  let stopping: Promise<void> | null = null;
+  return {
+    shutdown(): Promise<void> {
+      stopping ??= sdk.shutdown();
+      return stopping;
+    },
+  };
+}
+
+/** The tracer for `name` (a module or component, e.g. `understudy.router`). */
+export function tracer(name: string): Tracer {
+  return trace.getTracer(name);
+}
