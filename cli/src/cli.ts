@@ -192,6 +192,17 @@ function buildProgram(io: CliIo, run: (cmd: Command, operation: string, work: (c
       new Option('--timeout-ms <ms>', 'give up after this long (leader search included)').default(DEFAULT_TIMEOUT_MS).argParser(positiveInt('--timeout-ms', 3_600_000)),
     )
     .showSuggestionAfterError(true)
+    .addHelpText(
+      'after',
+      `
+Topology file (apply -f, YAML or JSON; unknown keys are errors):
+  apps:  [{ name, mode: DISTRIBUTED|FAULT_TOLERANT|DISTRIBUTED_FAULT_TOLERANT, rsCount, standbys, minCopies }]
+  edges: [{ from, to, keyField }]
+
+Exit codes:
+  0 ok   1 other failure   2 usage or bad file (INVALID_ARGUMENT)   3 not found (NOT_FOUND)
+  4 refused in this state (FAILED_PRECONDITION)   5 no controller reachable / no answer in time`,
+    )
     .exitOverride();
 
   program

@@ -6,6 +6,12 @@
 import { runCli } from './cli';
 import { ExitCode } from './errors';
 
+// `understudy status | head -3`: a closed pipe is the reader's choice, not an error to report.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(process.exitCode ?? ExitCode.OK);
+  throw e;
+});
+
 runCli(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;

@@ -303,3 +303,41 @@ describe('understudy CLI against a real controller', () => {
     assert.ok(r.ms < timeoutMs + 20_000, `took ${r.ms} ms`);
   });
 });
+
+describe('understudy CLI with two controller replicas', () => {
+  let store: Store;
+  let replicas: ControllerHandle[] = [];
+
+  before(async () => {
+    // Two replicas in this process sharing one in-memory store: one leads, one follows.
+    store = await openStore({ dataDir: null });
+    for (const id of ['rep-a', 'rep-b']) {
+      replicas.push(await startController({ controllerId: id, store, logger: silentLogger(), listenAddress: '127.0.0.1:0', leaseTtlMs: 2000, passiveTimeoutMs: 200, tickIntervalMs: 50 }));
+    }
+    await waitFor(async () => replicas.filter((r) => r.isLeader()).length === 1, 'exactly one leader');
+  });
+
+  after(async () => {
+    for (const r of replicas) await r.stop();
+    replicas = [];
+    await store?.close();
+  });
+
+  test('given only the follower, the CLI follows its redirect to the leader', async () => {
+    const leader = replicas.find((r) => r.isLeader())!;
+    const follower = replicas.find((r) => !r.isLeader())!;
+    const r = await understudy(['--controllers', follower.address, '--json', 'status']);
+    assert.equal(r.code, 0, show(r));
+    const j = JSON.parse(r.stdout) as { leaderId: string; leaderAddress: string };
+    assert.equal(j.leaderId, leader.controllerId);
+    assert.equal(j.leaderAddress, leader.address);
+  });
+
+  test('a dead address first in the list is skipped', async () => {
+    const leader = replicas.find((r) => r.isLeader())!;
+    const dead = `127.0.0.1:${await freePort()}`;
+    const r = await understudy(['--controllers', `${dead},${replicas.map((x) => x.address).join(',')}`, '--json', 'status']);
+    assert.equal(r.code, 0, show(r));
+    assert.equal((JSON.parse(r.stdout) as { leaderId: string }).leaderId, leader.controllerId);
+  });
+});

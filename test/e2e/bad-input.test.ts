@@ -509,6 +509,7 @@ describe(`fuzz: random bytes to every RPC (seed ${FUZZ_SEED}; replay with FUZZ_S
       const inputs = Array.from({ length: FUZZ_PER_RPC }, () => randomBytes(rand, SEEDS[method]));
       const failures: string[] = [];
       const seen = new Map<string, number>();
+      let undecodable = 0;
       // A few in flight at a time: fast, without turning the fuzz into a load test.
       let next = 0;
       const worker = async (): Promise<void> => {
@@ -519,13 +520,14 @@ describe(`fuzz: random bytes to every RPC (seed ${FUZZ_SEED}; replay with FUZZ_S
           const key = name(o.code);
           seen.set(key, (seen.get(key) ?? 0) + 1);
           const decodable = decodes(method, bytes);
+          if (!decodable) undecodable++;
           if (FORBIDDEN.has(o.code) || (!decodable && o.code !== grpc.status.INVALID_ARGUMENT)) {
             failures.push(`#${i} bytes=${bytes.toString('hex') || '(empty)'} decodable=${decodable} → ${key} ${JSON.stringify(o.details)}`);
           }
         }
       };
       await Promise.all(Array.from({ length: 8 }, worker));
-      t.diagnostic(`${method}: ${JSON.stringify(Object.fromEntries(seen))}`);
+      t.diagnostic(`${method}: ${undecodable} undecodable; answers ${JSON.stringify(Object.fromEntries(seen))}`);
       assert.deepEqual(failures.slice(0, 20), [], `seed ${FUZZ_SEED} (FUZZ_SEED=${FUZZ_SEED} to replay), ${method}: ${failures.length} bad answers`);
     });
   }

@@ -455,6 +455,8 @@ class ControllerNode implements ControllerHandle {
   }
 
   private async copyHeartbeat(r: CopyHeartbeatRequest): Promise<CopyHeartbeatResponse> {
+    if (!COPY_ID_RE.test(r.copyId)) throw new InvalidArgumentError(`copy_id must match ${COPY_ID_RE}, got ${JSON.stringify(r.copyId)}`);
+    if (!(r.incarnation > 0)) throw new InvalidArgumentError('incarnation must be > 0');
     const state = this.requireLeader();
     const c = state.copies[r.copyId];
     if (!c || c.incarnation !== r.incarnation) return { known: false };
