@@ -4,3 +4,4 @@ export { startCopy, type CopyOptions, type CopyHandle } from './copy';
 export { RoutingClient, type RoutingClientOptions, type RouteInfo, type Delivered } from './client';
 export { ControllerClient, LEADER_ADDRESS_KEY, leaderAddressOf, type ControllerClientOptions } from './controller-client';
 export { encodeJson, decodeJson } from './codec';
+export { runCopyProcess, copyProcessConfig } from './process';

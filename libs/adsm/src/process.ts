@@ -1,9 +1,9 @@
-/** A counter copy process (body; copy.ts is the entry that starts telemetry first). */
-import { startCopy } from '@understudy/adsm';
 import { createLogger, defineConfig, loadConfig, type Telemetry } from '@understudy/runtime';
-import { counterApp } from './counter';
+import { startCopy, type CopyHandle } from './copy';
+import type { AppDefinition } from './handler';
 
-const schema = defineConfig({
+/** Flags / env every copy process understands (`--help` style names in the TSDoc of each). */
+export const copyProcessConfig = defineConfig({
   copyId: { env: 'UNDERSTUDY_COPY_ID', flag: 'copy-id', type: 'string', default: '', description: 'stable id of this copy (required)' },
   controllers: { env: 'UNDERSTUDY_CONTROLLERS', flag: 'controllers', type: 'string', default: '127.0.0.1:7100', description: 'comma-separated controller host:port list' },
   host: { env: 'UNDERSTUDY_HOST', flag: 'host', type: 'string', default: 'localhost', description: 'host id for placement spread' },
@@ -12,13 +12,20 @@ const schema = defineConfig({
   heartbeatIntervalMs: { env: 'UNDERSTUDY_HEARTBEAT_INTERVAL_MS', flag: 'heartbeat-interval-ms', type: 'ms', default: 500, min: 10, max: 60_000, description: 'heartbeat period' },
 });
 
-/** Run the process (telemetry already started by the entry file). */
-export async function main(telemetry: Telemetry): Promise<void> {
-  const c = loadConfig(schema, { env: process.env, argv: process.argv.slice(2) });
+/**
+ * Run a copy of `app` as a process: read the standard flags/env, start the copy, print the
+ * ready line `{"msg":"copy listening","address":…}` on stdout, stop gracefully on
+ * SIGTERM/SIGINT. Call it from an entry file after `startTelemetry`.
+ */
+export async function runCopyProcess<S, M, U, R, Q, QR>(
+  app: AppDefinition<S, M, U, R, Q, QR>,
+  opts: { telemetry?: Telemetry; argv?: readonly string[]; env?: NodeJS.ProcessEnv } = {},
+): Promise<CopyHandle> {
+  const c = loadConfig(copyProcessConfig, { env: opts.env ?? process.env, argv: [...(opts.argv ?? process.argv.slice(2))] });
   if (!c.copyId) throw new Error('--copy-id (UNDERSTUDY_COPY_ID) is required');
-  const logger = createLogger({ service: 'counter' });
+  const logger = createLogger({ service: app.name });
   const copy = await startCopy({
-    app: counterApp,
+    app,
     copyId: c.copyId,
     controllerAddresses: c.controllers.split(',').map((s) => s.trim()).filter(Boolean),
     host: c.host,
@@ -30,10 +37,10 @@ export async function main(telemetry: Telemetry): Promise<void> {
   process.stdout.write(`${JSON.stringify({ msg: 'copy listening', address: copy.address, copyId: copy.copyId })}\n`);
   const shutdown = async (): Promise<void> => {
     await copy.stop();
-    await telemetry.shutdown();
+    await opts.telemetry?.shutdown();
     process.exit(0);
   };
-  process.on('SIGTERM', () => void shutdown());
-  process.on('SIGINT', () => void shutdown());
+  process.once('SIGTERM', () => void shutdown());
+  process.once('SIGINT', () => void shutdown());
+  return copy;
 }
-
