@@ -6,13 +6,13 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { AdsmServiceService, ControllerServiceClient, Role, type GetStatusResponse, type SetRolesRequest, type SetRolesResponse } from '@understudy/proto';
-import { openStore, silentLogger, unaryCall, type Store } from '@understudy/runtime';
+import { freePort, openStore, silentLogger, unaryCall, type Store } from '@understudy/runtime';
+import { waitFor } from '../../test/harness/wait';
 import { startController, type ControllerHandle } from '@understudy/system-controller';
 
 const ROOT = path.resolve(__dirname, '..', '..');
@@ -54,32 +54,6 @@ function show(r: Run): string {
 /** Lines of stderr that come from the CLI (npx may add its own warnings). */
 function cliErrors(r: Run): string[] {
   return r.stderr.split('\n').filter((l) => l.startsWith('understudy: '));
-}
-
-async function waitFor<T>(fn: () => Promise<T | undefined | false>, what: string, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== undefined && v !== false) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last instanceof Error ? `: ${last.message}` : ''}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 /** A stand-in copy: accepts SetRoles, so the controller can place RS on it. */
@@ -144,7 +118,7 @@ describe('understudy CLI against a real controller', () => {
     });
     addr = controller.address;
     client = new ControllerServiceClient(addr, grpc.credentials.createInsecure());
-    await waitFor(async () => controller.isLeader() && !(await status()).passive, 'the replica to lead');
+    await waitFor(async () => controller.isLeader() && !(await status()).passive, { what: 'the replica to lead' });
   });
 
   after(async () => {
@@ -242,7 +216,7 @@ describe('understudy CLI against a real controller', () => {
         copies.push(c);
         await unaryCall(client.registerCopy.bind(client), { copyId, app, host: 'stand-in', address: c.address, incarnation: 1 });
       }
-      await waitFor(async () => (await status()).apps.every((a) => a.activated && a.rsWithActive === a.spec!.rsCount), 'both apps activated');
+      await waitFor(async () => (await status()).apps.every((a) => a.activated && a.rsWithActive === a.spec!.rsCount), { what: 'both apps activated' });
     });
 
     test('status --assignments shows every RS', async () => {
@@ -314,7 +288,7 @@ describe('understudy CLI with two controller replicas', () => {
     for (const id of ['rep-a', 'rep-b']) {
       replicas.push(await startController({ controllerId: id, store, logger: silentLogger(), listenAddress: '127.0.0.1:0', leaseTtlMs: 2000, passiveTimeoutMs: 200, tickIntervalMs: 50 }));
     }
-    await waitFor(async () => replicas.filter((r) => r.isLeader()).length === 1, 'exactly one leader');
+    await waitFor(async () => replicas.filter((r) => r.isLeader()).length === 1, { what: 'exactly one leader' });
   });
 
   after(async () => {

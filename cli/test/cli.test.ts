@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
-import * as net from 'node:net';
 import { describe, it } from 'node:test';
 import { parseControllerList, runCli, shortReason, type CliIo } from '../src/cli';
 import { UsageError } from '../src/errors';
+import { freePort } from '@understudy/runtime';
 
 /** Run the CLI in-process and capture what it prints. */
 async function cli(argv: string[], env: Record<string, string> = {}): Promise<{ code: number; out: string; err: string }> {
@@ -13,17 +13,8 @@ async function cli(argv: string[], env: Record<string, string> = {}): Promise<{ 
   return { code, out, err };
 }
 
-/** A port nothing listens on. */
-function deadPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
+/** A port nothing listens on (free now, nothing started on it). */
+const deadPort = freePort;
 
 describe('command line', () => {
   it('--help and --version exit 0', async () => {
