@@ -5,25 +5,40 @@
  * 1,000 copies on 50 hosts (≈100 actives and ≈200 standbys per copy).
  *   place_ms      the decide() whose registration brings the app to minCopies: initial
  *                 distribution of all 300,000 roles, plus all SetRoles and PublishRoutes commands.
- *   fail_copy_ms  decide() of one CopyFailed for a copy holding ≈100 actives: failover of its
- *                 actives (epoch+1), re-homing of ≈300 roles, balance check, commands.
+ *   fail_copy_ms  decide() of one CopyFailed for a copy holding ≈100 actives in the healthy,
+ *                 balanced cluster: failover of its actives (epoch+1, R-DFM-4), re-homing of
+ *                 ≈300 roles, balancing, commands. Between runs (untimed) the copy restarts
+ *                 and rejoins, so every run fails a copy of a full, balanced cluster.
+ *   fail_copy_seq_ms  the same, but failures accumulate (each run fails the most loaded copy of
+ *                 the previous run's state): the degraded-cluster case, where keeping active
+ *                 counts within 1 needs up to ≈90 extra switchovers per failure.
  * Layout B: the same app over 100 copies on 50 hosts, so one copy really holds ≈1,000 actives
  *   (≈3,000 roles) — in layout A no copy can hold 1,000 actives while staying balanced.
- *   place_100_ms, fail_copy_1000_ms  the same measurements.
+ *   place_100_ms, fail_copy_1000_ms, fail_copy_1000_seq_ms  the same measurements.
  * Extras: tick_ms (no-op Tick on the placed 1,000-copy state), add_copy_ms (a 1,001st copy
  * registers and is given its share by balancing), drain_ms (drain of a ≈100-active copy).
  *
- * Every figure is the median of ≥ 5 measured runs after warm-up. Failures are sequential (each
- * run fails the next copy of the latest state), which is what a controller does in production.
+ * Every figure is the median of ≥ 5 measured runs (7 by default, BENCH_RUNS) after warm-up runs
+ * (8 by default, BENCH_WARMUP), with one full GC after each untimed setup phase.
  * Progress lines go to stdout; the last line is one JSON object.
  */
 import { performance } from 'node:perf_hooks';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { checkInvariants, copyLoads, decide, emptyState, type ClusterState, type ControllerEvent, type Decision } from '../libs/core/src/index';
 
 const RS = 100_000;
 const HOSTS = 50;
 const RUNS = Number(process.env.BENCH_RUNS ?? 7);
-const WARMUP = 2;
+const WARMUP = Number(process.env.BENCH_WARMUP ?? 8);
+
+// One full GC after each setup phase, before a series is timed: setup leaves hundreds of MB of
+// garbage (whole placements) whose collection would otherwise land in the first measured
+// decisions. Not between runs: forced GCs age code and make V8 flush and recompile it, which
+// a controller in steady state does not pay. The decisions' own garbage is collected (and
+// paid for) inside the timings.
+setFlagsFromString('--expose-gc');
+const fullGc = runInNewContext('gc') as () => void;
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -75,6 +90,7 @@ function preActivation(copies: number): ClusterState {
 function benchPlace(copies: number): { ms: number; placed: ClusterState; cmds: ReturnType<typeof countCommands> } {
   const pre = preActivation(copies);
   const last = reg(copies - 1);
+  fullGc();
   const times: number[] = [];
   let d: Decision | undefined;
   for (let i = 0; i < WARMUP + RUNS; i++) {
@@ -86,11 +102,40 @@ function benchPlace(copies: number): { ms: number; placed: ClusterState; cmds: R
   return { ms: median(times), placed, cmds: countCommands(d!) };
 }
 
+/**
+ * One failure per run on a healthy, balanced cluster: after each timed CopyFailed (untimed) the
+ * copy restarts with a new incarnation and Ticks settle the balancing, so every measured failure
+ * hits a full cluster again: crash, restart, rejoin, next crash.
+ */
+function benchFailHealthy(start: ClusterState, copies: number, label: string): { ms: number; actives: number; state: ClusterState } {
+  let s = start;
+  const times: number[] = [];
+  const actives: number[] = [];
+  let now = 40_000;
+  fullGc();
+  for (let i = 0; i < WARMUP + RUNS; i++) {
+    const victim = `c${String((i * 37) % copies).padStart(4, '0')}`;
+    const c = s.copies[victim]!;
+    const load = copyLoads(s, 'bench').get(victim)!;
+    const r = timed(() => decide(s, { type: 'CopyFailed', copyId: victim, incarnation: c.incarnation, reason: 'bench' }, now++));
+    s = must(r.d, 'fail');
+    if (i >= WARMUP) {
+      times.push(r.ms);
+      actives.push(load.active);
+    }
+    console.log(`  ${label} run ${i + 1}/${WARMUP + RUNS}${i < WARMUP ? ' (warm-up)' : ''}: ${victim} with ${load.active} actives failed in ${r.ms.toFixed(2)} ms`);
+    s = must(decide(s, { type: 'CopyRegistered', copyId: victim, app: 'bench', host: c.host, address: c.address, incarnation: c.incarnation + 1 }, now++), 'restart');
+    for (let t = 0; t < 5 && s.apps.bench!.balancePending === true; t++) s = must(decide(s, { type: 'Tick' }, now++), 'tick');
+  }
+  return { ms: median(times), actives: median(actives), state: s };
+}
+
 /** Sequential failures of copies with the most actives; returns the median decide() time. */
 function benchFail(start: ClusterState, label: string): { ms: number; state: ClusterState; activesFailed: number[]; cmds: ReturnType<typeof countCommands> } {
   let s = start;
   const times: number[] = [];
   const activesFailed: number[] = [];
+  fullGc();
   let cmds = countCommands({ state: s, commands: [], notes: [] });
   for (let i = 0; i < WARMUP + RUNS; i++) {
     const loads = copyLoads(s, 'bench');
@@ -102,7 +147,7 @@ function benchFail(start: ClusterState, label: string): { ms: number; state: Clu
         victim = id;
       }
     }
-    const r = timed(() => decide(s, { type: 'CopyFailed', copyId: victim, incarnation: 1, reason: 'bench' }, 20_000 + i));
+    const r = timed(() => decide(s, { type: 'CopyFailed', copyId: victim, incarnation: s.copies[victim]!.incarnation, reason: 'bench' }, 20_000 + i));
     s = must(r.d, 'fail');
     if (i >= WARMUP) {
       times.push(r.ms);
@@ -117,6 +162,7 @@ function benchFail(start: ClusterState, label: string): { ms: number; state: Clu
 function benchRepeat(label: string, s0: ClusterState, mk: (i: number, s: ClusterState) => ControllerEvent, chain: boolean): { ms: number; state: ClusterState } {
   let s = s0;
   const times: number[] = [];
+  fullGc();
   for (let i = 0; i < WARMUP + RUNS; i++) {
     const ev = mk(i, s);
     const r = timed(() => decide(s, ev, 30_000 + i));
@@ -128,18 +174,19 @@ function benchRepeat(label: string, s0: ClusterState, mk: (i: number, s: Cluster
   return { ms: median(times), state: s };
 }
 
-function main(): void {
-  console.log(`placement bench: ${RS} RS x (1 active + 2 standbys), ${HOSTS} hosts, ${RUNS} runs (+${WARMUP} warm-up), node ${process.version}`);
-
+/** Layout A (1,000 copies). Scoped so its states can be collected before layout B. */
+function layoutA(): Record<string, number> {
   console.log('layout A: 1,000 copies');
   const a = benchPlace(1000);
   console.log(`  place: median ${a.ms.toFixed(2)} ms (${a.cmds.setRoles} SetRoles, ${a.cmds.entries} role entries, ${a.cmds.routes} routes)`);
   const inv = checkInvariants(a.placed);
   if (inv.length > 0) throw new Error(`placed state violates invariants: ${inv[0]}`);
   const tick = benchRepeat('tick (no-op)', a.placed, () => ({ type: 'Tick' }), false);
-  const failA = benchFail(a.placed, 'fail (≈100 actives)');
-  console.log(`  fail_copy: median ${failA.ms.toFixed(2)} ms (last: ${failA.cmds.setRoles} SetRoles, ${failA.cmds.entries} entries, ${failA.cmds.routes} routes)`);
-  const add = benchRepeat('add copy (join + balance)', failA.state, (i) => reg(1000 + i), true);
+  const healthy = benchFailHealthy(a.placed, 1000, 'fail on a healthy cluster (≈100 actives)');
+  console.log(`  fail_copy: median ${healthy.ms.toFixed(2)} ms`);
+  const seq = benchFail(healthy.state, 'fail, accumulating (≈100 actives)');
+  console.log(`  fail_copy_seq: median ${seq.ms.toFixed(2)} ms (last: ${seq.cmds.setRoles} SetRoles, ${seq.cmds.entries} entries, ${seq.cmds.routes} routes)`);
+  const add = benchRepeat('add copy (join: its share of standbys; actives follow on the next tick)', seq.state, (i) => reg(1000 + i), true);
   const drain = benchRepeat(
     'drain (≈100 actives)',
     add.state,
@@ -152,32 +199,55 @@ function main(): void {
   );
   const invA = checkInvariants(drain.state);
   if (invA.length > 0) throw new Error(`state after layout A runs violates invariants: ${invA[0]}`);
+  return {
+    place_ms: round(a.ms),
+    fail_copy_ms: round(healthy.ms),
+    fail_copy_actives: healthy.actives,
+    fail_copy_seq_ms: round(seq.ms),
+    tick_ms: round(tick.ms),
+    add_copy_ms: round(add.ms),
+    drain_ms: round(drain.ms),
+  };
+}
 
+/** Layout B (100 copies, ≈1,000 actives each). */
+function layoutB(): Record<string, number> {
   console.log('layout B: 100 copies (≈1,000 actives per copy)');
   const b = benchPlace(100);
   console.log(`  place: median ${b.ms.toFixed(2)} ms`);
-  const failB = benchFail(b.placed, 'fail (≈1,000 actives)');
-  console.log(`  fail_copy: median ${failB.ms.toFixed(2)} ms (last: ${failB.cmds.setRoles} SetRoles, ${failB.cmds.entries} entries, ${failB.cmds.routes} routes)`);
-  const invB = checkInvariants(failB.state);
+  const healthy = benchFailHealthy(b.placed, 100, 'fail on a healthy cluster (≈1,000 actives)');
+  console.log(`  fail_copy: median ${healthy.ms.toFixed(2)} ms`);
+  const seq = benchFail(healthy.state, 'fail, accumulating (≈1,000 actives)');
+  console.log(`  fail_copy_seq: median ${seq.ms.toFixed(2)} ms (last: ${seq.cmds.setRoles} SetRoles, ${seq.cmds.entries} entries, ${seq.cmds.routes} routes)`);
+  const invB = checkInvariants(seq.state);
   if (invB.length > 0) throw new Error(`state after layout B runs violates invariants: ${invB[0]}`);
+  return {
+    place_100_ms: round(b.ms),
+    fail_copy_1000_ms: round(healthy.ms),
+    fail_copy_1000_actives: healthy.actives,
+    fail_copy_1000_seq_ms: round(seq.ms),
+  };
+}
 
+function main(): void {
+  console.log(`placement bench: ${RS} RS x (1 active + 2 standbys), ${HOSTS} hosts, ${RUNS} runs (+${WARMUP} warm-up), node ${process.version}`);
+  const a = layoutA();
+  fullGc();
+  const b = layoutB();
+  const ra = a as { place_ms: number; fail_copy_ms: number };
   console.log(
     JSON.stringify({
       bench: 'placement',
-      place_ms: round(a.ms),
-      fail_copy_ms: round(failA.ms),
-      fail_copy_actives: median(failA.activesFailed),
-      place_100_ms: round(b.ms),
-      fail_copy_1000_ms: round(failB.ms),
-      fail_copy_1000_actives: median(failB.activesFailed),
-      tick_ms: round(tick.ms),
-      add_copy_ms: round(add.ms),
-      drain_ms: round(drain.ms),
+      place_ms: ra.place_ms,
+      fail_copy_ms: ra.fail_copy_ms,
+      ...a,
+      ...b,
       rs: RS,
       copies: 1000,
       hosts: HOSTS,
       standbys: 2,
       runs: RUNS,
+      warmup: WARMUP,
       node: process.version,
     }),
   );

@@ -7,7 +7,7 @@ import type { ControllerCommand, ControllerEvent, Decision, Rejection } from './
 import { Tx } from './tx';
 import { reconcile } from './reconcile';
 import { validateTopology } from './validate';
-import { peekIndex } from './derived';
+import { listedRs, peekIndex } from './derived';
 import { buildMembers, cmpStr, parseMembers, roleOf } from './members';
 
 type Stop = Extract<ControllerCommand, { type: 'StopCopy' }>;
@@ -263,7 +263,7 @@ function onRegistered(state: ClusterState, e: ControllerEvent & { type: 'CopyReg
         const idx = at.idx();
         const slot = idx.slotOf.get(e.copyId);
         if (slot !== undefined) {
-          for (const r of [...idx.rsOf[slot]!].sort((a, b) => a - b)) {
+          for (const r of listedRs(idx, slot, at.current)) {
             const role = roleOf(at.get(r).members, e.copyId);
             if (role === 'ACTIVE' || role === 'STANDBY') at.touch(r);
           }

@@ -88,6 +88,12 @@ export interface AppState {
   readonly activated: boolean;
   /** Indexed by RS id; length === spec.rsCount. */
   readonly rs: readonly RsAssignment[];
+  /**
+   * True when balancing stopped early because the remaining moves would promote standbys added
+   * in the same decision (they hold no state yet): the next `Tick` resumes balancing. Absent
+   * otherwise.
+   */
+  readonly balancePending?: boolean;
 }
 
 /** Leadership phase of the controller replica that owns this state (R-HM-3). */

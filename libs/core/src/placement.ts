@@ -6,13 +6,15 @@
  *
  * - Copies are put in a *host-spread order* (copies of a host evenly interleaved with the
  *   others), so neighbouring positions are on different hosts whenever the host sizes allow it.
- * - RS are dealt in blocks of N (N = copies): in block b, RS `b·N + i` is ACTIVE on position i
- *   and its j-th standby on position `i + off_b[j]` (mod N). Every block gives each copy exactly
+ * - RS are dealt in blocks of N (N = copies): in block b, RS `b·N + i` is ACTIVE on slot i
+ *   and its j-th standby on slot `i + off_b[j]` (mod N). Every block gives each copy exactly
  *   one active and `s-1` standbys, so full blocks are perfectly balanced.
- * - The first-standby offset cycles through every offset that keeps members on distinct hosts.
- *   The actives of one copy therefore have their first standbys on *different* copies
- *   (declustering): when the copy fails, its load spreads over many survivors instead of
- *   doubling one of them, and active counts stay within 1 without extra moves.
+ * - The first-standby offset cycles through every offset that keeps members on distinct hosts,
+ *   and every block re-deals the copies of each host over that host's slots with a fixed
+ *   pseudo-random permutation (an integer hash of block and host: deterministic, no RNG).
+ *   The actives of one copy therefore have their first standbys on many *unrelated* copies
+ *   (declustering): when a copy fails, its load spreads over many survivors, and the survivors
+ *   of different failures barely overlap, so active counts stay within 1 or need few swaps.
  * - The last partial block is placed greedily (least-loaded first), which keeps both active and
  *   total counts within 1 of each other.
  */
@@ -65,6 +67,8 @@ export class Board {
   private readonly mark: Int32Array;
   private readonly hostMark: Int32Array;
   private stamp = 0;
+  /** Lower bound of every copy's total, or -1 when unknown (see `pickStandby`). */
+  private minTot = -1;
 
   /**
    * @param copies eligible copies in board order (ties in picks go to the earliest).
@@ -76,19 +80,26 @@ export class Board {
     readonly counts: Counts,
     slotOf: (copyId: string) => number,
   ) {
-    this.n = copies.length;
-    this.ids = copies.map((c) => c.copyId);
+    // Plain loops: this runs once per decision, mostly before the JIT has optimised it.
+    const n = copies.length;
+    this.n = n;
+    const ids: string[] = new Array(n);
     const posOf = new Map<string, number>();
     const hostNo = new Map<string, number>();
-    this.host = new Int32Array(this.n);
-    this.slot = new Int32Array(this.n);
-    copies.forEach((c, i) => {
+    const host = new Int32Array(n);
+    const slot = new Int32Array(n);
+    for (let i = 0; i < n; i++) {
+      const c = copies[i]!;
+      ids[i] = c.copyId;
       posOf.set(c.copyId, i);
       let h = hostNo.get(c.host);
       if (h === undefined) hostNo.set(c.host, (h = hostNo.size));
-      this.host[i] = h;
-      this.slot[i] = slotOf(c.copyId);
-    });
+      host[i] = h;
+      slot[i] = slotOf(c.copyId);
+    }
+    this.ids = ids;
+    this.host = host;
+    this.slot = slot;
     this.posOf = posOf;
     this.mark = new Int32Array(this.n);
     this.hostMark = new Int32Array(Math.max(1, hostNo.size));
@@ -119,29 +130,49 @@ export class Board {
     return this.hostMark[this.host[p]!] === this.stamp;
   }
 
+  /** Must be called when some copy's total may have decreased since the last pick. */
+  totalsDecreased(): void {
+    this.minTot = -1;
+  }
+
   /**
    * Best new standby for an RS whose live members are at positions `live`: lowest total, then a
    * host the RS does not use yet, then earliest position. -1 when every copy is already a member.
+   *
+   * The scan stops at the first copy with the global minimum total on a new host: nothing can
+   * beat it. The minimum is cached (totals only grow while repairs add standbys), which makes a
+   * pick O(1) on a balanced cluster instead of O(copies).
    */
   pickStandby(live: readonly number[]): number {
     const st = this.prepare(live);
     const { act, sb } = this.counts;
     const slot = this.slot;
+    if (this.minTot < 0) {
+      let m = 0x7fffffff;
+      for (let i = 0; i < this.n; i++) m = Math.min(m, act[slot[i]!]! + sb[slot[i]!]!);
+      this.minTot = m;
+    }
+    const floor = this.minTot;
     let best = -1;
     let bt = 0x7fffffff;
     let bh = 2;
-    for (let i = 0; i < this.n; i++) {
-      if (this.mark[i] === st) continue;
+    let gmin = 0x7fffffff;
+    let i = 0;
+    for (; i < this.n; i++) {
       const s = slot[i]!;
       const t = act[s]! + sb[s]!;
-      if (t > bt) continue;
+      if (t < gmin) gmin = t;
+      if (this.mark[i] === st || t > bt) continue;
       const h = this.hostMark[this.host[i]!] === st ? 1 : 0;
       if (t < bt || h < bh) {
         best = i;
         bt = t;
         bh = h;
+        if (t <= floor && h === 0) break;
       }
     }
+    // A full scan saw every copy: refresh the floor (the old level may be used up).
+    if (i === this.n) this.minTot = gmin;
     return best;
   }
 
@@ -234,6 +265,39 @@ function blockOffsets(host: Int32Array, n: number, s: number, blocks: number): I
   return out;
 }
 
+/** 32-bit integer hash (lowbias32): deterministic mixing (block permutations, scan starts). */
+export function mix32(x: number): number {
+  x ^= x >>> 16;
+  x = Math.imul(x, 0x7feb352d);
+  x ^= x >>> 15;
+  x = Math.imul(x, 0x846ca68b);
+  x ^= x >>> 16;
+  return x >>> 0;
+}
+
+/**
+ * Slot → position for block b: every host's positions are permuted among themselves, so the
+ * host of each slot (and thus every host-clash computation) is the same in every block.
+ */
+function blockPermutation(byHost: readonly number[][], n: number, b: number, out: Int32Array): void {
+  if (b === 0) {
+    for (let i = 0; i < n; i++) out[i] = i;
+    return;
+  }
+  for (let h = 0; h < byHost.length; h++) {
+    const slots = byHost[h]!;
+    const m = slots.length;
+    const seed = mix32(Math.imul(b, 0x9e3779b1) ^ mix32(h + 1));
+    for (let t = 0; t < m; t++) out[slots[t]!] = slots[t]!;
+    for (let t = m - 1; t > 0; t--) {
+      const j = mix32(seed + t) % (t + 1);
+      const a = out[slots[t]!]!;
+      out[slots[t]!] = out[slots[j]!]!;
+      out[slots[j]!] = a;
+    }
+  }
+}
+
 const NO_MEMBERS: readonly Member[] = Object.freeze([]);
 
 /**
@@ -303,12 +367,16 @@ export function placeInitial(spec: AppSpec, copies: readonly CopyInfo[], pool: M
   const offsets = blockOffsets(board.host, n, s, blocks);
   const actives = ids.map((id) => pool.get(id, 'ACTIVE'));
   const standbys = ids.map((id) => pool.get(id, 'STANDBY'));
+  const byHost: number[][] = [];
+  for (let p = 0; p < n; p++) (byHost[board.host[p]!] ??= []).push(p);
+  const perm = new Int32Array(n);
   for (let b = 0; b < blocks; b++) {
     const off = offsets[b]!;
+    blockPermutation(byHost, n, b, perm);
     for (let i = 0; i < n; i++) {
-      const m: Member[] = new Array(s);
-      m[0] = actives[i]!;
-      for (let j = 1; j < s; j++) m[j] = standbys[(i + off[j]!) % n]!;
+      // Built with push: packed arrays, like every other member list (monomorphic readers).
+      const m: Member[] = [actives[perm[i]!]!];
+      for (let j = 1; j < s; j++) m.push(standbys[perm[(i + off[j]!) % n]!]!);
       out[b * n + i] = m;
     }
   }

@@ -8,13 +8,27 @@
  * 3. repair — an RS without ACTIVE promotes its first UP standby (epoch+1), or, with no standby,
  *    gets a new ACTIVE on the least-loaded UP copy (epoch+1, it restores from a checkpoint);
  *    missing standbys are added on least-loaded copies (preferring other hosts);
- * 4. balance — only for the apps the event asked for (membership changes): see `balance`.
+ * 4. balance — for the apps the event asked for (membership changes) and apps whose previous
+ *    balancing is pending: see `balance`.
  */
 import type { CopyInfo, Member } from './model';
 import type { Tx, AppTx } from './tx';
-import { ensureSlot } from './derived';
+import { ensureSlot, listedRs, sortedRs } from './derived';
 import { buildMembers, cmpStr, parseMembers, roleOf } from './members';
-import { Board, placeInitial } from './placement';
+import { Board, mix32, placeInitial } from './placement';
+import { keyToRs } from './hash';
+
+/** Index of the first element ≥ x in an ascending list. */
+function lowerBound(list: readonly number[], x: number): number {
+  let lo = 0;
+  let hi = list.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (list[mid]! < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
 
 /** Runs reconcile over every app (while passive: only fences replaced processes, see below). */
 export function reconcile(tx: Tx): void {
@@ -51,7 +65,7 @@ function reconcileApp(tx: Tx, at: AppTx): void {
     const k = at.spec.mode === 'DISTRIBUTED' ? 0 : at.spec.standbys;
     const todo = [...idx.deficient].sort((a, b) => a - b);
     for (const r of todo) repairRs(tx, at, board, r, k);
-    if (tx.balance === 'all' || tx.balance.has(at.name)) balance(tx, at, board, k);
+    if (tx.balance === 'all' || tx.balance.has(at.name) || at.balancePending) balance(tx, at, board, k);
   }
 }
 
@@ -71,7 +85,7 @@ function demote(tx: Tx, at: AppTx, fencedOnly: boolean): void {
   const idx = at.idx();
   const bad = new Map<string, 'remove' | 'demote'>();
   for (let slot = 0; slot < idx.ids.length; slot++) {
-    if (idx.rsOf[slot]!.size === 0) continue;
+    if (idx.listed[slot] === 0) continue;
     const id = idx.ids[slot]!;
     const live = idx.act[slot]! + idx.sb[slot]! > 0;
     if (fencedOnly) {
@@ -84,22 +98,26 @@ function demote(tx: Tx, at: AppTx, fencedOnly: boolean): void {
   }
   if (bad.size === 0) return;
   const affected = new Set<number>();
-  for (const id of bad.keys()) for (const r of idx.rsOf[idx.slotOf.get(id)!]!) affected.add(r);
+  for (const id of bad.keys()) for (const r of listedRs(idx, idx.slotOf.get(id)!, at.current)) affected.add(r);
   // FAULT_TOLERANT RS share one member array: compute each distinct input once.
   const memo = new Map<readonly Member[], Member[]>();
+  const ft = at.spec.mode === 'FAULT_TOLERANT';
   for (const r of [...affected].sort((a, b) => a - b)) {
     const cur = at.get(r).members;
     let fencedHere = false;
     for (const m of cur) if (m.role !== 'OUT_OF_SERVICE' && tx.fenced.has(m.copyId)) fencedHere = true;
-    let next = memo.get(cur);
+    let next = ft ? memo.get(cur) : undefined;
+    let lostActive = ft && next !== undefined && cur[0]?.role === 'ACTIVE' && next[0]?.copyId !== cur[0].copyId;
     if (next === undefined) {
       const p = parseMembers(cur);
+      lostActive = false;
       const demoted: string[] = [];
       let active = p.active;
       // List order = demotion order: the old active goes to the end first, then its standbys.
       if (active !== null && bad.has(active)) {
         if (bad.get(active) === 'demote') demoted.push(active);
         active = null;
+        lostActive = true;
       }
       const sbs: string[] = [];
       for (const s of p.standbys) {
@@ -108,12 +126,13 @@ function demote(tx: Tx, at: AppTx, fencedOnly: boolean): void {
       }
       const oos = p.oos.filter((id) => bad.get(id) !== 'remove').concat(demoted);
       next = buildMembers(tx.pool, active, sbs, oos);
-      memo.set(cur, next);
+      if (ft) memo.set(cur, next);
     }
     at.put(r, next, false);
+    if (lostActive) at.markFailedOver(r);
     // A replaced process must hear about every RS it is (re-)listed in even when the final list
     // looks unchanged (e.g. demoted, then re-added as STANDBY): it is a new process without state.
-    if (fencedHere) at.touched.add(r);
+    if (fencedHere) at.touch(r);
   }
 }
 
@@ -128,7 +147,10 @@ function repairRs(tx: Tx, at: AppTx, board: Board, r: number, k: number): void {
     else if (board.n > 0) active = board.ids[board.pickActive([])]!;
     activate = active !== null;
   }
-  if (sbs.length > k) sbs.length = k; // spec lowered: drop the last in promotion order.
+  if (sbs.length > k) {
+    sbs.length = k; // spec lowered: drop the last in promotion order.
+    board.totalsDecreased();
+  }
   if (active !== null && sbs.length < k) {
     const live = [board.posOf.get(active)!, ...sbs.map((s) => board.posOf.get(s)!)];
     while (sbs.length < k && live.length < board.n) {
@@ -178,19 +200,40 @@ function repairFaultTolerant(tx: Tx, at: AppTx, board: Board): void {
  * Step 4: balance a DISTRIBUTED or DISTRIBUTED_FAULT_TOLERANT app over its UP copies.
  *
  * Phase T brings total counts (ACTIVE+STANDBY) within 1 by moving standbys from the heaviest to
- * the lightest copies (cheap: no epoch change); DISTRIBUTED apps move actives instead (epoch+1).
+ * the lightest copies (cheap: no epoch change); DISTRIBUTED apps move actives instead (epoch+1,
+ * the new copy restores from its checkpoint).
  * Phase A then brings active counts within 1 by swapping an active with one of its standbys on a
- * lighter copy (a switchover: epoch+1, totals unchanged), through a chain of swaps when no
- * direct one exists, and as a last resort by first moving a standby onto the light copy.
- * Every move strictly lowers the sum of squared counts, so both phases terminate; the guards
- * only protect against bugs. Moves are chosen deterministically (lowest positions and RS ids).
+ * lighter copy (a switchover: epoch+1, totals unchanged), directly or through a chain of swaps.
+ *
+ * Safety rules for swaps: only a standby that held the RS when the decision started may be
+ * promoted (a standby added in the same decision has no state yet), never a replaced process,
+ * and never in an RS that failed over in this decision (R-DFM-4: its first standby took over).
+ * When the only remaining swaps would break these rules, balancing stops with
+ * `balancePending` and the next Tick resumes it (by then the new standbys exist); if no swap is
+ * possible at all, one standby per heaviest copy is first moved next to one of its actives.
+ *
+ * Every move strictly lowers the sum of squared counts, so both phases terminate; the guards only
+ * protect against bugs. Moves are deterministic: copies by position, RS in ascending order.
  */
 function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
   const n = board.n;
+  at.balancePending = false;
   if (n < 2) return;
   const idx = at.idx();
   const st = { standbyMoves: 0, activeMoves: 0, swaps: 0 };
   const ids = board.ids;
+  const idHash = new Map<number, number>();
+  /**
+   * Where a scan of copy p's RS list starts: a deterministic pseudo-random RS id (hash of the
+   * copy id and a move counter). Always starting at RS 0 would take every move from the same
+   * low RS ids, which cluster structurally (block 0 of the placement) and would concentrate
+   * the next failover on a few copies.
+   */
+  const spin = (p: number, counter: number): number => {
+    let h = idHash.get(p);
+    if (h === undefined) idHash.set(p, (h = keyToRs(ids[p]!, 0x7fffffff)));
+    return mix32(h ^ Math.imul(counter + 1, 0x9e3779b1)) % at.rsCount;
+  };
   const live = (members: readonly Member[], skip: number): number[] => {
     const out: number[] = [];
     for (const m of members) {
@@ -203,13 +246,16 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
   /** First light copy (in `light` order) that could join `members` (strict: on a new host). */
   const firstLight = (members: readonly Member[], h: number, light: readonly number[], strict: boolean): number => {
     const others = live(members, h);
+    const limit = board.tot(h) - 2;
     for (const l of light) {
-      if (l === h || others.includes(l)) continue;
+      if (l === h || board.tot(l) > limit || others.includes(l)) continue;
       if (strict && others.some((o) => board.host[o] === board.host[l])) continue;
       return l;
     }
     return -1;
   };
+  /** May the copy at position p be promoted in RS r by balancing? (see rules above) */
+  const promotable = (r: number, p: number): boolean => !at.failedOver(r) && !tx.fenced.has(ids[p]!) && at.hadState(r, ids[p]!);
   const swap = (r: number, to: number): void => {
     // `to` (a STANDBY) becomes ACTIVE; the old active takes its place in the promotion order.
     const p = parseMembers(at.get(r).members);
@@ -218,8 +264,45 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
     st.swaps++;
   };
 
+  /** Moves one entry of heavy copy h (STANDBY, or ACTIVE for DISTRIBUTED) to a lighter copy. */
+  const shedFrom = (h: number, light: readonly number[]): boolean => {
+    const wanted = k === 0 ? 'ACTIVE' : 'STANDBY';
+    for (const strict of [true, false]) {
+      // The first fit from a spun start (canonical: rsOf lists are ascending, see derived.ts).
+      let bestR = -1;
+      let bestL = -1;
+      const list = sortedRs(idx, board.slot[h]!);
+      const len = list.length;
+      const s0 = lowerBound(list, spin(h, st.standbyMoves + st.activeMoves));
+      for (let q = 0; q < len; q++) {
+        const r = list[(s0 + q) % len]!;
+        const m = at.get(r).members;
+        if (roleOf(m, ids[h]!) !== wanted) continue;
+        const l = firstLight(m, h, light, strict);
+        if (l >= 0) {
+          bestR = r;
+          bestL = l;
+          break;
+        }
+      }
+      if (bestR < 0) continue;
+      const p = parseMembers(at.get(bestR).members);
+      if (k === 0) {
+        at.put(bestR, buildMembers(tx.pool, ids[bestL]!, [], p.oos), true);
+        st.activeMoves++;
+      } else {
+        const sbs = p.standbys.filter((x) => x !== ids[h]).concat(ids[bestL]!);
+        at.put(bestR, buildMembers(tx.pool, p.active, sbs, p.oos), false);
+        st.standbyMoves++;
+      }
+      return true;
+    }
+    return false;
+  };
+
   let guard = at.rsCount * (1 + k) + n + 16;
-  // Phase T: totals.
+  // Phase T: totals. One pass per load level: every heaviest copy sheds one entry, then the
+  // levels are recomputed (O(copies) per pass, not per move).
   while (guard-- > 0) {
     let max = -1;
     let min = 0x7fffffff;
@@ -230,79 +313,25 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
     }
     if (max - min <= 1) break;
     const heavy: number[] = [];
-    const light: number[] = [];
+    const lightest: number[] = [];
+    const lighter: number[] = [];
     for (let i = 0; i < n; i++) {
       const t = board.tot(i);
       if (t === max) heavy.push(i);
-      else if (t <= max - 2) light.push(i);
+      else if (t === min) lightest.push(i);
+      else if (t <= max - 2) lighter.push(i);
     }
-    light.sort((a, b) => board.tot(a) - board.tot(b) || a - b);
-    let done = false;
-    const wanted = k === 0 ? 'ACTIVE' : 'STANDBY';
-    for (const strict of [true, false]) {
-      for (const h of heavy) {
-        let bestR = -1;
-        let bestL = -1;
-        for (const r of idx.rsOf[board.slot[h]!]!) {
-          if (bestR !== -1 && r >= bestR) continue;
-          const m = at.get(r).members;
-          if (roleOf(m, ids[h]!) !== wanted) continue;
-          const l = firstLight(m, h, light, strict);
-          if (l >= 0) {
-            bestR = r;
-            bestL = l;
-          }
-        }
-        if (bestR < 0) continue;
-        const p = parseMembers(at.get(bestR).members);
-        if (k === 0) {
-          at.put(bestR, buildMembers(tx.pool, ids[bestL]!, [], p.oos), true);
-          st.activeMoves++;
-        } else {
-          const sbs = p.standbys.filter((s) => s !== ids[h]).concat(ids[bestL]!);
-          at.put(bestR, buildMembers(tx.pool, p.active, sbs, p.oos), false);
-          st.standbyMoves++;
-        }
-        done = true;
-        break;
-      }
-      if (done) break;
-    }
-    if (!done && k > 0) {
-      // Heavy copies hold only actives the light copies could take: hand the active to its first
-      // standby, then move the (now) standby entry to the light copy.
-      for (const h of heavy) {
-        let bestR = -1;
-        let bestL = -1;
-        for (const r of idx.rsOf[board.slot[h]!]!) {
-          if (bestR !== -1 && r >= bestR) continue;
-          const m = at.get(r).members;
-          if (roleOf(m, ids[h]!) !== 'ACTIVE') continue;
-          const l = firstLight(m, h, light, false);
-          if (l >= 0) {
-            bestR = r;
-            bestL = l;
-          }
-        }
-        if (bestR < 0) continue;
-        const p = parseMembers(at.get(bestR).members);
-        if (p.standbys.length > 0) {
-          at.put(bestR, buildMembers(tx.pool, p.standbys[0]!, [...p.standbys.slice(1), ids[bestL]!], p.oos), true);
-          st.swaps++;
-          st.standbyMoves++;
-        } else {
-          at.put(bestR, buildMembers(tx.pool, ids[bestL]!, [], p.oos), true);
-          st.activeMoves++;
-        }
-        done = true;
-        break;
-      }
-    }
-    if (!done) break;
+    // Lightest copies first, then the other light ones (positions ascending within each).
+    const light = lightest.concat(lighter);
+    let progress = 0;
+    for (const h of heavy) if (board.tot(h) === max && shedFrom(h, light)) progress++;
+    if (progress > 0) continue;
+    if (k === 0 || !handOff(heavy, light)) break;
   }
 
   guard = at.rsCount * (1 + k) + n + 16;
-  // Phase A: actives (DISTRIBUTED: equal to totals, already done).
+  // Phase A: actives (DISTRIBUTED: equal to totals, already done). One pass per level from the
+  // smaller side (the other side is then likely to be hit), then two-step swaps, then chains.
   while (k > 0 && guard-- > 0) {
     let max = -1;
     let min = 0x7fffffff;
@@ -312,45 +341,201 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
       if (a < min) min = a;
     }
     if (max - min <= 1) break;
-    const light: number[] = [];
     const heavy: number[] = [];
+    const light: number[] = [];
     for (let i = 0; i < n; i++) {
       const a = board.act(i);
-      if (a <= max - 2) light.push(i);
       if (a === max) heavy.push(i);
+      else if (a <= max - 2) light.push(i);
     }
     light.sort((a, b) => board.act(a) - board.act(b) || a - b);
-    if (directSwap(light)) continue;
-    if (chainSwap(heavy, max)) continue;
-    if (moveThenSwap(heavy, light)) continue;
+    // One pass per level: every heaviest copy hands one active to a light standby, and every
+    // light copy takes actives from copies still at the top level until it is one below.
+    // Starting from the smaller side keeps the cheap case cheap (a few promoted copies after a
+    // failure; one new copy joining).
+    let progress = 0;
+    const heavyPass = (): void => {
+      for (const h of heavy) if (board.act(h) === max && heavySwap([h], max)) progress++;
+    };
+    const lightPass = (): void => {
+      for (const l of light) progress += fill(l, max);
+    };
+    if (heavy.length <= light.length) {
+      heavyPass();
+      if (progress === 0) lightPass();
+    } else {
+      lightPass();
+      if (progress === 0) heavyPass();
+    }
+    if (progress > 0) continue;
+    // Costlier searches, bounded, and only toward copies that are a promotable standby somewhere
+    // (a copy whose standbys were all added in this decision cannot take an active yet).
+    const targets = light.filter(receptive);
+    if (targets.length > 0) {
+      if (heavy.length <= light.length ? directSwap(targets) : heavy.length <= 64 && heavySwap(heavy, max)) continue;
+      if (twoStepSwap(heavy, targets)) continue;
+      if (chainSwap(heavy, max)) continue;
+    }
+    // No promotable swap left. New standbys (from this decision) become promotable at the next
+    // Tick; if there are none, prepare swaps by moving standbys next to heavy actives.
+    let waiting = at.addedStandbys;
+    for (const id of tx.fenced) if (tx.copy(id)?.app === at.name) waiting = true; // a restarted process
+    if (waiting) at.balancePending = true;
+    else {
+      let prepared = 0;
+      for (const h of heavy) if (prepareSwap(h, light)) prepared++;
+      at.balancePending = prepared > 0;
+    }
     break;
   }
+  if (guard < 0) at.balancePending = true;
 
-  function directSwap(light: readonly number[]): boolean {
-    for (const l of light) {
-      let bestR = -1;
-      let bestAct = -1;
-      for (const r of idx.rsOf[board.slot[l]!]!) {
+  /**
+   * Phase T fallback: heavy copies hold only actives the light copies could take. Hand an active
+   * to a standby that holds the state, then move the (now) standby entry to the light copy.
+   */
+  function handOff(heavy: readonly number[], light: readonly number[]): boolean {
+    for (const h of heavy) {
+      for (const r of sortedRs(idx, board.slot[h]!)) {
         const m = at.get(r).members;
-        if (m.length === 0 || m[0]!.role !== 'ACTIVE') continue;
-        if (roleOf(m, ids[l]!) !== 'STANDBY') continue;
-        const pa = board.posOf.get(m[0]!.copyId);
-        if (pa === undefined) continue;
-        const a = board.act(pa);
-        if (a - board.act(l) < 2) continue;
-        if (a > bestAct || (a === bestAct && r < bestR)) {
-          bestAct = a;
-          bestR = r;
+        if (roleOf(m, ids[h]!) !== 'ACTIVE') continue;
+        const l = firstLight(m, h, light, false);
+        if (l < 0) continue;
+        const p = parseMembers(m);
+        if (p.standbys.length === 0) {
+          // No standby (under-replicated): the light copy takes over and restores the state.
+          at.put(r, buildMembers(tx.pool, ids[l]!, [], p.oos), true);
+          st.activeMoves++;
+          return true;
         }
-      }
-      if (bestR >= 0) {
-        swap(bestR, l);
+        const heir = p.standbys.find((x) => promotable(r, board.posOf.get(x)!));
+        if (heir === undefined) continue;
+        const rest = p.standbys.filter((x) => x !== heir).concat(ids[l]!);
+        at.put(r, buildMembers(tx.pool, heir, rest, p.oos), true);
+        st.swaps++;
+        st.standbyMoves++;
         return true;
       }
     }
     return false;
   }
 
+  /**
+   * A heaviest copy hands one of its actives to a promotable standby on a copy with ≤ max-2
+   * actives: the first such RS in ascending order, its lightest qualifying standby.
+   */
+  function heavySwap(heavy: readonly number[], max: number): boolean {
+    for (const h of heavy) {
+      const list = sortedRs(idx, board.slot[h]!);
+      const len = list.length;
+      const s0 = lowerBound(list, spin(h, st.swaps));
+      for (let q = 0; q < len; q++) {
+        const r = list[(s0 + q) % len]!;
+        const m = at.get(r).members;
+        if (m.length < 2 || m[0]!.role !== 'ACTIVE' || m[0]!.copyId !== ids[h]) continue;
+        let best = -1;
+        for (let i = 1; i < m.length && m[i]!.role === 'STANDBY'; i++) {
+          const p = board.posOf.get(m[i]!.copyId);
+          if (p === undefined || board.act(p) > max - 2 || !promotable(r, p)) continue;
+          if (best < 0 || board.act(p) < board.act(best)) best = p;
+        }
+        if (best >= 0) {
+          swap(r, best);
+          return true;
+        }
+      }
+    }
+    return false;
+  }
+
+  /**
+   * Light copy l takes over actives (RS in ascending order) from copies with at least 2 more,
+   * while it is below `max - 1`. Returns the number of swaps.
+   */
+  function fill(l: number, max: number): number {
+    let done = 0;
+    const list = sortedRs(idx, board.slot[l]!);
+    const len = list.length;
+    const s0 = lowerBound(list, spin(l, st.swaps));
+    for (let q = 0; q < len; q++) {
+      const r = list[(s0 + q) % len]!;
+      if (board.act(l) > max - 2) break;
+      const m = at.get(r).members;
+      if (m.length < 2 || m[0]!.role !== 'ACTIVE') continue;
+      const pa = board.posOf.get(m[0]!.copyId);
+      if (pa === undefined || board.act(pa) - board.act(l) < 2) continue;
+      if (roleOf(m, ids[l]!) !== 'STANDBY' || !promotable(r, l)) continue;
+      swap(r, l);
+      done++;
+    }
+    return done;
+  }
+
+  /** A light copy takes over an active from a copy with ≥ 2 more actives (first RS in order). */
+  function directSwap(light: readonly number[]): boolean {
+    for (const l of light) {
+      for (const r of sortedRs(idx, board.slot[l]!)) {
+        const m = at.get(r).members;
+        if (m.length < 2 || m[0]!.role !== 'ACTIVE') continue;
+        if (roleOf(m, ids[l]!) !== 'STANDBY' || !promotable(r, l)) continue;
+        const pa = board.posOf.get(m[0]!.copyId);
+        if (pa === undefined || board.act(pa) - board.act(l) < 2) continue;
+        swap(r, l);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /**
+   * Two swaps through a middle copy M: a heaviest copy hands an active to M (its standby there)
+   * and M hands one of its actives to a lightest copy. Searched from both ends (cheap); a full
+   * breadth-first search (`chainSwap`) is the last resort.
+   */
+  function twoStepSwap(heavy: readonly number[], lightest: readonly number[]): boolean {
+    // Middle copies that can hand an active to a lightest copy: M → (rs, light).
+    const via = new Map<number, { r: number; l: number }>();
+    for (const l of lightest) {
+      for (const r of sortedRs(idx, board.slot[l]!)) {
+        const m = at.get(r).members;
+        if (m.length < 2 || m[0]!.role !== 'ACTIVE' || roleOf(m, ids[l]!) !== 'STANDBY' || !promotable(r, l)) continue;
+        const mid = board.posOf.get(m[0]!.copyId);
+        if (mid === undefined || via.has(mid) || board.act(mid) - board.act(l) < 1) continue;
+        via.set(mid, { r, l });
+      }
+    }
+    if (via.size === 0) return false;
+    for (const h of heavy) {
+      for (const r of sortedRs(idx, board.slot[h]!)) {
+        const m = at.get(r).members;
+        if (m.length < 2 || m[0]!.role !== 'ACTIVE' || m[0]!.copyId !== ids[h]) continue;
+        for (let i = 1; i < m.length && m[i]!.role === 'STANDBY'; i++) {
+          const mid = board.posOf.get(m[i]!.copyId);
+          if (mid === undefined || !promotable(r, mid)) continue;
+          const v = via.get(mid);
+          if (v === undefined || v.r === r || board.act(h) - board.act(mid) < 1) continue;
+          swap(v.r, v.l);
+          swap(r, mid);
+          return true;
+        }
+      }
+    }
+    return false;
+  }
+
+  /** True when the copy at l is a promotable STANDBY somewhere (it could take an active). */
+  function receptive(l: number): boolean {
+    for (const r of sortedRs(idx, board.slot[l]!)) {
+      const m = at.get(r).members;
+      if (m.length > 1 && m[0]!.role === 'ACTIVE' && roleOf(m, ids[l]!) === 'STANDBY' && promotable(r, l)) return true;
+    }
+    return false;
+  }
+
+  /**
+   * Breadth-first search for a chain of promotable swaps from a heaviest copy to a light one.
+   * Bounded (copies expanded) so that a hopeless search stays cheap.
+   */
   function chainSwap(heavy: readonly number[], max: number): boolean {
     const parent = new Int32Array(n).fill(-2);
     const parentR = new Int32Array(n);
@@ -359,16 +544,16 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
       parent[h] = -1;
       queue.push(h);
     }
-    for (let qi = 0; qi < queue.length; qi++) {
+    const limit = Math.min(queue.length + 256, n);
+    for (let qi = 0; qi < queue.length && qi < limit; qi++) {
       const x = queue[qi]!;
-      const list = [...idx.rsOf[board.slot[x]!]!].sort((a, b) => a - b);
-      for (const r of list) {
+      for (const r of sortedRs(idx, board.slot[x]!)) {
         const m = at.get(r).members;
         if (m.length === 0 || m[0]!.role !== 'ACTIVE' || m[0]!.copyId !== ids[x]) continue;
         for (const mm of m) {
           if (mm.role !== 'STANDBY') continue;
           const y = board.posOf.get(mm.copyId);
-          if (y === undefined || parent[y] !== -2) continue;
+          if (y === undefined || parent[y] !== -2 || !promotable(r, y)) continue;
           parent[y] = x;
           parentR[y] = r;
           if (board.act(y) <= max - 2) {
@@ -382,42 +567,38 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
     return false;
   }
 
-  function moveThenSwap(heavy: readonly number[], light: readonly number[]): boolean {
-    for (const h of heavy) {
-      const list = [...idx.rsOf[board.slot[h]!]!].sort((a, b) => a - b);
-      for (const r of list) {
-        const m = at.get(r).members;
-        if (m.length === 0 || m[0]!.copyId !== ids[h] || m[0]!.role !== 'ACTIVE') continue;
-        const others = live(m, h);
-        const p = parseMembers(m);
-        for (const l of light) {
-          if (others.includes(l)) continue;
-          if (p.standbys.length === 0) {
-            if (board.tot(h) < board.tot(l) + 1) continue;
-            at.put(r, buildMembers(tx.pool, ids[l]!, [], p.oos), true);
-            st.activeMoves++;
-            return true;
-          }
-          let s = -1;
-          for (const sb of p.standbys) {
-            const ps = board.posOf.get(sb);
-            if (ps === undefined || board.tot(ps) < board.tot(l) + 1) continue;
-            if (s < 0 || board.tot(ps) > board.tot(s)) s = ps;
-          }
-          if (s < 0) continue;
-          // The light copy takes the standby's slot, then becomes ACTIVE; h takes its place.
-          const sbs = p.standbys.map((x) => (x === ids[s] ? ids[h]! : x));
-          at.put(r, buildMembers(tx.pool, ids[l]!, sbs, p.oos), true);
-          st.standbyMoves++;
-          st.swaps++;
-          return true;
+  /**
+   * Moves a standby of one of h's active RS to a light copy that is not a member yet, so that the
+   * next balancing can swap there (totals: the standby's copy must not be lighter than the target).
+   */
+  function prepareSwap(h: number, light: readonly number[]): boolean {
+    for (const r of sortedRs(idx, board.slot[h]!)) {
+      const m = at.get(r).members;
+      if (m.length < 2 || m[0]!.copyId !== ids[h] || m[0]!.role !== 'ACTIVE' || at.failedOver(r)) continue;
+      const others = live(m, h);
+      const p = parseMembers(m);
+      for (const l of light) {
+        if (others.includes(l)) continue;
+        let s = -1;
+        for (const sb of p.standbys) {
+          const ps = board.posOf.get(sb);
+          if (ps === undefined || board.tot(ps) < board.tot(l) + 1) continue;
+          if (s < 0 || board.tot(ps) > board.tot(s)) s = ps;
         }
+        if (s < 0) continue;
+        const sbs = p.standbys.map((x) => (x === ids[s] ? ids[l]! : x));
+        at.put(r, buildMembers(tx.pool, p.active, sbs, p.oos), false);
+        st.standbyMoves++;
+        return true;
       }
     }
     return false;
   }
 
-  if (st.standbyMoves + st.activeMoves + st.swaps > 0) {
-    tx.notes.push(`balanced ${at.name}: moved_standby=${st.standbyMoves} moved_active=${st.activeMoves} swapped_active=${st.swaps}`);
+  if (st.standbyMoves + st.activeMoves + st.swaps > 0 || at.balancePending) {
+    tx.notes.push(
+      `balanced ${at.name}: moved_standby=${st.standbyMoves} moved_active=${st.activeMoves} swapped_active=${st.swaps}` +
+        (at.balancePending ? ' (more swaps wait for new standbys: resumed on the next tick)' : ''),
+    );
   }
 }

@@ -7,8 +7,8 @@
  */
 import type { AppSpec, AppState, ClusterState, CopyInfo, Edge, LeaderPhase, Member, RsAssignment } from './model';
 import type { ControllerCommand, Decision, MemberView, RoleEntry, RouteChange } from './events';
-import { applyChange, buildIndex, peekIndex, setStandbyTarget, storeIndex, takeIndex, type AppIndex } from './derived';
-import { cmpStr, MemberPool, sameMembers } from './members';
+import { applyChange, buildIndex, listedRs, peekIndex, setStandbyTarget, storeIndex, takeIndex, type AppIndex } from './derived';
+import { cmpStr, MemberPool, roleOf, sameMembers } from './members';
 
 const EMPTY: readonly Member[] = Object.freeze([]);
 
@@ -16,15 +16,21 @@ const EMPTY: readonly Member[] = Object.freeze([]);
 export class AppTx {
   spec: AppSpec;
   activated: boolean;
-  /** RS id → its assignment in the base state (first write only). */
-  readonly changed = new Map<number, RsAssignment>();
-  /** RS activated in this transaction (epoch = base epoch + 1). */
-  readonly activations = new Set<number>();
-  /** RS re-sent although members and epoch are unchanged (a member's address changed). */
-  readonly touched = new Set<number>();
+  /** See `AppState.balancePending`. */
+  balancePending: boolean;
+  /** True once a STANDBY entry that was not in the base state has been written. */
+  addedStandbys = false;
   private rsArr: RsAssignment[];
   private cloned = false;
   private index: AppIndex | null = null;
+  /** RS id → its assignment in the base state (set on first write), and the written RS ids. */
+  private changedBase: (RsAssignment | undefined)[] | null = null;
+  private readonly changedList: number[] = [];
+  /**
+   * Per RS: bit 1 = activated in this decision (epoch = base + 1), bit 2 = forced re-send,
+   * bit 4 = its active failed over in this decision.
+   */
+  private flags: Uint8Array | null = null;
 
   constructor(
     readonly name: string,
@@ -33,6 +39,7 @@ export class AppTx {
   ) {
     this.spec = spec;
     this.activated = base?.activated ?? false;
+    this.balancePending = base?.balancePending === true;
     if (base !== undefined) this.rsArr = base.rs as RsAssignment[];
     else {
       this.rsArr = new Array(spec.rsCount);
@@ -44,6 +51,11 @@ export class AppTx {
   /** Current assignment of RS r. */
   get(r: number): RsAssignment {
     return this.rsArr[r]!;
+  }
+
+  /** Current assignments (read-only view; valid until the next write). */
+  get current(): readonly RsAssignment[] {
+    return this.rsArr;
   }
 
   /** Number of RS. */
@@ -74,22 +86,53 @@ export class AppTx {
       this.rsArr = this.rsArr.slice();
       this.cloned = true;
     }
+    if (this.changedBase === null) {
+      // Grown on demand: stays a cheap sparse array for a few hundred writes, packed for a
+      // full placement (written in RS order).
+      this.changedBase = [];
+      this.flags = new Uint8Array(this.rsArr.length);
+    }
+    const flags = this.flags!;
     const cur = this.rsArr[r]!;
-    let base = this.changed.get(r);
+    let base = this.changedBase[r];
     if (base === undefined) {
       base = cur;
-      this.changed.set(r, cur);
+      this.changedBase[r] = cur;
+      this.changedList.push(r);
     }
-    if (activate) this.activations.add(r);
-    const epoch = this.activations.has(r) ? base.epoch + 1 : base.epoch;
-    applyChange(idx, r, cur.members, members);
+    if (activate) flags[r]! |= 1;
+    const epoch = (flags[r]! & 1) !== 0 ? base.epoch + 1 : base.epoch;
     this.rsArr[r] = { app: this.name, rs: r, epoch, version: base.version + 1, members };
+    applyChange(idx, r, cur.members, members, this.rsArr);
+    if (!this.addedStandbys) {
+      for (const m of members) if (m.role === 'STANDBY' && roleOf(base.members, m.copyId) !== 'STANDBY') this.addedStandbys = true;
+    }
   }
 
-  /** Forces RS r to be re-sent with a new version (members unchanged). */
+  /** Marks RS r as failed over in this decision (its promotion is fixed by R-DFM-4). */
+  markFailedOver(r: number): void {
+    if (this.flags !== null) this.flags[r]! |= 4;
+  }
+
+  /** True when RS r failed over in this decision. */
+  failedOver(r: number): boolean {
+    return this.flags !== null && (this.flags[r]! & 4) !== 0;
+  }
+
+  /**
+   * True when `copyId` held RS r (ACTIVE or STANDBY) when the decision started, i.e. it has the
+   * RS state and may be promoted. Standbys added in this decision are still catching up.
+   */
+  hadState(r: number, copyId: string): boolean {
+    const base = this.changedBase?.[r] ?? this.rsArr[r]!;
+    const role = roleOf(base.members, copyId);
+    return role === 'ACTIVE' || role === 'STANDBY';
+  }
+
+  /** Forces RS r to be re-sent with a new version even if members and epoch end up unchanged. */
   touch(r: number): void {
-    this.touched.add(r);
     this.put(r, this.rsArr[r]!.members, false);
+    this.flags![r]! |= 2;
   }
 
   /**
@@ -99,17 +142,20 @@ export class AppTx {
    */
   finish(): { app: AppState; changedRs: number[] } {
     const changedRs: number[] = [];
-    for (const [r, base] of this.changed) {
+    const flags = this.flags;
+    for (const r of this.changedList) {
+      const base = this.changedBase![r]!;
       const cur = this.rsArr[r]!;
-      if (!this.activations.has(r) && !this.touched.has(r) && sameMembers(base.members, cur.members)) this.rsArr[r] = base;
+      if ((flags![r]! & 3) === 0 && sameMembers(base.members, cur.members)) this.rsArr[r] = base;
       else changedRs.push(r);
     }
     changedRs.sort((a, b) => a - b);
     const b = this.base;
     const rs = changedRs.length === 0 && b !== undefined ? b.rs : this.rsArr;
     let app: AppState;
-    if (b !== undefined && rs === b.rs && b.spec === this.spec && b.activated === this.activated) app = b;
-    else app = { spec: this.spec, activated: this.activated, rs };
+    const pending = this.balancePending;
+    if (b !== undefined && rs === b.rs && b.spec === this.spec && b.activated === this.activated && (b.balancePending === true) === pending) app = b;
+    else app = pending ? { spec: this.spec, activated: this.activated, rs, balancePending: true } : { spec: this.spec, activated: this.activated, rs };
     if (this.index !== null) storeIndex(app.rs, this.index);
     return { app, changedRs };
   }
@@ -155,12 +201,12 @@ export class Tx {
   }
   /** Inserts or replaces a copy record. */
   setCopy(c: CopyInfo): void {
-    if (this.copiesW === null) this.copiesW = { ...this.base.copies };
+    if (this.copiesW === null) this.copiesW = cloneRecord(this.base.copies);
     this.copiesW[c.copyId] = c;
   }
   /** Forgets a copy record. */
   deleteCopy(id: string): void {
-    if (this.copiesW === null) this.copiesW = { ...this.base.copies };
+    if (this.copiesW === null) this.copiesW = cloneRecord(this.base.copies);
     delete this.copiesW[id];
   }
 
@@ -205,7 +251,11 @@ export class Tx {
   /** Copies of `app` with status UP, sorted by id. */
   upCopies(app: string): CopyInfo[] {
     const out: CopyInfo[] = [];
-    for (const c of Object.values(this.copies)) if (c.app === app && c.status === 'UP') out.push(c);
+    const copies = this.copies;
+    for (const id in copies) {
+      const c = copies[id]!;
+      if (c.app === app && c.status === 'UP') out.push(c);
+    }
     return out.sort((a, b) => cmpStr(a.copyId, b.copyId));
   }
 
@@ -251,25 +301,46 @@ export class Tx {
   }
 }
 
+/**
+ * Shallow copy of a record. A key loop is ~4x faster than object spread on the large
+ * dictionary-mode records a cluster with 1,000 copies has, and this runs on every decision.
+ */
+function cloneRecord<T>(r: Readonly<Record<string, T>>): Record<string, T> {
+  const out: Record<string, T> = {};
+  const keys = Object.keys(r);
+  for (let i = 0; i < keys.length; i++) out[keys[i]!] = r[keys[i]!]!;
+  return out;
+}
+
 function withMoved(d: Decision, moved: { active: number; standby: number } | undefined): Decision {
   return moved === undefined ? d : { ...d, moved };
 }
 
-/** Builds MemberView lists, sharing the view object of each (copy, role). */
+/**
+ * Builds MemberView lists, sharing one view object per (copy, role). Members are interned per
+ * decision, so the Member object itself is the cache key (no string building per lookup).
+ */
 class Views {
-  private readonly memo = new Map<string, MemberView>();
+  private readonly byMember = new Map<Member, MemberView>();
+  private readonly byKey = new Map<string, MemberView>();
   constructor(private readonly copies: Readonly<Record<string, CopyInfo>>) {}
   view(m: Member): MemberView {
-    const key = m.role[0] + m.copyId;
-    let v = this.memo.get(key);
+    let v = this.byMember.get(m);
     if (v === undefined) {
-      v = { copyId: m.copyId, address: this.copies[m.copyId]?.address ?? '', role: m.role };
-      this.memo.set(key, v);
+      const key = m.role[0] + m.copyId;
+      v = this.byKey.get(key);
+      if (v === undefined) {
+        v = { copyId: m.copyId, address: this.copies[m.copyId]?.address ?? '', role: m.role };
+        this.byKey.set(key, v);
+      }
+      this.byMember.set(m, v);
     }
     return v;
   }
   list(members: readonly Member[]): MemberView[] {
-    return members.map((m) => this.view(m));
+    const out: MemberView[] = new Array(members.length);
+    for (let i = 0; i < members.length; i++) out[i] = this.view(members[i]!);
+    return out;
   }
 }
 
@@ -295,40 +366,32 @@ function diffCommands(
   const views = new Views(after.copies);
   const buckets = new Map<string, RoleEntry[]>();
   const routes: RouteChange[] = [];
-  const live = (id: string): boolean => {
-    const c = after.copies[id];
-    // Failed copies get StopCopy, removed ones are gone: neither gets role entries.
-    return c !== undefined && c.status !== 'OUT_OF_SERVICE' && c.failed !== true && !fullFor.has(id);
-  };
-  const add = (id: string, e: RoleEntry): void => {
-    let b = buckets.get(id);
-    if (b === undefined) buckets.set(id, (b = []));
-    b.push(e);
-  };
+  // Liveness per copy id, memoised: failed copies get StopCopy, removed ones are gone, copies
+  // with a full resync get their complete set instead: none of them gets per-RS entries.
+  const liveMemo = new Map<string, boolean>();
   for (const ch of changes) {
     for (const r of ch.rs) {
       const old = ch.before?.rs[r];
       const neu = ch.after.rs[r]!;
       const view = views.list(neu.members);
-      const mk = (role: RoleEntry['role']): RoleEntry => ({ app: ch.name, rs: r, role, epoch: neu.epoch, version: neu.version, members: view });
       let entryA: RoleEntry | undefined;
       let entryS: RoleEntry | undefined;
+      let entryO: RoleEntry | undefined;
       let newActive: string | null = null;
       for (const m of neu.members) {
         if (m.role === 'ACTIVE') newActive = m.copyId;
-        if (m.role === 'OUT_OF_SERVICE' || !live(m.copyId)) continue;
-        if (m.role === 'ACTIVE') add(m.copyId, (entryA ??= mk('ACTIVE')));
-        else add(m.copyId, (entryS ??= mk('STANDBY')));
+        if (m.role === 'OUT_OF_SERVICE' || !isLive(m.copyId, after, fullFor, liveMemo)) continue;
+        if (m.role === 'ACTIVE') addEntry(buckets, m.copyId, (entryA ??= roleEntry(ch.name, neu, 'ACTIVE', view)));
+        else addEntry(buckets, m.copyId, (entryS ??= roleEntry(ch.name, neu, 'STANDBY', view)));
       }
       let oldActive: string | null = null;
       if (old !== undefined) {
-        let entryO: RoleEntry | undefined;
         for (const m of old.members) {
           if (m.role === 'ACTIVE') oldActive = m.copyId;
-          if (m.role === 'OUT_OF_SERVICE' || !live(m.copyId)) continue;
+          if (m.role === 'OUT_OF_SERVICE' || !isLive(m.copyId, after, fullFor, liveMemo)) continue;
           let still = false;
-          for (const n of neu.members) if (n.copyId === m.copyId && n.role !== 'OUT_OF_SERVICE') still = true;
-          if (!still) add(m.copyId, (entryO ??= mk('OUT_OF_SERVICE')));
+          for (const x of neu.members) if (x.copyId === m.copyId && x.role !== 'OUT_OF_SERVICE') still = true;
+          if (!still) addEntry(buckets, m.copyId, (entryO ??= roleEntry(ch.name, neu, 'OUT_OF_SERVICE', view)));
         }
       }
       const oldAddr = oldActive === null ? '' : (before.copies[oldActive]?.address ?? '');
@@ -348,6 +411,26 @@ function diffCommands(
   }
   if (routes.length > 0) out.push({ type: 'PublishRoutes', routes });
   return out;
+}
+
+function isLive(id: string, state: ClusterState, fullFor: ReadonlySet<string>, memo: Map<string, boolean>): boolean {
+  let v = memo.get(id);
+  if (v === undefined) {
+    const c = state.copies[id];
+    v = c !== undefined && c.status !== 'OUT_OF_SERVICE' && c.failed !== true && !fullFor.has(id);
+    memo.set(id, v);
+  }
+  return v;
+}
+
+function addEntry(buckets: Map<string, RoleEntry[]>, id: string, e: RoleEntry): void {
+  const b = buckets.get(id);
+  if (b === undefined) buckets.set(id, [e]);
+  else b.push(e);
+}
+
+function roleEntry(app: string, a: RsAssignment, role: RoleEntry['role'], members: readonly MemberView[]): RoleEntry {
+  return { app, rs: a.rs, role, epoch: a.epoch, version: a.version, members };
 }
 
 /** Everything, for the end of the passive phase. */
@@ -377,8 +460,7 @@ function fullRoleSetOf(state: ClusterState, c: CopyInfo, views: Views): Extract<
     const idx = peekIndex(app);
     const slot = idx.slotOf.get(c.copyId);
     if (slot !== undefined) {
-      const list = [...idx.rsOf[slot]!].sort((a, b) => a - b);
-      for (const r of list) {
+      for (const r of listedRs(idx, slot, app.rs)) {
         const a = app.rs[r]!;
         for (const m of a.members) {
           if (m.copyId !== c.copyId || m.role === 'OUT_OF_SERVICE') continue;

@@ -31,6 +31,8 @@ export interface SimOptions {
   steps: number;
   /** Re-run some steps on a structurally cloned state (cold caches) and require equal results. */
   coldCheckEvery: number;
+  /** Check that pending balancing completes within a few ticks (on a side branch). */
+  pendingCheck: boolean;
 }
 
 /** Runs one seed; throws an AssertionError naming the seed and step on the first violation. */
@@ -121,9 +123,22 @@ export function runSeed(seed: number, opts: SimOptions): { steps: number; reject
       if (ev.type === 'TopologyApplied') for (const a of ev.topology.apps) if (prev.apps[a.name]?.spec !== state.apps[a.name]?.spec) dirty.delete(a.name);
     }
     if (!state.leader.passive) {
-      const bal = Object.keys(state.apps).filter((a) => !dirty.has(a));
+      const bal = Object.keys(state.apps).filter((a) => !dirty.has(a) && state.apps[a]!.balancePending !== true);
       for (const v of checkBalance(state, bal)) fail(`balance: ${v}`);
       checkViews(fail);
+      // Liveness: pending balancing completes within a few ticks (checked on a side branch).
+      const pending = Object.keys(state.apps).filter((a) => state.apps[a]!.balancePending === true);
+      if (pending.length > 0 && opts.pendingCheck) {
+        let side = state;
+        for (let t = 0; t < 3 && pending.some((a) => side.apps[a]!.balancePending === true); t++) {
+          const d2 = decide(side, { type: 'Tick' }, now + 1 + t);
+          for (const v of checkInvariants(d2.state)) fail(`after pending tick: ${v}`);
+          side = d2.state;
+        }
+        const still = pending.filter((a) => side.apps[a]!.balancePending === true);
+        if (still.length > 0) fail(`balancing still pending after 3 ticks: ${still.join(', ')}`);
+        for (const v of checkBalance(side, pending.filter((a) => !dirty.has(a)))) fail(`balance after pending ticks: ${v}`);
+      }
     }
   };
 
