@@ -4,7 +4,7 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Role, type GetStatusResponse, type RsAssignment } from '@understudy/proto';
+import { CopyStatus, Role, type GetStatusResponse, type RsAssignment } from '@understudy/proto';
 import { unaryCall } from '@understudy/runtime';
 import { CounterLoad, keys, startCounterCluster, type CounterCluster } from '../harness/cluster';
 import { startRedis } from '../harness/redis';
@@ -20,6 +20,15 @@ function standbysOf(a: RsAssignment): string[] {
 }
 function placement(s: GetStatusResponse): string {
   return JSON.stringify(s.assignments.map((a) => [a.rs, a.epoch, a.members.map((m) => `${m.copyId}:${m.role}`)]));
+}
+
+/** Wait until balancing has finished: active counts of UP copies within 1 of each other. */
+async function balancedStatus(cl: CounterCluster): Promise<GetStatusResponse> {
+  return waitFor(async () => {
+    const s = await cl.status(true);
+    const actives = s.copies.filter((c) => c.status === CopyStatus.COPY_STATUS_UP).map((c) => c.activeCount);
+    return !s.passive && Math.max(...actives) - Math.min(...actives) <= 1 && s;
+  }, { what: 'balanced placement' });
 }
 
 async function assertCountsExact(load: CounterLoad): Promise<void> {
@@ -91,10 +100,12 @@ describe('controller + 3 counter copies, embedded store', () => {
       const c = st.copies.find((x) => x.copyId === 'c3')!;
       return c.activeCount + c.standbyCount > 0;
     }, { what: 'enabled c3 gets work back' });
+    const balanced = await balancedStatus(cl);
+    assert.ok(balanced.copies.find((x) => x.copyId === 'c3')!.activeCount > 0, 'c3 gets actives back once its standbys exist');
   });
 
   test('kill -9 of the controller and restart keeps all assignments; copies serve meanwhile', async () => {
-    const before = await cl.status(true);
+    const before = await balancedStatus(cl);
     await cl.controllers[0]!.kill();
     // No controller: the data plane keeps working on the last routing table.
     const load = new CounterLoad(cl.routing, keys(12));
@@ -163,7 +174,7 @@ describe('two controllers on Redis', () => {
   });
 
   test('kill -9 of every controller and restart on Redis keeps assignments', async () => {
-    const before = await cl.status(true);
+    const before = await balancedStatus(cl);
     await Promise.all(cl.controllers.map((p) => p?.kill()));
     const load = new CounterLoad(cl.routing, keys(8));
     await load.burst(40);
