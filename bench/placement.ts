@@ -15,8 +15,9 @@
  * Layout B: the same app over 100 copies on 50 hosts, so one copy really holds ≈1,000 actives
  *   (≈3,000 roles) — in layout A no copy can hold 1,000 actives while staying balanced.
  *   place_100_ms, fail_copy_1000_ms, fail_copy_1000_seq_ms  the same measurements.
- * Extras: tick_ms (no-op Tick on the placed 1,000-copy state), add_copy_ms (a 1,001st copy
- * registers and is given its share by balancing), drain_ms (drain of a ≈100-active copy).
+ * Extras: tick_ms (no-op Tick on the placed 1,000-copy state), add_copy_ms (a new copy
+ * registers and gets its share of standbys; its actives follow on the next Tick, once those
+ * standbys hold the state), drain_ms (drain of a ≈100-active copy).
  *
  * Every figure is the median of ≥ 5 measured runs (7 by default, BENCH_RUNS) after warm-up runs
  * (8 by default, BENCH_WARMUP), with one full GC after each untimed setup phase.

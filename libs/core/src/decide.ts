@@ -8,9 +8,12 @@ import { Tx } from './tx';
 import { reconcile } from './reconcile';
 import { validateTopology } from './validate';
 import { listedRs, peekIndex } from './derived';
-import { buildMembers, cmpStr, parseMembers, roleOf } from './members';
+import { buildMembers, cmpStr, own, parseMembers, roleOf } from './members';
 
 type Stop = Extract<ControllerCommand, { type: 'StopCopy' }>;
+
+/** Upper bound for copy ids, hosts and addresses (they are persisted and sent everywhere). */
+const MAX_ID_LENGTH = 256;
 
 function reject(state: ClusterState, code: Rejection['code'], message: string): Decision {
   return { state, commands: [], rejection: { code, message }, notes: [] };
@@ -31,10 +34,6 @@ function passive(state: ClusterState, op: string): Decision {
 
 function str(v: unknown): v is string {
   return typeof v === 'string' && v.length > 0;
-}
-
-function own<T>(rec: Readonly<Record<string, T>>, key: string): T | undefined {
-  return Object.prototype.hasOwnProperty.call(rec, key) ? rec[key] : undefined;
 }
 
 /** True when the copy's current process is known dead (failed, or failed while parked). */
@@ -62,9 +61,15 @@ function loadOf(state: ClusterState, c: CopyInfo): { active: number; standby: nu
  * reconcile pass repairs everything (see reconcile.ts). Rejections leave the state untouched.
  * Commands are derived from the state difference (see tx.ts) and are empty while passive.
  *
- * Balancing runs only for events that change the set of copies or the specs of an app
- * (registration, failure, drain, disable, enable, removal, topology, end of the passive phase):
- * a plain `Tick` repairs but never re-balances, so an operator's switchover is not undone.
+ * Balancing runs for events that change the set of copies or the specs of an app (registration
+ * of a new copy or incarnation, failure, drain, disable, enable, removal, topology, end of the
+ * passive phase). A plain `Tick` repairs, and resumes only balancing left pending (new standbys
+ * must hold the state before they can be promoted, see `AppState.balancePending`); it never
+ * starts a new one, so an operator's switchover is not undone. `SwitchoverRequested` runs
+ * neither repairs nor balancing.
+ *
+ * `CopyHeard` updates `lastHeardAtMs` and therefore bumps the state version: feed it for the
+ * passive-phase poll (R-HM-3), not for every heartbeat.
  */
 export function decide(state: ClusterState, event: ControllerEvent, nowMs: number): Decision {
   if (event === null || typeof event !== 'object') return reject(state, 'INVALID_ARGUMENT', 'event: must be an object');
@@ -227,7 +232,10 @@ function onTopology(state: ClusterState, t: Topology, now: number): Decision {
 function onRegistered(state: ClusterState, e: ControllerEvent & { type: 'CopyRegistered' }, now: number): Decision {
   for (const f of ['copyId', 'app', 'host', 'address'] as const) {
     if (!str(e[f])) return reject(state, 'INVALID_ARGUMENT', `${f}: must be a non-empty string`);
+    if (e[f].length > MAX_ID_LENGTH) return reject(state, 'INVALID_ARGUMENT', `${f}: at most ${MAX_ID_LENGTH} characters (got ${e[f].length})`);
   }
+  // Copies are keyed by id in a plain record: "__proto__" would not be stored as a key.
+  if (e.copyId === '__proto__') return reject(state, 'INVALID_ARGUMENT', 'copyId: "__proto__" is reserved');
   if (!Number.isSafeInteger(e.incarnation) || e.incarnation < 0) {
     return reject(state, 'INVALID_ARGUMENT', `incarnation: must be an integer >= 0 (got ${String(e.incarnation)})`);
   }

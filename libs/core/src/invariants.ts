@@ -1,5 +1,6 @@
 /** Checks of the safety and shape invariants of a state (used by tests and the simulation). */
 import type { ClusterState } from './model';
+import { own } from './members';
 
 const LIMIT = 50;
 
@@ -24,12 +25,12 @@ export function checkInvariants(state: ClusterState): string[] {
   if (new Set(state.leader.awaiting).size !== state.leader.awaiting.length) add('leader: duplicate awaiting entries');
   for (const [id, c] of Object.entries(state.copies)) {
     if (c.copyId !== id) add(`copy ${id}: keyed under a different id ${c.copyId}`);
-    if (state.apps[c.app] === undefined) add(`copy ${id}: unknown app ${c.app}`);
+    if (own(state.apps, c.app) === undefined) add(`copy ${id}: unknown app ${c.app}`);
     if (!Number.isSafeInteger(c.incarnation) || c.incarnation < 0) add(`copy ${id}: bad incarnation ${c.incarnation}`);
     if (c.failed === true && c.status !== 'DRAINED' && c.status !== 'DISABLED') add(`copy ${id}: failed flag on a ${c.status} copy`);
   }
   for (const e of state.edges) {
-    if (state.apps[e.from] === undefined || state.apps[e.to] === undefined) add(`edge ${e.from} -> ${e.to}: unknown app`);
+    if (own(state.apps, e.from) === undefined || own(state.apps, e.to) === undefined) add(`edge ${e.from} -> ${e.to}: unknown app`);
   }
   for (const [name, app] of Object.entries(state.apps)) {
     const spec = app.spec;
@@ -57,7 +58,7 @@ export function checkInvariants(state: ClusterState): string[] {
         const m = a.members[i]!;
         if (seen.has(m.copyId)) add(`${at}: copy ${m.copyId} listed twice`);
         seen.add(m.copyId);
-        const c = state.copies[m.copyId];
+        const c = own(state.copies, m.copyId);
         if (c === undefined) add(`${at}: unknown copy ${m.copyId}`);
         else {
           if (c.app !== name) add(`${at}: copy ${m.copyId} belongs to app ${c.app}`);
@@ -106,7 +107,7 @@ export function checkBalance(state: ClusterState, apps?: Iterable<string>): stri
   const out: string[] = [];
   const names = apps === undefined ? Object.keys(state.apps) : [...apps];
   for (const name of names) {
-    const app = state.apps[name];
+    const app = own(state.apps, name);
     if (app === undefined || !app.activated || app.spec.mode === 'FAULT_TOLERANT') continue;
     const act = new Map<string, number>();
     const tot = new Map<string, number>();

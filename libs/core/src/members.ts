@@ -93,6 +93,14 @@ export function roleOf(members: readonly Member[], copyId: string): Role | null 
   return null;
 }
 
+/**
+ * Own property of a record, or undefined: ids like "constructor" must never resolve to
+ * Object.prototype members.
+ */
+export function own<T>(rec: Readonly<Record<string, T>>, key: string): T | undefined {
+  return Object.prototype.hasOwnProperty.call(rec, key) ? rec[key] : undefined;
+}
+
 /** Deterministic string order (code units), independent of locale. */
 export function cmpStr(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;

@@ -325,6 +325,49 @@ export function ftTemplate(copies: readonly CopyInfo[], k: number): { active: st
 }
 
 /**
+ * Removes host clashes left by the block layout (uneven host sizes make a clash-free cyclic
+ * layout impossible at some offsets): a clashing standby is exchanged with a standby of a nearby
+ * RS when that makes both RS clash-free. Exchanging two standby entries leaves every copy's
+ * active and total counts unchanged, so the balance of the layout is kept.
+ */
+function fixHostClashes(out: Member[][], count: number, s: number, host: Int32Array, sbPos: Map<Member, number>, actPos: Map<Member, number>): void {
+  if (count === 0 || s < 2) return;
+  const hostOf = (m: Member): number => host[(m.role === 'ACTIVE' ? actPos.get(m) : sbPos.get(m))!]!;
+  const clashIn = (m: readonly Member[], j: number): boolean => {
+    const h = hostOf(m[j]!);
+    for (let i = 0; i < m.length; i++) if (i !== j && hostOf(m[i]!) === h) return true;
+    return false;
+  };
+  const fits = (m: readonly Member[], skip: number, cand: Member): boolean => {
+    const h = hostOf(cand);
+    for (let i = 0; i < m.length; i++) {
+      if (i === skip) continue;
+      if (m[i]!.copyId === cand.copyId || hostOf(m[i]!) === h) return false;
+    }
+    return true;
+  };
+  const window = Math.min(count - 1, 256);
+  for (let r = 0; r < count; r++) {
+    const m = out[r]!;
+    for (let j = 1; j < s; j++) {
+      if (!clashIn(m, j)) continue;
+      search: for (let d = 1; d <= window; d++) {
+        const r2 = (r + d) % count;
+        const m2 = out[r2]!;
+        for (let j2 = 1; j2 < s; j2++) {
+          const x = m[j]!;
+          const y = m2[j2]!;
+          if (!fits(m, j, y) || !fits(m2, j2, x)) continue;
+          m[j] = y;
+          m2[j2] = x;
+          break search;
+        }
+      }
+    }
+  }
+}
+
+/**
  * The initial distribution of an application over its UP copies (others in `copies` are
  * ignored). Returns the member list of every RS (index = RS id).
  *
@@ -380,6 +423,7 @@ export function placeInitial(spec: AppSpec, copies: readonly CopyInfo[], pool: M
       out[b * n + i] = m;
     }
   }
+  fixHostClashes(out, blocks * n, s, board.host, new Map(standbys.map((m, p) => [m, p] as const)), new Map(actives.map((m, p) => [m, p] as const)));
   counts.act.fill(blocks);
   counts.sb.fill(blocks * (s - 1));
   const live: number[] = [];

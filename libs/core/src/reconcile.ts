@@ -323,8 +323,17 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
     }
     // Lightest copies first, then the other light ones (positions ascending within each).
     const light = lightest.concat(lighter);
+    // Room left on the light copies: stop the pass when it is used up (no futile scans).
+    let room = 0;
+    for (const l of light) room += max - 1 - board.tot(l);
     let progress = 0;
-    for (const h of heavy) if (board.tot(h) === max && shedFrom(h, light)) progress++;
+    for (const h of heavy) {
+      if (room <= 0) break;
+      if (board.tot(h) === max && shedFrom(h, light)) {
+        progress++;
+        room--;
+      }
+    }
     if (progress > 0) continue;
     if (k === 0 || !handOff(heavy, light)) break;
   }
@@ -349,31 +358,43 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
       else if (a <= max - 2) light.push(i);
     }
     light.sort((a, b) => board.act(a) - board.act(b) || a - b);
-    // One pass per level: every heaviest copy hands one active to a light standby, and every
-    // light copy takes actives from copies still at the top level until it is one below.
-    // Starting from the smaller side keeps the cheap case cheap (a few promoted copies after a
-    // failure; one new copy joining).
-    let progress = 0;
-    const heavyPass = (): void => {
-      for (const h of heavy) if (board.act(h) === max && heavySwap([h], max)) progress++;
-    };
-    const lightPass = (): void => {
-      for (const l of light) progress += fill(l, max);
-    };
-    if (heavy.length <= light.length) {
-      heavyPass();
-      if (progress === 0) lightPass();
-    } else {
-      lightPass();
-      if (progress === 0) heavyPass();
-    }
-    if (progress > 0) continue;
-    // Costlier searches, bounded, and only toward copies that are a promotable standby somewhere
-    // (a copy whose standbys were all added in this decision cannot take an active yet).
-    const targets = light.filter(receptive);
+    // Only copies that are a promotable standby somewhere can take an active now (a copy whose
+    // standbys were all added in this decision cannot, yet). Checked when few copies are light
+    // (a joining or restarted copy: exactly when it matters); with many, the searches below
+    // verify each swap anyway and a few unusable targets cost little.
+    const targets = light.length <= 64 ? light.filter(receptive) : light;
     if (targets.length > 0) {
-      if (heavy.length <= light.length ? directSwap(targets) : heavy.length <= 64 && heavySwap(heavy, max)) continue;
-      if (twoStepSwap(heavy, targets)) continue;
+      // One pass per level: every heaviest copy hands one active to a light standby, and every
+      // light copy takes actives from heavier copies until it is one below the top. Starting
+      // from the smaller side keeps the common cases cheap (a few promoted copies after a
+      // failure; one new copy joining).
+      let progress = 0;
+      const heavyPass = (): void => {
+        // Room left on the target copies: stop when it is used up (no futile scans).
+        let room = 0;
+        for (const l of targets) room += max - 1 - board.act(l);
+        for (const h of heavy) {
+          if (room <= 0) break;
+          if (board.act(h) === max && heavySwap([h], max)) {
+            progress++;
+            room--;
+          }
+        }
+      };
+      const lightPass = (): void => {
+        for (const l of targets) progress += fill(l, max);
+      };
+      if (heavy.length <= targets.length) {
+        heavyPass();
+        if (progress === 0) lightPass();
+      } else {
+        lightPass();
+        if (progress === 0) heavyPass();
+      }
+      if (progress > 0) continue;
+      // Costlier searches, bounded.
+      if (heavy.length <= targets.length ? directSwap(targets) : heavy.length <= 64 && heavySwap(heavy, max)) continue;
+      if (twoStepSwap(heavy, targets.filter((l) => board.act(l) === min).slice(0, 64))) continue;
       if (chainSwap(heavy, max)) continue;
     }
     // No promotable swap left. New standbys (from this decision) become promotable at the next

@@ -8,7 +8,7 @@
 import type { AppSpec, AppState, ClusterState, CopyInfo, Edge, LeaderPhase, Member, RsAssignment } from './model';
 import type { ControllerCommand, Decision, MemberView, RoleEntry, RouteChange } from './events';
 import { applyChange, buildIndex, listedRs, peekIndex, setStandbyTarget, storeIndex, takeIndex, type AppIndex } from './derived';
-import { cmpStr, MemberPool, roleOf, sameMembers } from './members';
+import { cmpStr, MemberPool, own, roleOf, sameMembers } from './members';
 
 const EMPTY: readonly Member[] = Object.freeze([]);
 
@@ -18,7 +18,7 @@ export class AppTx {
   activated: boolean;
   /** See `AppState.balancePending`. */
   balancePending: boolean;
-  /** True once a STANDBY entry that was not in the base state has been written. */
+  /** True once a STANDBY was written on a copy that did not hold that RS at the start. */
   addedStandbys = false;
   private rsArr: RsAssignment[];
   private cloned = false;
@@ -105,7 +105,11 @@ export class AppTx {
     this.rsArr[r] = { app: this.name, rs: r, epoch, version: base.version + 1, members };
     applyChange(idx, r, cur.members, members, this.rsArr);
     if (!this.addedStandbys) {
-      for (const m of members) if (m.role === 'STANDBY' && roleOf(base.members, m.copyId) !== 'STANDBY') this.addedStandbys = true;
+      for (const m of members) {
+        if (m.role !== 'STANDBY') continue;
+        const was = roleOf(base.members, m.copyId);
+        if (was !== 'STANDBY' && was !== 'ACTIVE') this.addedStandbys = true;
+      }
     }
   }
 
@@ -197,7 +201,7 @@ export class Tx {
   /** Current copy record. */
   copy(id: string): CopyInfo | undefined {
     const c = this.copies;
-    return Object.prototype.hasOwnProperty.call(c, id) ? c[id] : undefined;
+    return own(c, id);
   }
   /** Inserts or replaces a copy record. */
   setCopy(c: CopyInfo): void {
@@ -330,7 +334,7 @@ class Views {
       const key = m.role[0] + m.copyId;
       v = this.byKey.get(key);
       if (v === undefined) {
-        v = { copyId: m.copyId, address: this.copies[m.copyId]?.address ?? '', role: m.role };
+        v = { copyId: m.copyId, address: own(this.copies, m.copyId)?.address ?? '', role: m.role };
         this.byKey.set(key, v);
       }
       this.byMember.set(m, v);
@@ -394,8 +398,8 @@ function diffCommands(
           if (!still) addEntry(buckets, m.copyId, (entryO ??= roleEntry(ch.name, neu, 'OUT_OF_SERVICE', view)));
         }
       }
-      const oldAddr = oldActive === null ? '' : (before.copies[oldActive]?.address ?? '');
-      const newAddr = newActive === null ? '' : (after.copies[newActive]?.address ?? '');
+      const oldAddr = oldActive === null ? '' : (own(before.copies, oldActive)?.address ?? '');
+      const newAddr = newActive === null ? '' : (own(after.copies, newActive)?.address ?? '');
       if (oldActive !== newActive || old === undefined || old.epoch !== neu.epoch || oldAddr !== newAddr) {
         routes.push(routeOf(neu, view, oldActive === null ? null : { copyId: oldActive, address: oldAddr }));
       }
@@ -404,7 +408,7 @@ function diffCommands(
   const out: ControllerCommand[] = [...stops];
   const ids = new Set([...buckets.keys(), ...fullFor]);
   for (const id of [...ids].sort(cmpStr)) {
-    const c = after.copies[id];
+    const c = own(after.copies, id);
     if (c === undefined || c.status === 'OUT_OF_SERVICE' || c.failed === true) continue;
     if (fullFor.has(id)) out.push(fullRoleSetOf(after, c, views));
     else out.push({ type: 'SetRoles', copyId: id, address: c.address, incarnation: c.incarnation, entries: buckets.get(id)!, full: false });
@@ -416,7 +420,7 @@ function diffCommands(
 function isLive(id: string, state: ClusterState, fullFor: ReadonlySet<string>, memo: Map<string, boolean>): boolean {
   let v = memo.get(id);
   if (v === undefined) {
-    const c = state.copies[id];
+    const c = own(state.copies, id);
     v = c !== undefined && c.status !== 'OUT_OF_SERVICE' && c.failed !== true && !fullFor.has(id);
     memo.set(id, v);
   }
@@ -455,7 +459,7 @@ function fullResyncCommands(state: ClusterState, stops: readonly Stop[]): Contro
 /** The complete role set of one copy (ACTIVE and STANDBY entries, ascending RS). */
 function fullRoleSetOf(state: ClusterState, c: CopyInfo, views: Views): Extract<ControllerCommand, { type: 'SetRoles' }> {
   const entries: RoleEntry[] = [];
-  const app = state.apps[c.app];
+  const app = own(state.apps, c.app);
   if (app !== undefined && app.activated) {
     const idx = peekIndex(app);
     const slot = idx.slotOf.get(c.copyId);
@@ -474,7 +478,7 @@ function fullRoleSetOf(state: ClusterState, c: CopyInfo, views: Views): Extract<
 
 /** Full role set of `copyId` in `state` (see {@link fullRoleSetOf}). */
 export function fullRoleSetFor(state: ClusterState, copyId: string): Extract<ControllerCommand, { type: 'SetRoles' }> {
-  const c = state.copies[copyId];
+  const c = own(state.copies, copyId);
   if (c === undefined) throw new RangeError(`unknown copy ${copyId}`);
   return fullRoleSetOf(state, c, new Views(state.copies));
 }

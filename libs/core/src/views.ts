@@ -2,7 +2,7 @@
 import type { ClusterState } from './model';
 import type { ControllerCommand, RouteChange } from './events';
 import { peekIndex } from './derived';
-import { cmpStr } from './members';
+import { cmpStr, own } from './members';
 import { fullRoleSetFor, memberViews, routeOf } from './tx';
 
 /**
@@ -42,7 +42,7 @@ export function fullRoleSet(state: ClusterState, copyId: string): Extract<Contro
  */
 export function copyLoads(state: ClusterState, app: string): Map<string, { active: number; standby: number }> {
   const out = new Map<string, { active: number; standby: number }>();
-  const a = Object.prototype.hasOwnProperty.call(state.apps, app) ? state.apps[app] : undefined;
+  const a = own(state.apps, app);
   if (a === undefined) return out;
   const idx = a.activated ? peekIndex(a) : null;
   for (const id of Object.keys(state.copies).sort(cmpStr)) {

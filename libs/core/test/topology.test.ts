@@ -113,3 +113,12 @@ test('malformed events are INVALID_ARGUMENT, never exceptions', () => {
   assert.equal(d.rejection?.code, 'INVALID_ARGUMENT');
   assert.equal(decide(st, { type: 'Tick' }, T0).state, st);
 });
+
+test('registration ids are bounded and "__proto__" is refused', () => {
+  const st = ok(emptyState(), topo(spec('agg', 'DISTRIBUTED', 4, 0))).state;
+  rejected(st, reg('x'.repeat(257), 'agg', 'h1'), 'INVALID_ARGUMENT', /copyId: at most 256 characters/);
+  rejected(st, reg('__proto__', 'agg', 'h1'), 'INVALID_ARGUMENT', /reserved/);
+  const d = ok(st, reg('constructor', 'agg', 'h1'));
+  assert.equal(d.state.copies['constructor' as string]?.copyId, 'constructor');
+  assert.equal(JSON.parse(JSON.stringify(d.state)).copies.constructor.status, 'UP');
+});
