@@ -15,12 +15,24 @@
  */
 import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
-import { Mode, Partitioning, modeFromName, modeName, type AppSpec, type Edge, type Topology } from '@understudy/proto';
+import { Mode, Partitioning, modeFromName, modeName, type AppSpec, type DetectionPolicy, type Edge, type Topology } from '@understudy/proto';
 import { parseDocument } from 'yaml';
 import { UsageError } from './errors';
 
 /** Keys allowed in one `apps[]` entry. */
-export const APP_KEYS = ['name', 'mode', 'rsCount', 'standbys', 'minCopies'] as const;
+export const APP_KEYS = ['name', 'mode', 'rsCount', 'standbys', 'minCopies', 'detection'] as const;
+/** Keys allowed in an app's `detection` mapping (numbers; ranges are the controller's call). */
+export const DETECTION_KEYS = [
+  'heartbeatIntervalMs',
+  'missedHeartbeats',
+  'maxEventLoopLagMs',
+  'maxCpuPercent',
+  'maxRssBytes',
+  'maxQueueDepth',
+  'breachSamples',
+  'probeIntervalMs',
+  'probeTimeoutMs',
+] as const;
 /** Keys allowed in one `edges[]` entry. */
 export const EDGE_KEYS = ['from', 'to', 'keyField'] as const;
 /** Keys allowed at the top level. */
@@ -159,8 +171,27 @@ function appFromData(raw: unknown, i: number, problems: string[]): AppSpec | und
   const rsCount = integer(raw, 'rsCount', label, { min: 1, required: true }, problems);
   const standbys = integer(raw, 'standbys', label, { min: 0, required: false }, problems) ?? 0;
   const minCopies = integer(raw, 'minCopies', label, { min: 1, required: false }, problems) ?? 1;
+  const detection = detectionFromData(raw.detection, label, problems);
   if (problems.length > before || name === undefined || rsCount === undefined) return undefined;
-  return { name, mode, rsCount, standbys, minCopies, partitioning: Partitioning.PARTITIONING_HASH };
+  return { name, mode, rsCount, standbys, minCopies, partitioning: Partitioning.PARTITIONING_HASH, detection };
+}
+
+function detectionFromData(raw: unknown, label: string, problems: string[]): DetectionPolicy | undefined {
+  if (raw === undefined || raw === null) return undefined;
+  const where = `${label}.detection`;
+  if (!isRecord(raw)) {
+    problems.push(`${where}: expected a mapping (${DETECTION_KEYS.join(', ')}), got ${describe(raw)}`);
+    return undefined;
+  }
+  checkKeys(raw, DETECTION_KEYS, where, problems);
+  const out: Record<string, number> = {};
+  for (const k of DETECTION_KEYS) {
+    const v = raw[k];
+    if (v === undefined || v === null) out[k] = 0;
+    else if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) problems.push(`${where}.${k}: expected a number >= 0, got ${describe(v)}`);
+    else out[k] = v;
+  }
+  return out as unknown as DetectionPolicy;
 }
 
 function edgeFromData(raw: unknown, i: number, problems: string[]): Edge | undefined {

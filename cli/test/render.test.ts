@@ -53,13 +53,13 @@ const status: GetStatusResponse = {
   stateVersion: 99,
   apps: [
     {
-      spec: { name: 'counter', mode: Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, rsCount: 8, standbys: 2, minCopies: 3, partitioning: Partitioning.PARTITIONING_HASH },
+      spec: { name: 'counter', mode: Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, rsCount: 8, standbys: 2, minCopies: 3, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined },
       activated: true,
       rsWithActive: 8,
       rsFullyReplicated: 6,
     },
     {
-      spec: { name: 'ingest', mode: Mode.MODE_DISTRIBUTED, rsCount: 4, standbys: 0, minCopies: 1, partitioning: Partitioning.PARTITIONING_HASH },
+      spec: { name: 'ingest', mode: Mode.MODE_DISTRIBUTED, rsCount: 4, standbys: 0, minCopies: 1, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined },
       activated: false,
       rsWithActive: 0,
       rsFullyReplicated: 0,

@@ -13,6 +13,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import {
+  FaultKind,
   AdsmServiceService,
   ControllerServiceClient,
   ControllerServiceService,
@@ -113,7 +114,7 @@ async function startStandInCopy(): Promise<{ address: string; received: SetRoles
 }
 
 function app(name: string, mode: Mode, rsCount: number, standbys: number, minCopies: number): AppSpec {
-  return { name, mode, rsCount, standbys, minCopies, partitioning: Partitioning.PARTITIONING_HASH };
+  return { name, mode, rsCount, standbys, minCopies, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined };
 }
 
 /** The declared topology of the suite (applied once; bad topologies must leave it intact). */
@@ -391,7 +392,15 @@ const SEEDS: Record<MethodName, Buffer> = {
   copyHeartbeat: ControllerServiceService.copyHeartbeat.requestSerialize({
     copyId: 'fz-copy',
     incarnation: 7,
-    health: { eventLoopLagMs: 1.5, cpuPercent: 3, rssBytes: 1000, handledCount: 5, queueDepth: 1 },
+    health: { eventLoopLagMs: 1.5, cpuPercent: 3, rssBytes: 1000, handledCount: 5, queueDepth: 1, heapUsedBytes: 500 },
+  }),
+  reportFault: ControllerServiceService.reportFault.requestSerialize({
+    kind: FaultKind.FAULT_KIND_CRASH,
+    copies: [{ copyId: 'fz-copy', incarnation: 7 }],
+    host: '',
+    detail: 'fuzz',
+    reporter: 'fz-fm',
+    fromCopyId: '',
   }),
   getStatus: ControllerServiceService.getStatus.requestSerialize({ app: 'bi-ft', includeAssignments: true }),
   applyTopology: ControllerServiceService.applyTopology.requestSerialize({

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ControllerClient, RoutingClient } from '@understudy/adsm';
-import { Mode, Partitioning, type GetStatusResponse } from '@understudy/proto';
+import { Mode, Partitioning, type DetectionPolicy, type GetStatusResponse } from '@understudy/proto';
 import { unaryCall } from '@understudy/runtime';
 import { freePort, startControllerProc, startCounterCopy, type Proc } from './processes';
 import { waitFor } from './wait';
@@ -22,6 +22,8 @@ export interface ClusterOptions {
   readonly mode?: Mode;
   readonly leaseTtlMs?: number;
   readonly passiveTimeoutMs?: number;
+  /** The app's detection policy (fault managers apply it). */
+  readonly detection?: Partial<DetectionPolicy>;
 }
 
 /** A running cluster. */
@@ -62,7 +64,7 @@ export async function startCounterCluster(o: ClusterOptions = {}): Promise<Count
   await ctl.withLeader((c) =>
     unaryCall(c.applyTopology.bind(c), {
       topology: {
-        apps: [{ name: 'counter', mode, rsCount, standbys: o.standbys ?? (mode === Mode.MODE_DISTRIBUTED ? 0 : 1), minCopies: copyCount, partitioning: Partitioning.PARTITIONING_HASH }],
+        apps: [{ name: 'counter', mode, rsCount, standbys: o.standbys ?? (mode === Mode.MODE_DISTRIBUTED ? 0 : 1), minCopies: copyCount, partitioning: Partitioning.PARTITIONING_HASH, detection: detectionPb(o.detection) }],
         edges: [],
       },
     }),
@@ -177,4 +179,21 @@ let keySpace = 0;
 export function keys(n: number): string[] {
   const prefix = `t${keySpace++}`;
   return Array.from({ length: n }, (_, i) => `${prefix}-k${i}`);
+}
+
+/** Wire policy from a partial one (0 = default for every missing field). */
+function detectionPb(d: Partial<DetectionPolicy> | undefined): DetectionPolicy | undefined {
+  if (d === undefined) return undefined;
+  return {
+    heartbeatIntervalMs: 0,
+    missedHeartbeats: 0,
+    maxEventLoopLagMs: 0,
+    maxCpuPercent: 0,
+    maxRssBytes: 0,
+    maxQueueDepth: 0,
+    breachSamples: 0,
+    probeIntervalMs: 0,
+    probeTimeoutMs: 0,
+    ...d,
+  };
 }

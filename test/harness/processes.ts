@@ -44,7 +44,14 @@ export function startControllerProc(o: ControllerProcOptions): Promise<Proc> {
 }
 
 /** Start one counter copy process. */
-export function startCounterCopy(o: { copyId: string; controllers: readonly string[]; host?: string; heartbeatIntervalMs?: number }): Promise<Proc> {
+export function startCounterCopy(o: {
+  copyId: string;
+  controllers: readonly string[];
+  host?: string;
+  heartbeatIntervalMs?: number;
+  faultManagers?: readonly string[];
+  env?: Record<string, string>;
+}): Promise<Proc> {
   return startProcess({
     name: `copy ${o.copyId}`,
     script: 'examples/counter/src/copy.ts',
@@ -53,7 +60,9 @@ export function startCounterCopy(o: { copyId: string; controllers: readonly stri
       '--controllers', o.controllers.join(','),
       '--host', o.host ?? `host-${o.copyId}`,
       '--heartbeat-interval-ms', String(o.heartbeatIntervalMs ?? 200),
+      ...(o.faultManagers && o.faultManagers.length > 0 ? ['--fault-managers', o.faultManagers.join(',')] : []),
     ],
+    ...(o.env ? { env: o.env } : {}),
     readyMsg: 'copy listening',
   });
 }

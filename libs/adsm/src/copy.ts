@@ -22,6 +22,8 @@ import {
   type SetRolesRequest,
   type SetRolesResponse,
   type UpdateEntry,
+  type ShutdownRequest,
+  type ShutdownResponse,
 } from '@understudy/proto';
 import {
   FailedPreconditionError,
@@ -42,6 +44,7 @@ import {
 } from '@understudy/runtime';
 import { decodeJson, encodeJson } from './codec';
 import { ControllerClient } from './controller-client';
+import { FaultManagerLink } from './watch';
 import type { AppDefinition, RsHandler } from './handler';
 
 type RoleName = 'ACTIVE' | 'STANDBY' | 'OUT_OF_SERVICE';
@@ -76,6 +79,13 @@ export interface CopyOptions<S, M, U, R, Q, QR> {
   readonly logTailEntries?: number;
   /** Largest accepted payload. @default 1048576 */
   readonly maxPayloadBytes?: number;
+  /** Fault manager instances (host:port) to keep a heartbeat stream to; none = not watched. @default [] */
+  readonly faultManagerAddresses?: readonly string[];
+  /**
+   * Called once when this incarnation learns it was fenced (declared failed by the controller).
+   * By then the copy already holds no RS and commits nothing. @default stops the copy
+   */
+  readonly onFenced?: (reason: string) => void | Promise<void>;
   readonly logger?: Logger;
 }
 
@@ -104,6 +114,8 @@ interface DeliverOutcome {
 }
 
 interface Job {
+  /** A progress probe (R-HM-6): goes through the RS queue like a message, runs nothing. */
+  readonly probe?: true;
   readonly messageId: string;
   readonly key: string;
   readonly message: unknown;
@@ -186,7 +198,11 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
   private readonly loopDelay = monitorEventLoopDelay({ resolution: 10 });
   private lastCpu = process.cpuUsage();
   private lastCpuAt = Date.now();
-  private readonly o: Required<Omit<CopyOptions<S, M, U, R, Q, QR>, 'app' | 'logger' | 'controllerAddresses'>>;
+  private readonly o: Required<Omit<CopyOptions<S, M, U, R, Q, QR>, 'app' | 'logger' | 'controllerAddresses' | 'onFenced'>>;
+  private readonly onFenced: ((reason: string) => void | Promise<void>) | undefined;
+  private fmLink: FaultManagerLink | undefined;
+  private fencedReason: string | undefined;
+  private probeCursor = 0;
 
   constructor(opts: CopyOptions<S, M, U, R, Q, QR>) {
     if (!opts.copyId || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(opts.copyId)) {
@@ -208,7 +224,9 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       dedupeWindow: opts.dedupeWindow ?? 10_000,
       logTailEntries: opts.logTailEntries ?? 1024,
       maxPayloadBytes: opts.maxPayloadBytes ?? 1 << 20,
+      faultManagerAddresses: opts.faultManagerAddresses ?? [],
     };
+    this.onFenced = opts.onFenced;
     this.incarnation = this.o.incarnation;
     this.log = (opts.logger ?? createLogger({ service: 'adsm' })).child({ copy: this.copyId, app: this.appName });
     this.controller = new ControllerClient({ addresses: opts.controllerAddresses, callTimeoutMs: 2000 });
@@ -223,6 +241,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       replicate: unaryHandler('Replicate', this.log, (req: ReplicateRequest) => this.onReplicate(req)),
       installSnapshot: unaryHandler('InstallSnapshot', this.log, (req: InstallSnapshotRequest) => this.onInstallSnapshot(req)),
       getCopyInfo: unaryHandler('GetCopyInfo', this.log, () => this.onGetCopyInfo()),
+      shutdown: unaryHandler('Shutdown', this.log, (req: ShutdownRequest) => this.onShutdown(req)),
     };
     this.server = await startGrpcServer({
       address: this.o.listenAddress,
@@ -235,6 +254,51 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     // Registration and heartbeats run in the background: a copy keeps serving its RS while
     // no controller is reachable (the data plane never waits for the control plane).
     this.heartbeatLoop();
+    if (this.o.faultManagerAddresses.length > 0) {
+      this.fmLink = new FaultManagerLink({
+        addresses: this.o.faultManagerAddresses,
+        hello: { copyId: this.copyId, incarnation: this.incarnation, app: this.appName, host: this.o.host, address: this.address },
+        health: () => this.health(),
+        probe: (deadlineMs) => this.probe(deadlineMs),
+        logger: this.log,
+      });
+      this.fmLink.start();
+    }
+  }
+
+  /**
+   * Progress probe (R-HM-6): a no-op job through the queue of one ACTIVE RS (round robin), so it
+   * proves that messages still get through the handler path, not just that the process is alive.
+   */
+  private probe(deadlineMs: number): Promise<void> {
+    const active = [...this.slots.values()].filter((s) => s.role === 'ACTIVE');
+    if (active.length === 0) return new Promise((r) => setImmediate(r));
+    const slot = active[this.probeCursor++ % active.length]!;
+    const done = new Promise<DeliverOutcome>((resolve, reject) => {
+      slot.queue.push({ probe: true, messageId: '', key: '', message: undefined, epoch: slot.epoch, resolve, reject });
+    });
+    void this.drain(slot);
+    return withTimeout(done, Math.max(1, deadlineMs), () => new UnavailableError(`probe through ${this.appName}/${slot.rs} took over ${deadlineMs} ms`)).then(() => undefined);
+  }
+
+  /**
+   * This incarnation was declared failed: stop committing now (drop every RS, refuse queued
+   * messages), then leave through `onFenced`. Idempotent.
+   */
+  private fenced(reason: string): void {
+    if (this.fencedReason !== undefined || this.stopped) return;
+    this.fencedReason = reason;
+    this.log.error({ incarnation: this.incarnation, reason }, 'fenced: this incarnation was declared failed; it holds nothing and stops');
+    for (const slot of this.slots.values()) {
+      slot.role = 'OUT_OF_SERVICE';
+      this.failQueued(slot, new NotActiveError(`NOT_ACTIVE: copy ${this.copyId} incarnation ${this.incarnation} was fenced`));
+      slot.signalChanged();
+    }
+    this.slots.clear();
+    const leave = this.onFenced ?? (() => this.stop());
+    Promise.resolve()
+      .then(() => leave(reason))
+      .catch((e: unknown) => this.log.error({ err: ensureError(e).message }, 'onFenced failed'));
   }
 
   roles(): Map<number, { role: RoleName; epoch: number; seq: number }> {
@@ -247,6 +311,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     if (this.stopped) return;
     this.stopped = true;
     if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
+    this.fmLink?.stop();
     this.loopDelay.disable();
     for (const slot of this.slots.values()) this.failQueued(slot, new UnavailableError('copy is stopping'));
     await this.server?.shutdown(1000);
@@ -274,8 +339,12 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
           this.log.info('registered with controller');
         }
         const res = await this.controller.withLeader((c) =>
-          unaryCall(c.copyHeartbeat.bind(c), { copyId: this.copyId, incarnation: this.incarnation, health: this.health() }, { deadlineMs: 2000 }),
+          unaryCall(c.copyHeartbeat.bind(c), { copyId: this.copyId, incarnation: this.incarnation, health: this.health(false) }, { deadlineMs: 2000 }),
         );
+        if (res.fenced) {
+          this.fenced('the controller declared this incarnation failed');
+          return;
+        }
         if (!res.known) this.registered = false;
       } catch (e) {
         const err = ensureError(e);
@@ -288,7 +357,8 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     void tick();
   }
 
-  private health(): Health {
+  /** A health sample; `resetLag` starts a new event-loop-lag window (the fault manager's cadence). */
+  private health(resetLag = true): Health {
     const now = Date.now();
     const cpu = process.cpuUsage(this.lastCpu);
     const elapsedMs = Math.max(1, now - this.lastCpuAt);
@@ -297,11 +367,12 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     let queueDepth = 0;
     for (const s of this.slots.values()) queueDepth += s.queue.length;
     const lagMs = this.loopDelay.max / 1e6;
-    this.loopDelay.reset();
+    if (resetLag) this.loopDelay.reset();
     return {
       eventLoopLagMs: Number.isFinite(lagMs) ? lagMs : 0,
       cpuPercent: ((cpu.user + cpu.system) / 1000 / elapsedMs) * 100,
       rssBytes: process.memoryUsage.rss(),
+      heapUsedBytes: process.memoryUsage().heapUsed,
       handledCount: this.handledCount,
       queueDepth,
     };
@@ -468,6 +539,10 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     slot.running = true;
     try {
       for (let job = slot.queue.shift(); job; job = slot.queue.shift()) {
+        if (job.probe) {
+          job.resolve(PROBE_OUTCOME);
+          continue;
+        }
         try {
           job.resolve(await this.process(slot, job));
         } catch (e) {
@@ -690,6 +765,21 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     return { result: encodeJson(this.handler.query(slot.state, q as Q)), epoch: slot.epoch, seq: slot.seq };
   }
 
+  /**
+   * The controller fenced this incarnation (declared it failed) and asks it to go. The copy stops
+   * committing at once (every RS dropped, queued messages refused) and then ends the process
+   * through `onFenced`. A request for another copy or incarnation is refused, not obeyed.
+   */
+  private onShutdown(req: ShutdownRequest): ShutdownResponse {
+    if (req.copyId !== this.copyId) throw new FailedPreconditionError(`Shutdown addressed to copy ${req.copyId} reached copy ${this.copyId}`);
+    if (req.incarnation !== this.incarnation) {
+      throw new FailedPreconditionError(`Shutdown for incarnation ${req.incarnation}; this copy is incarnation ${this.incarnation}`);
+    }
+    // Answer first, then go: the controller should see the request accepted.
+    setImmediate(() => this.fenced(`controller asked to stop: ${req.reason || 'no reason given'}`));
+    return {};
+  }
+
   private onGetCopyInfo(): GetCopyInfoResponse {
     return {
       copyId: this.copyId,
@@ -704,10 +794,12 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         appliedSeq: s.seq,
         synced: s.role === 'ACTIVE' ? true : s.synced,
       })),
-      health: this.health(),
+      health: this.health(false),
     };
   }
 }
+
+const PROBE_OUTCOME: DeliverOutcome = { reply: Buffer.alloc(0), epoch: 0, duplicate: false };
 
 function withTimeout<T>(p: Promise<T>, ms: number, err: () => Error): Promise<T> {
   return new Promise<T>((resolve, reject) => {

@@ -4,4 +4,5 @@ export { startCopy, type CopyOptions, type CopyHandle } from './copy';
 export { RoutingClient, type RoutingClientOptions, type RouteInfo, type Delivered } from './client';
 export { ControllerClient, LEADER_ADDRESS_KEY, leaderAddressOf, type ControllerClientOptions } from './controller-client';
 export { encodeJson, decodeJson } from './codec';
-export { runCopyProcess, copyProcessConfig } from './process';
+export { runCopyProcess, copyProcessConfig, FENCED_EXIT_CODE } from './process';
+export { FaultManagerLink, faultManagerOrder, type FaultManagerLinkOptions } from './watch';

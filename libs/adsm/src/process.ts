@@ -10,7 +10,15 @@ export const copyProcessConfig = defineConfig({
   listenAddress: { env: 'UNDERSTUDY_LISTEN', flag: 'listen', type: 'string', default: '127.0.0.1:0', description: 'ADSM service host:port' },
   advertiseHost: { env: 'UNDERSTUDY_ADVERTISE_HOST', flag: 'advertise-host', type: 'string', default: '127.0.0.1', description: 'host others reach this copy at' },
   heartbeatIntervalMs: { env: 'UNDERSTUDY_HEARTBEAT_INTERVAL_MS', flag: 'heartbeat-interval-ms', type: 'ms', default: 500, min: 10, max: 60_000, description: 'heartbeat period' },
+  faultManagers: { env: 'UNDERSTUDY_FAULT_MANAGERS', flag: 'fault-managers', type: 'string', default: '', description: 'comma-separated fault manager host:port list (empty: not watched)' },
 });
+
+/**
+ * Exit code of a copy process that learned it was fenced (its incarnation was declared failed).
+ * EX_TEMPFAIL: a supervisor should start it again; the restart registers a new incarnation and
+ * rejoins as standby.
+ */
+export const FENCED_EXIT_CODE = 75;
 
 /**
  * Run a copy of `app` as a process: read the standard flags/env, start the copy, print the
@@ -32,6 +40,12 @@ export async function runCopyProcess<S, M, U, R, Q, QR>(
     listenAddress: c.listenAddress,
     advertiseHost: c.advertiseHost,
     heartbeatIntervalMs: c.heartbeatIntervalMs,
+    faultManagerAddresses: c.faultManagers.split(',').map((s) => s.trim()).filter(Boolean),
+    onFenced: async () => {
+      await copy.stop();
+      await opts.telemetry?.shutdown();
+      process.exit(FENCED_EXIT_CODE);
+    },
     logger,
   });
   process.stdout.write(`${JSON.stringify({ msg: 'copy listening', address: copy.address, copyId: copy.copyId })}\n`);

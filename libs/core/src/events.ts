@@ -84,8 +84,10 @@ export interface Decision {
   /** Human-readable summary lines (for ops RPC responses and logs). */
   readonly notes: readonly string[];
   /**
-   * DrainRequested / CopyRemoved only: how many RS the copy was ACTIVE resp. STANDBY for before
+   * DrainRequested / CopyRemoved: how many RS the copy was ACTIVE resp. STANDBY for before
    * it left (all of them moved or were re-homed). Also in `notes` as `moved_active=… moved_standby=…`.
+   * CopyFailed: set only when this decision declared the copy failed (the ACTIVE RS failed over);
+   * absent for a stale or duplicate report.
    */
   readonly moved?: { readonly active: number; readonly standby: number };
 }

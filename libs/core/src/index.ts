@@ -11,3 +11,4 @@ export { emptyState, routesOf, fullRoleSet, copyLoads } from './views';
 export { checkInvariants, checkBalance } from './invariants';
 export { placeInitial, spreadOrder } from './placement';
 export { MAX_OOS_ENTRIES } from './members';
+export { compileDetectionPolicy, validateDetectionPolicy, DETECTION_DEFAULTS, type DetectionPolicy, type CompiledDetectionPolicy } from './detection';

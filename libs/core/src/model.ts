@@ -6,6 +6,8 @@
 /** Role of one copy for one RS. */
 export type Role = 'ACTIVE' | 'STANDBY' | 'OUT_OF_SERVICE';
 
+import type { DetectionPolicy } from './detection';
+
 /** Redundancy mode of an application (see SPEC vocabulary). */
 export type Mode = 'DISTRIBUTED' | 'FAULT_TOLERANT' | 'DISTRIBUTED_FAULT_TOLERANT';
 
@@ -25,6 +27,8 @@ export interface AppSpec {
   readonly standbys: number;
   /** Copies of this app that must be UP before the initial distribution happens. */
   readonly minCopies: number;
+  /** How the fault manager watches the app's copies (absent: defaults). */
+  readonly detection?: DetectionPolicy;
 }
 
 /** A data-flow map edge (R-DFM-1). */

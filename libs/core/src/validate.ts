@@ -1,6 +1,7 @@
 /** Input validation of declared topologies (R-NF-4: bad input gets a precise error). */
 import type { Mode, Topology } from './model';
 import type { Rejection } from './events';
+import { validateDetectionPolicy } from './detection';
 
 /** Application names: lower-case identifier, 1–63 characters. */
 export const APP_NAME_RE = /^[a-z][a-z0-9_-]{0,62}$/;
@@ -53,6 +54,8 @@ export function validateTopology(t: Topology, existingApps: Iterable<string> = [
     if (!isInt(a.minCopies) || a.minCopies < 1) {
       return invalid(`${at}.minCopies: ${app} has minCopies ${String(a.minCopies)}; must be an integer >= 1`);
     }
+    const bad = validateDetectionPolicy(a.detection, `${at}.detection (${app})`);
+    if (bad !== null) return bad;
   }
   const known = new Set(names);
   for (const n of existingApps) known.add(n);

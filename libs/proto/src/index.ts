@@ -15,6 +15,8 @@ export {
   type AppSpec,
   type Edge,
   type Topology,
+  type DetectionPolicy,
+  FaultKind,
 } from './gen/understudy/v1/common';
 export {
   ControllerServiceService,
@@ -40,6 +42,11 @@ export {
   type EnableCopyResponse,
   type WatchRoutesRequest,
   type WatchRoutesResponse,
+  type FaultyCopy,
+  type ReportFaultRequest,
+  type ReportFaultResponse,
+  type FaultResult,
+  FaultOutcome,
 } from './gen/understudy/v1/controller';
 export {
   AdsmServiceService,
@@ -60,7 +67,26 @@ export {
   type GetCopyInfoRequest,
   type GetCopyInfoResponse,
   type RsInfo,
+  type ShutdownRequest,
+  type ShutdownResponse,
 } from './gen/understudy/v1/adsm';
+export {
+  FaultManagerServiceService,
+  FaultManagerServiceClient,
+  type FaultManagerServiceServer,
+  type AttachRequest,
+  type AttachResponse,
+  type AttachHello,
+  type AttachHeartbeat,
+  type AttachSettings,
+  type ProbeRequest,
+  type ProbeResult,
+  type ReportUnreachableRequest,
+  type ReportUnreachableResponse,
+  type ListWatchedRequest,
+  type ListWatchedResponse,
+  type WatchedCopy,
+} from './gen/understudy/v1/fault_manager';
 export {
   roleName,
   roleFromName,

@@ -65,7 +65,7 @@ export {
 export { withSafeDeserialize, malformedReason } from './malformed';
 export { startProcess, freePort, type Proc, type StartOptions } from './supervise';
 export { createLogger, silentLogger, LOG_LEVELS, type Logger, type LoggerOptions, type LogLevel } from './logging';
-export { startTelemetry, tracer, type Telemetry, type TelemetryOptions } from './telemetry';
+export { startTelemetry, tracer, withSpan, type Telemetry, type TelemetryOptions } from './telemetry';
 export type { Store, LeaseInfo, EpochValue } from './store/port';
 export { RedisStore, type RedisStoreOptions } from './store/redis';
 export { EmbeddedStore, embeddedStoreFiles, type EmbeddedStoreOptions } from './store/embedded';

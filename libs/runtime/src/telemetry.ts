@@ -24,7 +24,7 @@
  * (e.g. `http://jaeger:4317`); nothing is exported otherwise. OTel metrics and logs
  * exporters are off (metrics go through prom-client; logs through pino).
  */
-import { trace, type Tracer } from '@opentelemetry/api';
+import { SpanStatusCode, trace, type Attributes, type Span, type Tracer } from '@opentelemetry/api';
 import { GrpcInstrumentation } from '@opentelemetry/instrumentation-grpc';
 import { NodeSDK } from '@opentelemetry/sdk-node';
 import { BatchSpanProcessor, type SpanProcessor } from '@opentelemetry/sdk-trace-base';
@@ -94,4 +94,23 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
 /** The tracer for `name` (a module or component, e.g. `understudy.router`). */
 export function tracer(name: string): Tracer {
   return trace.getTracer(name);
+}
+
+/**
+ * Run `fn` inside a new active span of `tracerName` (child of the current span): the span ends
+ * when `fn` settles, with an ERROR status and the exception recorded when it throws.
+ */
+export async function withSpan<T>(tracerName: string, name: string, attributes: Attributes, fn: (span: Span) => Promise<T> | T): Promise<T> {
+  return trace.getTracer(tracerName).startActiveSpan(name, { attributes }, async (span) => {
+    try {
+      return await fn(span);
+    } catch (e) {
+      const err = e instanceof Error ? e : new Error(String(e));
+      span.recordException(err);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: err.message });
+      throw e;
+    } finally {
+      span.end();
+    }
+  });
 }

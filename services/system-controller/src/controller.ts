@@ -1,5 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
+import type { Attributes } from '@opentelemetry/api';
 import {
   AdsmServiceClient,
   ControllerServiceService,
@@ -15,6 +16,11 @@ import {
   type DrainCopyResponse,
   type EnableCopyRequest,
   type EnableCopyResponse,
+  FaultKind,
+  FaultOutcome,
+  type FaultResult,
+  type ReportFaultRequest,
+  type ReportFaultResponse,
   type GetStatusRequest,
   type GetStatusResponse,
   type RegisterCopyRequest,
@@ -51,6 +57,7 @@ import {
   unaryCall,
   unaryHandler,
   withSafeDeserialize,
+  withSpan,
   type GrpcServer,
   type Store,
 } from '@understudy/runtime';
@@ -64,6 +71,12 @@ import {
   routeToPb,
   topologyFromPb,
 } from './convert';
+
+/** Tracer name of the controller's spans. */
+const TRACER = 'understudy.controller';
+
+/** Runs one step of a decision, optionally as a span. */
+type Step = <T>(name: string, attributes: Attributes, fn: () => Promise<T>) => Promise<T>;
 
 /** Store key of the persisted cluster state. */
 export const STATE_KEY = 'controller/state';
@@ -187,6 +200,7 @@ class ControllerNode implements ControllerHandle {
       disableCopy: unaryHandler('DisableCopy', this.log, (r: DisableCopyRequest) => this.disableCopy(r)),
       enableCopy: unaryHandler('EnableCopy', this.log, (r: EnableCopyRequest) => this.enableCopy(r)),
       watchRoutes: (call) => this.watchRoutes(call),
+      reportFault: unaryHandler('ReportFault', this.log, (r: ReportFaultRequest) => this.reportFault(r)),
     };
     this.server = await startGrpcServer({
       address: this.listenAddress,
@@ -304,19 +318,33 @@ class ControllerNode implements ControllerHandle {
     return run;
   }
 
-  private submit(event: ControllerEvent): Promise<Decision> {
+  /** Decide, persist, execute, in event order. `phase` names the trace spans (e.g. `failover`). */
+  private submit(event: ControllerEvent, phase?: string): Promise<Decision> {
     return this.serial(async () => {
       const state = this.requireLeader();
       const d = decide(state, event, Date.now());
       if (d.rejection) throw rejectionToError(d.rejection);
-      await this.commit(d);
+      await this.commit(d, phase);
       return d;
     });
   }
 
-  /** Persist (fenced) then execute. Must run inside `serial`. */
-  private async commit(d: Decision): Promise<void> {
+  /**
+   * Persist (fenced) then execute. Must run inside `serial`. Ordering contract: the new state is
+   * stored under the lease token BEFORE any command leaves, so a command never describes a state
+   * a successor could miss. With `phase`, each step is a span `<phase>.isolate|promote|routes_published`.
+   */
+  private async commit(d: Decision, phase?: string): Promise<void> {
+    const step: Step = phase ? (name, attrs, fn) => withSpan(TRACER, `${phase}.${name}`, attrs, fn) : (_n, _a, fn) => fn();
     if (this.current === undefined || d.state.version !== this.current.version || d.state !== this.current) {
+      await step('isolate', { 'understudy.state_version': d.state.version }, () => this.persist(d));
+    }
+    for (const n of d.notes) this.log.info({ version: d.state.version }, n);
+    await this.execute(d.commands, step);
+  }
+
+  private async persist(d: Decision): Promise<void> {
+    {
       try {
         await this.store.putFenced(STATE_KEY, Buffer.from(JSON.stringify(d.state)), LEADER_LEASE, this.token);
       } catch (e) {
@@ -329,28 +357,51 @@ class ControllerNode implements ControllerHandle {
       }
       this.current = d.state;
     }
-    for (const n of d.notes) this.log.info({ version: d.state.version }, n);
-    await this.execute(d.commands);
   }
 
-  private async execute(commands: readonly ControllerCommand[]): Promise<void> {
-    const sends: Promise<void>[] = [];
+  /**
+   * Copies that gain an ACTIVE role hear it first; routes are published once those calls
+   * settled, so clients that follow the new route find an active that knows it is active (and
+   * not a NOT_ACTIVE retry). Other role changes go out in parallel from the start.
+   */
+  private async execute(commands: readonly ControllerCommand[], step: Step = (_n, _a, fn) => fn()): Promise<void> {
+    const promote: Extract<ControllerCommand, { type: 'SetRoles' }>[] = [];
+    const others: Promise<void>[] = [];
+    const routes: RouteChange[] = [];
     for (const c of commands) {
       switch (c.type) {
         case 'SetRoles':
-          sends.push(this.sendRoles(c));
+          if (c.entries.some((e) => e.role === 'ACTIVE')) promote.push(c);
+          else others.push(this.sendRoles(c));
           break;
         case 'PublishRoutes':
-          this.publish(c.routes, false);
+          routes.push(...c.routes);
           break;
         case 'StopCopy':
-          // Isolation is by epoch (the copy's replication is refused); asking the process to
-          // exit goes through the node agent / ADSM stop RPC that the fault-manager work adds.
-          this.log.warn({ copy: c.copyId, incarnation: c.incarnation, reason: c.reason }, 'copy fenced');
+          // Isolation is by epoch (the copy's replication is refused at the new epochs); asking
+          // the process to exit is best effort and not awaited: a hung or dead copy never answers.
+          this.log.warn({ copy: c.copyId, incarnation: c.incarnation, reason: c.reason }, 'copy fenced; asking it to stop');
+          this.stopCopy(c);
           break;
       }
     }
-    await Promise.all(sends);
+    if (promote.length > 0) {
+      const actives = promote.flatMap((c) => c.entries.filter((e) => e.role === 'ACTIVE'));
+      await step(
+        'promote',
+        {
+          'understudy.copy_ids': promote.map((c) => c.copyId),
+          'understudy.rs_count': actives.length,
+          'understudy.rs': actives.slice(0, 100).map((e) => `${e.app}/${e.rs}`),
+          'understudy.epochs': actives.slice(0, 100).map((e) => e.epoch),
+        },
+        () => Promise.all(promote.map((c) => this.sendRoles(c))),
+      );
+    }
+    if (routes.length > 0) {
+      await step('routes_published', { 'understudy.routes': routes.length, 'understudy.watchers': this.watchers.size }, async () => this.publish(routes, false));
+    }
+    await Promise.all(others);
   }
 
   private async sendRoles(c: Extract<ControllerCommand, { type: 'SetRoles' }>): Promise<void> {
@@ -368,6 +419,15 @@ class ControllerNode implements ControllerHandle {
       this.resync.add(c.copyId);
       this.log.warn({ copy: c.copyId, err: ensureError(e).message }, 'SetRoles failed; will resync');
     }
+  }
+
+  private stopCopy(c: Extract<ControllerCommand, { type: 'StopCopy' }>): void {
+    const address = this.current?.copies[c.copyId]?.address;
+    if (!address) return;
+    const client = this.copyClient(address);
+    unaryCall(client.shutdown.bind(client), { copyId: c.copyId, incarnation: c.incarnation, reason: c.reason }, { deadlineMs: this.setRolesTimeoutMs }).catch(
+      (e: unknown) => this.log.info({ copy: c.copyId, incarnation: c.incarnation, err: ensureError(e).message }, 'stop request not delivered (copy gone or hung)'),
+    );
   }
 
   private copyClient(address: string): AdsmServiceClient {
@@ -459,14 +519,63 @@ class ControllerNode implements ControllerHandle {
     if (!(r.incarnation > 0)) throw new InvalidArgumentError('incarnation must be > 0');
     const state = this.requireLeader();
     const c = state.copies[r.copyId];
-    if (!c || c.incarnation !== r.incarnation) return { known: false };
+    // A process whose incarnation was declared failed, or replaced by a newer one, is fenced:
+    // it must stop committing and exit (R-FM isolation); a restart registers a new incarnation.
+    if (c && (c.incarnation > r.incarnation || (c.incarnation === r.incarnation && (c.status === 'OUT_OF_SERVICE' || c.failed === true)))) {
+      return { known: false, fenced: true };
+    }
+    if (!c || c.incarnation !== r.incarnation) return { known: false, fenced: false };
     this.lastHeard.set(r.copyId, Date.now());
     // Heartbeats are decisions only while a new leader waits for its copies (R-HM-3);
     // afterwards they are liveness data kept in memory, not persisted state.
     if (state.leader.passive && state.leader.awaiting.includes(r.copyId)) {
       await this.submit({ type: 'CopyHeard', copyId: r.copyId, incarnation: r.incarnation });
     }
-    return { known: true };
+    return { known: true, fenced: false };
+  }
+
+  /**
+   * A fault manager reports failed copies. Idempotent per copy + incarnation: duplicate reports
+   * (several fault managers, retries) find the incarnation already failed and do nothing. A link
+   * fault is recorded only: the copy is healthy, so it keeps its roles (R-DFM-5).
+   */
+  private async reportFault(r: ReportFaultRequest): Promise<ReportFaultResponse> {
+    const kindName = FaultKind[r.kind] as string | undefined;
+    if (r.kind === FaultKind.FAULT_KIND_UNSPECIFIED || kindName === undefined || r.kind === FaultKind.UNRECOGNIZED) {
+      throw new InvalidArgumentError(`kind must be one of CRASH, HANG, UNHEALTHY, PROBE_TIMEOUT, HOST, LINK (got ${r.kind})`);
+    }
+    if (r.copies.length === 0) throw new InvalidArgumentError('copies: at least one copy is required');
+    if (r.copies.length > 10_000) throw new InvalidArgumentError(`copies: at most 10000 per report (got ${r.copies.length})`);
+    for (const [i, c] of r.copies.entries()) {
+      if (!COPY_ID_RE.test(c.copyId)) throw new InvalidArgumentError(`copies[${i}].copy_id must match ${COPY_ID_RE}, got ${JSON.stringify(c.copyId)}`);
+      if (!(c.incarnation > 0)) throw new InvalidArgumentError(`copies[${i}].incarnation must be > 0 (copy ${c.copyId})`);
+    }
+    if (r.kind === FaultKind.FAULT_KIND_HOST && !r.host) throw new InvalidArgumentError('host is required for a HOST fault');
+    if (r.kind === FaultKind.FAULT_KIND_LINK && r.copies.length !== 1) throw new InvalidArgumentError('a LINK fault names exactly one copy');
+    const state = this.requireLeader();
+    for (const c of r.copies) if (!state.copies[c.copyId]) throw new NotFoundError(`copy ${c.copyId} is not registered`);
+    const kind = kindName.replace(/^FAULT_KIND_/, '');
+    const where = { kind, reporter: r.reporter, host: r.host || undefined, detail: r.detail };
+    if (r.kind === FaultKind.FAULT_KIND_LINK) {
+      this.log.warn({ ...where, copy: r.copies[0]!.copyId, from: r.fromCopyId }, 'link fault: copy is healthy but unreachable from a sender; not failed over');
+      return { results: [{ copyId: r.copies[0]!.copyId, outcome: FaultOutcome.FAULT_OUTCOME_RECORDED, failedOver: 0 }] };
+    }
+    if (r.kind === FaultKind.FAULT_KIND_HOST) this.log.warn({ ...where, copies: r.copies.map((c) => c.copyId) }, 'host fault: every copy of the host lost');
+    const results: FaultResult[] = [];
+    for (const c of r.copies) {
+      // One trace per failover (R-TR-5): detect (fault manager) → isolate → promote → routes_published.
+      const attrs = { 'understudy.copy_id': c.copyId, 'understudy.incarnation': c.incarnation, 'understudy.fault_kind': kind, 'understudy.reporter': r.reporter };
+      const result = await withSpan(TRACER, 'failover', attrs, async (span) => {
+        const reason = `${kind}${r.detail ? `: ${r.detail}` : ''} (reported by ${r.reporter || 'unknown'})`;
+        const d = await this.submit({ type: 'CopyFailed', copyId: c.copyId, incarnation: c.incarnation, reason }, 'failover');
+        const outcome = faultOutcome(d, c.copyId, c.incarnation);
+        span.setAttributes({ 'understudy.outcome': FaultOutcome[outcome], 'understudy.failed_over': d.moved?.active ?? 0 });
+        return { copyId: c.copyId, outcome, failedOver: d.moved?.active ?? 0 };
+      });
+      results.push(result);
+    }
+    this.log.warn({ ...where, results: results.map((x) => `${x.copyId}:${FaultOutcome[x.outcome]}`) }, 'fault report handled');
+    return { results };
   }
 
   // ---- ops RPCs ------------------------------------------------------------------------------
@@ -532,4 +641,11 @@ class ControllerNode implements ControllerHandle {
     const status = d.state.copies[r.copyId]!.status;
     return { status: copyStatusFromName(status) };
   }
+}
+
+/** What a CopyFailed decision did (see `Decision.moved`). */
+function faultOutcome(d: Decision, copyId: string, incarnation: number): FaultOutcome {
+  if (d.moved !== undefined) return FaultOutcome.FAULT_OUTCOME_FAILED_OVER;
+  const c = d.state.copies[copyId];
+  return c !== undefined && c.incarnation > incarnation ? FaultOutcome.FAULT_OUTCOME_STALE : FaultOutcome.FAULT_OUTCOME_DUPLICATE;
 }

@@ -18,6 +18,7 @@ import {
   type Topology as PbTopology,
 } from '@understudy/proto';
 import type { AppSpec, ClusterState, MemberView, Rejection, RouteChange, RsAssignment, Topology } from '@understudy/core';
+import { compileDetectionPolicy } from '@understudy/core';
 import {
   FailedPreconditionError,
   InvalidArgumentError,
@@ -37,7 +38,8 @@ export function topologyFromPb(t: PbTopology | undefined): Topology {
     if (a.partitioning !== Partitioning.PARTITIONING_UNSPECIFIED && a.partitioning !== Partitioning.PARTITIONING_HASH) {
       throw new InvalidArgumentError(`apps[${i}] (${a.name}): unknown partitioning ${a.partitioning}`);
     }
-    return { name: a.name, mode, rsCount: a.rsCount, standbys: a.standbys, minCopies: a.minCopies === 0 ? 1 : a.minCopies };
+    const spec: AppSpec = { name: a.name, mode, rsCount: a.rsCount, standbys: a.standbys, minCopies: a.minCopies === 0 ? 1 : a.minCopies };
+    return a.detection === undefined ? spec : { ...spec, detection: { ...a.detection } };
   });
   const edges = t.edges.map((e) => ({ from: e.from, to: e.to, keyField: e.keyField }));
   return { apps, edges };
@@ -52,6 +54,7 @@ export function appSpecToPb(s: AppSpec): PbAppSpec {
     standbys: s.standbys,
     minCopies: s.minCopies,
     partitioning: Partitioning.PARTITIONING_HASH,
+    detection: { ...compileDetectionPolicy(s.detection) },
   };
 }
 

@@ -132,6 +132,15 @@ export interface GetCopyInfoResponse {
   health: Health | undefined;
 }
 
+export interface ShutdownRequest {
+  copyId: string;
+  incarnation: number;
+  reason: string;
+}
+
+export interface ShutdownResponse {
+}
+
 function createBaseRoleEntry(): RoleEntry {
   return { app: "", rs: 0, role: 0, epoch: 0, version: 0, members: [] };
 }
@@ -1904,6 +1913,163 @@ export const GetCopyInfoResponse: MessageFns<GetCopyInfoResponse> = {
   },
 };
 
+function createBaseShutdownRequest(): ShutdownRequest {
+  return { copyId: "", incarnation: 0, reason: "" };
+}
+
+export const ShutdownRequest: MessageFns<ShutdownRequest> = {
+  encode(message: ShutdownRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.copyId !== "") {
+      writer.uint32(10).string(message.copyId);
+    }
+    if (message.incarnation !== 0) {
+      writer.uint32(16).uint64(message.incarnation);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ShutdownRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseShutdownRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.copyId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.incarnation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ShutdownRequest {
+    return {
+      copyId: isSet(object.copyId)
+        ? globalThis.String(object.copyId)
+        : isSet(object.copy_id)
+        ? globalThis.String(object.copy_id)
+        : "",
+      incarnation: isSet(object.incarnation) ? globalThis.Number(object.incarnation) : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: ShutdownRequest): unknown {
+    const obj: any = {};
+    if (message.copyId !== "") {
+      obj.copyId = message.copyId;
+    }
+    if (message.incarnation !== 0) {
+      obj.incarnation = Math.round(message.incarnation);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ShutdownRequest>, I>>(base?: I): ShutdownRequest {
+    return ShutdownRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ShutdownRequest>, I>>(object: I): ShutdownRequest {
+    const message = createBaseShutdownRequest();
+    message.copyId = object.copyId ?? "";
+    message.incarnation = object.incarnation ?? 0;
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseShutdownResponse(): ShutdownResponse {
+  return {};
+}
+
+export const ShutdownResponse: MessageFns<ShutdownResponse> = {
+  encode(_: ShutdownResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ShutdownResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseShutdownResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ShutdownResponse {
+    return {};
+  },
+
+  toJSON(_: ShutdownResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ShutdownResponse>, I>>(base?: I): ShutdownResponse {
+    return ShutdownResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ShutdownResponse>, I>>(_: I): ShutdownResponse {
+    const message = createBaseShutdownResponse();
+    return message;
+  },
+};
+
 /** Served by every copy of an application that embeds ADSM (R-ADSM). */
 export type AdsmServiceService = typeof AdsmServiceService;
 export const AdsmServiceService = {
@@ -1975,6 +2141,19 @@ export const AdsmServiceService = {
     responseSerialize: (value: GetCopyInfoResponse): Buffer => Buffer.from(GetCopyInfoResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetCopyInfoResponse => GetCopyInfoResponse.decode(value),
   },
+  /**
+   * The controller asks a fenced copy to terminate (isolation, R-FM). Ignored
+   * (FAILED_PRECONDITION) when the incarnation is not this process's.
+   */
+  shutdown: {
+    path: "/understudy.v1.AdsmService/Shutdown" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ShutdownRequest): Buffer => Buffer.from(ShutdownRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ShutdownRequest => ShutdownRequest.decode(value),
+    responseSerialize: (value: ShutdownResponse): Buffer => Buffer.from(ShutdownResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ShutdownResponse => ShutdownResponse.decode(value),
+  },
 } as const;
 
 export interface AdsmServiceServer extends UntypedServiceImplementation {
@@ -1996,6 +2175,11 @@ export interface AdsmServiceServer extends UntypedServiceImplementation {
   installSnapshot: handleUnaryCall<InstallSnapshotRequest, InstallSnapshotResponse>;
   /** Roles and replication positions this copy holds. */
   getCopyInfo: handleUnaryCall<GetCopyInfoRequest, GetCopyInfoResponse>;
+  /**
+   * The controller asks a fenced copy to terminate (isolation, R-FM). Ignored
+   * (FAILED_PRECONDITION) when the incarnation is not this process's.
+   */
+  shutdown: handleUnaryCall<ShutdownRequest, ShutdownResponse>;
 }
 
 export interface AdsmServiceClient extends Client {
@@ -2100,6 +2284,25 @@ export interface AdsmServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetCopyInfoResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The controller asks a fenced copy to terminate (isolation, R-FM). Ignored
+   * (FAILED_PRECONDITION) when the incarnation is not this process's.
+   */
+  shutdown(
+    request: ShutdownRequest,
+    callback: (error: ServiceError | null, response: ShutdownResponse) => void,
+  ): ClientUnaryCall;
+  shutdown(
+    request: ShutdownRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ShutdownResponse) => void,
+  ): ClientUnaryCall;
+  shutdown(
+    request: ShutdownRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ShutdownResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -196,6 +196,76 @@ export function partitioningToJSON(object: Partitioning): string {
   }
 }
 
+/** What a fault report says happened (fault location, R-DFM-2..5). */
+export enum FaultKind {
+  FAULT_KIND_UNSPECIFIED = 0,
+  /** FAULT_KIND_CRASH - The copy's heartbeat stream broke: the process is gone. */
+  FAULT_KIND_CRASH = 1,
+  /** FAULT_KIND_HANG - Heartbeats stopped arriving while the stream stayed open. */
+  FAULT_KIND_HANG = 2,
+  /** FAULT_KIND_UNHEALTHY - Health thresholds crossed for several samples in a row (R-DFM-3). */
+  FAULT_KIND_UNHEALTHY = 3,
+  /** FAULT_KIND_PROBE_TIMEOUT - A progress probe through the handler path missed its deadline (R-HM-6). */
+  FAULT_KIND_PROBE_TIMEOUT = 4,
+  /** FAULT_KIND_HOST - Every copy of one host was lost together. */
+  FAULT_KIND_HOST = 5,
+  /** FAULT_KIND_LINK - A sender cannot reach a copy the fault manager sees healthy (R-DFM-5): re-route, do not kill. */
+  FAULT_KIND_LINK = 6,
+  UNRECOGNIZED = -1,
+}
+
+export function faultKindFromJSON(object: any): FaultKind {
+  switch (object) {
+    case 0:
+    case "FAULT_KIND_UNSPECIFIED":
+      return FaultKind.FAULT_KIND_UNSPECIFIED;
+    case 1:
+    case "FAULT_KIND_CRASH":
+      return FaultKind.FAULT_KIND_CRASH;
+    case 2:
+    case "FAULT_KIND_HANG":
+      return FaultKind.FAULT_KIND_HANG;
+    case 3:
+    case "FAULT_KIND_UNHEALTHY":
+      return FaultKind.FAULT_KIND_UNHEALTHY;
+    case 4:
+    case "FAULT_KIND_PROBE_TIMEOUT":
+      return FaultKind.FAULT_KIND_PROBE_TIMEOUT;
+    case 5:
+    case "FAULT_KIND_HOST":
+      return FaultKind.FAULT_KIND_HOST;
+    case 6:
+    case "FAULT_KIND_LINK":
+      return FaultKind.FAULT_KIND_LINK;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return FaultKind.UNRECOGNIZED;
+  }
+}
+
+export function faultKindToJSON(object: FaultKind): string {
+  switch (object) {
+    case FaultKind.FAULT_KIND_UNSPECIFIED:
+      return "FAULT_KIND_UNSPECIFIED";
+    case FaultKind.FAULT_KIND_CRASH:
+      return "FAULT_KIND_CRASH";
+    case FaultKind.FAULT_KIND_HANG:
+      return "FAULT_KIND_HANG";
+    case FaultKind.FAULT_KIND_UNHEALTHY:
+      return "FAULT_KIND_UNHEALTHY";
+    case FaultKind.FAULT_KIND_PROBE_TIMEOUT:
+      return "FAULT_KIND_PROBE_TIMEOUT";
+    case FaultKind.FAULT_KIND_HOST:
+      return "FAULT_KIND_HOST";
+    case FaultKind.FAULT_KIND_LINK:
+      return "FAULT_KIND_LINK";
+    case FaultKind.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** A resource set of an application. */
 export interface RsRef {
   app: string;
@@ -231,6 +301,7 @@ export interface Health {
   rssBytes: number;
   handledCount: number;
   queueDepth: number;
+  heapUsedBytes: number;
 }
 
 /**
@@ -259,6 +330,30 @@ export interface AppSpec {
   /** Copies that must have registered before the initial distribution. */
   minCopies: number;
   partitioning: Partitioning;
+  /** How the fault manager watches this application's copies (unset: defaults). */
+  detection: DetectionPolicy | undefined;
+}
+
+/**
+ * Per-application fault detection settings (R-FM, R-DFM-3, R-HM-6). A zero field
+ * means "use the default"; a zero threshold (max_*) means "not checked".
+ */
+export interface DetectionPolicy {
+  /** Period of the copy's heartbeats on its fault-manager stream. Default 200. */
+  heartbeatIntervalMs: number;
+  /** Heartbeats missing in a row before the copy is declared hung. Default 3. */
+  missedHeartbeats: number;
+  /** Health thresholds; crossed for `breach_samples` heartbeats in a row = unhealthy. */
+  maxEventLoopLagMs: number;
+  maxCpuPercent: number;
+  maxRssBytes: number;
+  maxQueueDepth: number;
+  /** Consecutive breaching samples before the copy is declared unhealthy. Default 3. */
+  breachSamples: number;
+  /** Period of progress probes through the app's handler path (0: no probes). */
+  probeIntervalMs: number;
+  /** A probe not answered within this time fails the copy. Default 1000. */
+  probeTimeoutMs: number;
 }
 
 /** A data-flow map edge: messages of `from` go to `to`, keyed by `key_field`. */
@@ -598,7 +693,7 @@ export const RsAssignment: MessageFns<RsAssignment> = {
 };
 
 function createBaseHealth(): Health {
-  return { eventLoopLagMs: 0, cpuPercent: 0, rssBytes: 0, handledCount: 0, queueDepth: 0 };
+  return { eventLoopLagMs: 0, cpuPercent: 0, rssBytes: 0, handledCount: 0, queueDepth: 0, heapUsedBytes: 0 };
 }
 
 export const Health: MessageFns<Health> = {
@@ -617,6 +712,9 @@ export const Health: MessageFns<Health> = {
     }
     if (message.queueDepth !== 0) {
       writer.uint32(40).uint32(message.queueDepth);
+    }
+    if (message.heapUsedBytes !== 0) {
+      writer.uint32(48).uint64(message.heapUsedBytes);
     }
     return writer;
   },
@@ -674,6 +772,14 @@ export const Health: MessageFns<Health> = {
             message.queueDepth = reader.uint32();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.heapUsedBytes = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -713,6 +819,11 @@ export const Health: MessageFns<Health> = {
         : isSet(object.queue_depth)
         ? globalThis.Number(object.queue_depth)
         : 0,
+      heapUsedBytes: isSet(object.heapUsedBytes)
+        ? globalThis.Number(object.heapUsedBytes)
+        : isSet(object.heap_used_bytes)
+        ? globalThis.Number(object.heap_used_bytes)
+        : 0,
     };
   },
 
@@ -733,6 +844,9 @@ export const Health: MessageFns<Health> = {
     if (message.queueDepth !== 0) {
       obj.queueDepth = Math.round(message.queueDepth);
     }
+    if (message.heapUsedBytes !== 0) {
+      obj.heapUsedBytes = Math.round(message.heapUsedBytes);
+    }
     return obj;
   },
 
@@ -746,6 +860,7 @@ export const Health: MessageFns<Health> = {
     message.rssBytes = object.rssBytes ?? 0;
     message.handledCount = object.handledCount ?? 0;
     message.queueDepth = object.queueDepth ?? 0;
+    message.heapUsedBytes = object.heapUsedBytes ?? 0;
     return message;
   },
 };
@@ -959,7 +1074,7 @@ export const Route: MessageFns<Route> = {
 };
 
 function createBaseAppSpec(): AppSpec {
-  return { name: "", mode: 0, rsCount: 0, standbys: 0, minCopies: 0, partitioning: 0 };
+  return { name: "", mode: 0, rsCount: 0, standbys: 0, minCopies: 0, partitioning: 0, detection: undefined };
 }
 
 export const AppSpec: MessageFns<AppSpec> = {
@@ -981,6 +1096,9 @@ export const AppSpec: MessageFns<AppSpec> = {
     }
     if (message.partitioning !== 0) {
       writer.uint32(48).int32(message.partitioning);
+    }
+    if (message.detection !== undefined) {
+      DetectionPolicy.encode(message.detection, writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -1046,6 +1164,14 @@ export const AppSpec: MessageFns<AppSpec> = {
             message.partitioning = reader.int32() as any;
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.detection = DetectionPolicy.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1074,6 +1200,7 @@ export const AppSpec: MessageFns<AppSpec> = {
         ? globalThis.Number(object.min_copies)
         : 0,
       partitioning: isSet(object.partitioning) ? partitioningFromJSON(object.partitioning) : 0,
+      detection: isSet(object.detection) ? DetectionPolicy.fromJSON(object.detection) : undefined,
     };
   },
 
@@ -1097,6 +1224,9 @@ export const AppSpec: MessageFns<AppSpec> = {
     if (message.partitioning !== 0) {
       obj.partitioning = partitioningToJSON(message.partitioning);
     }
+    if (message.detection !== undefined) {
+      obj.detection = DetectionPolicy.toJSON(message.detection);
+    }
     return obj;
   },
 
@@ -1111,6 +1241,252 @@ export const AppSpec: MessageFns<AppSpec> = {
     message.standbys = object.standbys ?? 0;
     message.minCopies = object.minCopies ?? 0;
     message.partitioning = object.partitioning ?? 0;
+    message.detection = (object.detection !== undefined && object.detection !== null)
+      ? DetectionPolicy.fromPartial(object.detection)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseDetectionPolicy(): DetectionPolicy {
+  return {
+    heartbeatIntervalMs: 0,
+    missedHeartbeats: 0,
+    maxEventLoopLagMs: 0,
+    maxCpuPercent: 0,
+    maxRssBytes: 0,
+    maxQueueDepth: 0,
+    breachSamples: 0,
+    probeIntervalMs: 0,
+    probeTimeoutMs: 0,
+  };
+}
+
+export const DetectionPolicy: MessageFns<DetectionPolicy> = {
+  encode(message: DetectionPolicy, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.heartbeatIntervalMs !== 0) {
+      writer.uint32(8).uint32(message.heartbeatIntervalMs);
+    }
+    if (message.missedHeartbeats !== 0) {
+      writer.uint32(16).uint32(message.missedHeartbeats);
+    }
+    if (message.maxEventLoopLagMs !== 0) {
+      writer.uint32(25).double(message.maxEventLoopLagMs);
+    }
+    if (message.maxCpuPercent !== 0) {
+      writer.uint32(33).double(message.maxCpuPercent);
+    }
+    if (message.maxRssBytes !== 0) {
+      writer.uint32(40).uint64(message.maxRssBytes);
+    }
+    if (message.maxQueueDepth !== 0) {
+      writer.uint32(48).uint32(message.maxQueueDepth);
+    }
+    if (message.breachSamples !== 0) {
+      writer.uint32(56).uint32(message.breachSamples);
+    }
+    if (message.probeIntervalMs !== 0) {
+      writer.uint32(64).uint32(message.probeIntervalMs);
+    }
+    if (message.probeTimeoutMs !== 0) {
+      writer.uint32(72).uint32(message.probeTimeoutMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DetectionPolicy {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDetectionPolicy();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.heartbeatIntervalMs = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.missedHeartbeats = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.maxEventLoopLagMs = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.maxCpuPercent = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.maxRssBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.maxQueueDepth = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.breachSamples = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.probeIntervalMs = reader.uint32();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.probeTimeoutMs = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DetectionPolicy {
+    return {
+      heartbeatIntervalMs: isSet(object.heartbeatIntervalMs)
+        ? globalThis.Number(object.heartbeatIntervalMs)
+        : isSet(object.heartbeat_interval_ms)
+        ? globalThis.Number(object.heartbeat_interval_ms)
+        : 0,
+      missedHeartbeats: isSet(object.missedHeartbeats)
+        ? globalThis.Number(object.missedHeartbeats)
+        : isSet(object.missed_heartbeats)
+        ? globalThis.Number(object.missed_heartbeats)
+        : 0,
+      maxEventLoopLagMs: isSet(object.maxEventLoopLagMs)
+        ? globalThis.Number(object.maxEventLoopLagMs)
+        : isSet(object.max_event_loop_lag_ms)
+        ? globalThis.Number(object.max_event_loop_lag_ms)
+        : 0,
+      maxCpuPercent: isSet(object.maxCpuPercent)
+        ? globalThis.Number(object.maxCpuPercent)
+        : isSet(object.max_cpu_percent)
+        ? globalThis.Number(object.max_cpu_percent)
+        : 0,
+      maxRssBytes: isSet(object.maxRssBytes)
+        ? globalThis.Number(object.maxRssBytes)
+        : isSet(object.max_rss_bytes)
+        ? globalThis.Number(object.max_rss_bytes)
+        : 0,
+      maxQueueDepth: isSet(object.maxQueueDepth)
+        ? globalThis.Number(object.maxQueueDepth)
+        : isSet(object.max_queue_depth)
+        ? globalThis.Number(object.max_queue_depth)
+        : 0,
+      breachSamples: isSet(object.breachSamples)
+        ? globalThis.Number(object.breachSamples)
+        : isSet(object.breach_samples)
+        ? globalThis.Number(object.breach_samples)
+        : 0,
+      probeIntervalMs: isSet(object.probeIntervalMs)
+        ? globalThis.Number(object.probeIntervalMs)
+        : isSet(object.probe_interval_ms)
+        ? globalThis.Number(object.probe_interval_ms)
+        : 0,
+      probeTimeoutMs: isSet(object.probeTimeoutMs)
+        ? globalThis.Number(object.probeTimeoutMs)
+        : isSet(object.probe_timeout_ms)
+        ? globalThis.Number(object.probe_timeout_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: DetectionPolicy): unknown {
+    const obj: any = {};
+    if (message.heartbeatIntervalMs !== 0) {
+      obj.heartbeatIntervalMs = Math.round(message.heartbeatIntervalMs);
+    }
+    if (message.missedHeartbeats !== 0) {
+      obj.missedHeartbeats = Math.round(message.missedHeartbeats);
+    }
+    if (message.maxEventLoopLagMs !== 0) {
+      obj.maxEventLoopLagMs = floatToJson(message.maxEventLoopLagMs);
+    }
+    if (message.maxCpuPercent !== 0) {
+      obj.maxCpuPercent = floatToJson(message.maxCpuPercent);
+    }
+    if (message.maxRssBytes !== 0) {
+      obj.maxRssBytes = Math.round(message.maxRssBytes);
+    }
+    if (message.maxQueueDepth !== 0) {
+      obj.maxQueueDepth = Math.round(message.maxQueueDepth);
+    }
+    if (message.breachSamples !== 0) {
+      obj.breachSamples = Math.round(message.breachSamples);
+    }
+    if (message.probeIntervalMs !== 0) {
+      obj.probeIntervalMs = Math.round(message.probeIntervalMs);
+    }
+    if (message.probeTimeoutMs !== 0) {
+      obj.probeTimeoutMs = Math.round(message.probeTimeoutMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DetectionPolicy>, I>>(base?: I): DetectionPolicy {
+    return DetectionPolicy.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DetectionPolicy>, I>>(object: I): DetectionPolicy {
+    const message = createBaseDetectionPolicy();
+    message.heartbeatIntervalMs = object.heartbeatIntervalMs ?? 0;
+    message.missedHeartbeats = object.missedHeartbeats ?? 0;
+    message.maxEventLoopLagMs = object.maxEventLoopLagMs ?? 0;
+    message.maxCpuPercent = object.maxCpuPercent ?? 0;
+    message.maxRssBytes = object.maxRssBytes ?? 0;
+    message.maxQueueDepth = object.maxQueueDepth ?? 0;
+    message.breachSamples = object.breachSamples ?? 0;
+    message.probeIntervalMs = object.probeIntervalMs ?? 0;
+    message.probeTimeoutMs = object.probeTimeoutMs ?? 0;
     return message;
   },
 };

@@ -26,11 +26,70 @@ import {
   copyStatusFromJSON,
   copyStatusToJSON,
   Edge,
+  FaultKind,
+  faultKindFromJSON,
+  faultKindToJSON,
   Health,
   Route,
   RsAssignment,
   Topology,
 } from "./common";
+
+/** What the controller did with one reported copy. */
+export enum FaultOutcome {
+  FAULT_OUTCOME_UNSPECIFIED = 0,
+  /** FAULT_OUTCOME_FAILED_OVER - Fenced and failed over now. */
+  FAULT_OUTCOME_FAILED_OVER = 1,
+  /** FAULT_OUTCOME_DUPLICATE - Already declared failed (another report came first): nothing more to do. */
+  FAULT_OUTCOME_DUPLICATE = 2,
+  /** FAULT_OUTCOME_STALE - The report names an older incarnation than the registered one: ignored. */
+  FAULT_OUTCOME_STALE = 3,
+  /** FAULT_OUTCOME_RECORDED - Link fault recorded; the copy keeps its roles. */
+  FAULT_OUTCOME_RECORDED = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function faultOutcomeFromJSON(object: any): FaultOutcome {
+  switch (object) {
+    case 0:
+    case "FAULT_OUTCOME_UNSPECIFIED":
+      return FaultOutcome.FAULT_OUTCOME_UNSPECIFIED;
+    case 1:
+    case "FAULT_OUTCOME_FAILED_OVER":
+      return FaultOutcome.FAULT_OUTCOME_FAILED_OVER;
+    case 2:
+    case "FAULT_OUTCOME_DUPLICATE":
+      return FaultOutcome.FAULT_OUTCOME_DUPLICATE;
+    case 3:
+    case "FAULT_OUTCOME_STALE":
+      return FaultOutcome.FAULT_OUTCOME_STALE;
+    case 4:
+    case "FAULT_OUTCOME_RECORDED":
+      return FaultOutcome.FAULT_OUTCOME_RECORDED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return FaultOutcome.UNRECOGNIZED;
+  }
+}
+
+export function faultOutcomeToJSON(object: FaultOutcome): string {
+  switch (object) {
+    case FaultOutcome.FAULT_OUTCOME_UNSPECIFIED:
+      return "FAULT_OUTCOME_UNSPECIFIED";
+    case FaultOutcome.FAULT_OUTCOME_FAILED_OVER:
+      return "FAULT_OUTCOME_FAILED_OVER";
+    case FaultOutcome.FAULT_OUTCOME_DUPLICATE:
+      return "FAULT_OUTCOME_DUPLICATE";
+    case FaultOutcome.FAULT_OUTCOME_STALE:
+      return "FAULT_OUTCOME_STALE";
+    case FaultOutcome.FAULT_OUTCOME_RECORDED:
+      return "FAULT_OUTCOME_RECORDED";
+    case FaultOutcome.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
 
 export interface RegisterCopyRequest {
   copyId: string;
@@ -56,6 +115,11 @@ export interface CopyHeartbeatRequest {
 export interface CopyHeartbeatResponse {
   /** False when the controller does not know this copy/incarnation: register again. */
   known: boolean;
+  /**
+   * True when this incarnation was declared failed (fenced): the process must stop
+   * committing and terminate; a restart registers a new incarnation.
+   */
+  fenced: boolean;
 }
 
 export interface GetStatusRequest {
@@ -155,6 +219,36 @@ export interface WatchRoutesResponse {
   routes: Route[];
   /** Per application: rs_count, so clients can map keys to RS. */
   apps: AppSpec[];
+}
+
+/** One copy named in a fault report. */
+export interface FaultyCopy {
+  copyId: string;
+  incarnation: number;
+}
+
+export interface ReportFaultRequest {
+  kind: FaultKind;
+  /** The copies concerned: one for a copy fault, every lost copy of `host` for a host fault. */
+  copies: FaultyCopy[];
+  /** Host id, for FAULT_KIND_HOST. */
+  host: string;
+  detail: string;
+  /** Id of the reporting fault manager (logs and traces). */
+  reporter: string;
+  /** FAULT_KIND_LINK: the copy that cannot reach `copies[0]`. */
+  fromCopyId: string;
+}
+
+export interface FaultResult {
+  copyId: string;
+  outcome: FaultOutcome;
+  /** Active RS moved to standbys by this report. */
+  failedOver: number;
+}
+
+export interface ReportFaultResponse {
+  results: FaultResult[];
 }
 
 function createBaseRegisterCopyRequest(): RegisterCopyRequest {
@@ -495,13 +589,16 @@ export const CopyHeartbeatRequest: MessageFns<CopyHeartbeatRequest> = {
 };
 
 function createBaseCopyHeartbeatResponse(): CopyHeartbeatResponse {
-  return { known: false };
+  return { known: false, fenced: false };
 }
 
 export const CopyHeartbeatResponse: MessageFns<CopyHeartbeatResponse> = {
   encode(message: CopyHeartbeatResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.known !== false) {
       writer.uint32(8).bool(message.known);
+    }
+    if (message.fenced !== false) {
+      writer.uint32(16).bool(message.fenced);
     }
     return writer;
   },
@@ -527,6 +624,14 @@ export const CopyHeartbeatResponse: MessageFns<CopyHeartbeatResponse> = {
             message.known = reader.bool();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.fenced = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -540,13 +645,19 @@ export const CopyHeartbeatResponse: MessageFns<CopyHeartbeatResponse> = {
   },
 
   fromJSON(object: any): CopyHeartbeatResponse {
-    return { known: isSet(object.known) ? globalThis.Boolean(object.known) : false };
+    return {
+      known: isSet(object.known) ? globalThis.Boolean(object.known) : false,
+      fenced: isSet(object.fenced) ? globalThis.Boolean(object.fenced) : false,
+    };
   },
 
   toJSON(message: CopyHeartbeatResponse): unknown {
     const obj: any = {};
     if (message.known !== false) {
       obj.known = message.known;
+    }
+    if (message.fenced !== false) {
+      obj.fenced = message.fenced;
     }
     return obj;
   },
@@ -557,6 +668,7 @@ export const CopyHeartbeatResponse: MessageFns<CopyHeartbeatResponse> = {
   fromPartial<I extends Exact<DeepPartial<CopyHeartbeatResponse>, I>>(object: I): CopyHeartbeatResponse {
     const message = createBaseCopyHeartbeatResponse();
     message.known = object.known ?? false;
+    message.fenced = object.fenced ?? false;
     return message;
   },
 };
@@ -2218,6 +2330,426 @@ export const WatchRoutesResponse: MessageFns<WatchRoutesResponse> = {
   },
 };
 
+function createBaseFaultyCopy(): FaultyCopy {
+  return { copyId: "", incarnation: 0 };
+}
+
+export const FaultyCopy: MessageFns<FaultyCopy> = {
+  encode(message: FaultyCopy, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.copyId !== "") {
+      writer.uint32(10).string(message.copyId);
+    }
+    if (message.incarnation !== 0) {
+      writer.uint32(16).uint64(message.incarnation);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FaultyCopy {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFaultyCopy();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.copyId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.incarnation = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FaultyCopy {
+    return {
+      copyId: isSet(object.copyId)
+        ? globalThis.String(object.copyId)
+        : isSet(object.copy_id)
+        ? globalThis.String(object.copy_id)
+        : "",
+      incarnation: isSet(object.incarnation) ? globalThis.Number(object.incarnation) : 0,
+    };
+  },
+
+  toJSON(message: FaultyCopy): unknown {
+    const obj: any = {};
+    if (message.copyId !== "") {
+      obj.copyId = message.copyId;
+    }
+    if (message.incarnation !== 0) {
+      obj.incarnation = Math.round(message.incarnation);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FaultyCopy>, I>>(base?: I): FaultyCopy {
+    return FaultyCopy.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FaultyCopy>, I>>(object: I): FaultyCopy {
+    const message = createBaseFaultyCopy();
+    message.copyId = object.copyId ?? "";
+    message.incarnation = object.incarnation ?? 0;
+    return message;
+  },
+};
+
+function createBaseReportFaultRequest(): ReportFaultRequest {
+  return { kind: 0, copies: [], host: "", detail: "", reporter: "", fromCopyId: "" };
+}
+
+export const ReportFaultRequest: MessageFns<ReportFaultRequest> = {
+  encode(message: ReportFaultRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== 0) {
+      writer.uint32(8).int32(message.kind);
+    }
+    for (const v of message.copies) {
+      FaultyCopy.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.host !== "") {
+      writer.uint32(26).string(message.host);
+    }
+    if (message.detail !== "") {
+      writer.uint32(34).string(message.detail);
+    }
+    if (message.reporter !== "") {
+      writer.uint32(42).string(message.reporter);
+    }
+    if (message.fromCopyId !== "") {
+      writer.uint32(50).string(message.fromCopyId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportFaultRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportFaultRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.copies.push(FaultyCopy.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.host = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.detail = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.reporter = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.fromCopyId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReportFaultRequest {
+    return {
+      kind: isSet(object.kind) ? faultKindFromJSON(object.kind) : 0,
+      copies: globalThis.Array.isArray(object?.copies) ? object.copies.map((e: any) => FaultyCopy.fromJSON(e)) : [],
+      host: isSet(object.host) ? globalThis.String(object.host) : "",
+      detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+      reporter: isSet(object.reporter) ? globalThis.String(object.reporter) : "",
+      fromCopyId: isSet(object.fromCopyId)
+        ? globalThis.String(object.fromCopyId)
+        : isSet(object.from_copy_id)
+        ? globalThis.String(object.from_copy_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ReportFaultRequest): unknown {
+    const obj: any = {};
+    if (message.kind !== 0) {
+      obj.kind = faultKindToJSON(message.kind);
+    }
+    if (message.copies?.length) {
+      obj.copies = message.copies.map((e) => FaultyCopy.toJSON(e));
+    }
+    if (message.host !== "") {
+      obj.host = message.host;
+    }
+    if (message.detail !== "") {
+      obj.detail = message.detail;
+    }
+    if (message.reporter !== "") {
+      obj.reporter = message.reporter;
+    }
+    if (message.fromCopyId !== "") {
+      obj.fromCopyId = message.fromCopyId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportFaultRequest>, I>>(base?: I): ReportFaultRequest {
+    return ReportFaultRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportFaultRequest>, I>>(object: I): ReportFaultRequest {
+    const message = createBaseReportFaultRequest();
+    message.kind = object.kind ?? 0;
+    message.copies = object.copies?.map((e) => FaultyCopy.fromPartial(e)) || [];
+    message.host = object.host ?? "";
+    message.detail = object.detail ?? "";
+    message.reporter = object.reporter ?? "";
+    message.fromCopyId = object.fromCopyId ?? "";
+    return message;
+  },
+};
+
+function createBaseFaultResult(): FaultResult {
+  return { copyId: "", outcome: 0, failedOver: 0 };
+}
+
+export const FaultResult: MessageFns<FaultResult> = {
+  encode(message: FaultResult, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.copyId !== "") {
+      writer.uint32(10).string(message.copyId);
+    }
+    if (message.outcome !== 0) {
+      writer.uint32(16).int32(message.outcome);
+    }
+    if (message.failedOver !== 0) {
+      writer.uint32(24).uint32(message.failedOver);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FaultResult {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFaultResult();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.copyId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.outcome = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.failedOver = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FaultResult {
+    return {
+      copyId: isSet(object.copyId)
+        ? globalThis.String(object.copyId)
+        : isSet(object.copy_id)
+        ? globalThis.String(object.copy_id)
+        : "",
+      outcome: isSet(object.outcome) ? faultOutcomeFromJSON(object.outcome) : 0,
+      failedOver: isSet(object.failedOver)
+        ? globalThis.Number(object.failedOver)
+        : isSet(object.failed_over)
+        ? globalThis.Number(object.failed_over)
+        : 0,
+    };
+  },
+
+  toJSON(message: FaultResult): unknown {
+    const obj: any = {};
+    if (message.copyId !== "") {
+      obj.copyId = message.copyId;
+    }
+    if (message.outcome !== 0) {
+      obj.outcome = faultOutcomeToJSON(message.outcome);
+    }
+    if (message.failedOver !== 0) {
+      obj.failedOver = Math.round(message.failedOver);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FaultResult>, I>>(base?: I): FaultResult {
+    return FaultResult.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FaultResult>, I>>(object: I): FaultResult {
+    const message = createBaseFaultResult();
+    message.copyId = object.copyId ?? "";
+    message.outcome = object.outcome ?? 0;
+    message.failedOver = object.failedOver ?? 0;
+    return message;
+  },
+};
+
+function createBaseReportFaultResponse(): ReportFaultResponse {
+  return { results: [] };
+}
+
+export const ReportFaultResponse: MessageFns<ReportFaultResponse> = {
+  encode(message: ReportFaultResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.results) {
+      FaultResult.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportFaultResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportFaultResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.results.push(FaultResult.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReportFaultResponse {
+    return {
+      results: globalThis.Array.isArray(object?.results) ? object.results.map((e: any) => FaultResult.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ReportFaultResponse): unknown {
+    const obj: any = {};
+    if (message.results?.length) {
+      obj.results = message.results.map((e) => FaultResult.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportFaultResponse>, I>>(base?: I): ReportFaultResponse {
+    return ReportFaultResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportFaultResponse>, I>>(object: I): ReportFaultResponse {
+    const message = createBaseReportFaultResponse();
+    message.results = object.results?.map((e) => FaultResult.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 /**
  * The System Controller (R-SC). Only the leader replica serves ops and copy RPCs;
  * a follower answers UNAVAILABLE with trailing metadata `understudy-leader-address`.
@@ -2317,6 +2849,19 @@ export const ControllerServiceService = {
     responseSerialize: (value: WatchRoutesResponse): Buffer => Buffer.from(WatchRoutesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): WatchRoutesResponse => WatchRoutesResponse.decode(value),
   },
+  /**
+   * A fault manager reports failed copies (idempotent per copy_id + incarnation:
+   * duplicate reports from several fault managers do one recovery).
+   */
+  reportFault: {
+    path: "/understudy.v1.ControllerService/ReportFault" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReportFaultRequest): Buffer => Buffer.from(ReportFaultRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReportFaultRequest => ReportFaultRequest.decode(value),
+    responseSerialize: (value: ReportFaultResponse): Buffer => Buffer.from(ReportFaultResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReportFaultResponse => ReportFaultResponse.decode(value),
+  },
 } as const;
 
 export interface ControllerServiceServer extends UntypedServiceImplementation {
@@ -2338,6 +2883,11 @@ export interface ControllerServiceServer extends UntypedServiceImplementation {
   enableCopy: handleUnaryCall<EnableCopyRequest, EnableCopyResponse>;
   /** Routing table: first a full snapshot, then changes. */
   watchRoutes: handleServerStreamingCall<WatchRoutesRequest, WatchRoutesResponse>;
+  /**
+   * A fault manager reports failed copies (idempotent per copy_id + incarnation:
+   * duplicate reports from several fault managers do one recovery).
+   */
+  reportFault: handleUnaryCall<ReportFaultRequest, ReportFaultResponse>;
 }
 
 export interface ControllerServiceClient extends Client {
@@ -2476,6 +3026,25 @@ export interface ControllerServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<WatchRoutesResponse>;
+  /**
+   * A fault manager reports failed copies (idempotent per copy_id + incarnation:
+   * duplicate reports from several fault managers do one recovery).
+   */
+  reportFault(
+    request: ReportFaultRequest,
+    callback: (error: ServiceError | null, response: ReportFaultResponse) => void,
+  ): ClientUnaryCall;
+  reportFault(
+    request: ReportFaultRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReportFaultResponse) => void,
+  ): ClientUnaryCall;
+  reportFault(
+    request: ReportFaultRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReportFaultResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const ControllerServiceClient = makeGenericClientConstructor(
