@@ -52,11 +52,20 @@ describe('topology file: valid input', () => {
   it('parses YAML with defaults, case-insensitive modes and a MODE_ prefix', () => {
     const t = parseTopologyText(VALID_YAML, 'topo.yaml');
     assert.deepEqual(t.apps, [
-      { name: 'collector', mode: Mode.MODE_DISTRIBUTED, rsCount: 8, standbys: 0, minCopies: 2, partitioning: Partitioning.PARTITIONING_HASH },
-      { name: 'aggregator', mode: Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, rsCount: 16, standbys: 1, minCopies: 3, partitioning: Partitioning.PARTITIONING_HASH },
-      { name: 'enhancer', mode: Mode.MODE_FAULT_TOLERANT, rsCount: 1, standbys: 2, minCopies: 1, partitioning: Partitioning.PARTITIONING_HASH },
+      { name: 'collector', mode: Mode.MODE_DISTRIBUTED, rsCount: 8, standbys: 0, minCopies: 2, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined },
+      { name: 'aggregator', mode: Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, rsCount: 16, standbys: 1, minCopies: 3, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined },
+      { name: 'enhancer', mode: Mode.MODE_FAULT_TOLERANT, rsCount: 1, standbys: 2, minCopies: 1, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined },
     ]);
     assert.deepEqual(t.edges, [{ from: 'collector', to: 'aggregator', keyField: 'subscriber' }]);
+  });
+
+  it('parses a detection policy (missing fields are 0 = controller default) and rejects bad ones', () => {
+    const t = parseTopologyText('apps:\n  - { name: a, mode: DISTRIBUTED, rsCount: 2, detection: { heartbeatIntervalMs: 100, missedHeartbeats: 2 } }\n', 'topo.yaml');
+    assert.equal(t.apps[0]!.detection?.heartbeatIntervalMs, 100);
+    assert.equal(t.apps[0]!.detection?.missedHeartbeats, 2);
+    assert.equal(t.apps[0]!.detection?.probeIntervalMs, 0);
+    assertProblem('apps:\n  - { name: a, mode: DISTRIBUTED, rsCount: 2, detection: { heartbeatIntervalMs: fast } }\n', /detection\.heartbeatIntervalMs: expected a number/);
+    assertProblem('apps:\n  - { name: a, mode: DISTRIBUTED, rsCount: 2, detection: { heartbeatMs: 5 } }\n', /detection.*heartbeatMs/);
   });
 
   it('parses the same topology from JSON', () => {

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { ControllerClient, RoutingClient } from '@understudy/adsm';
 import { Mode, Partitioning, type DetectionPolicy, type GetStatusResponse } from '@understudy/proto';
 import { unaryCall } from '@understudy/runtime';
-import { freePort, startControllerProc, startCounterCopy, type Proc } from './processes';
+import { freePort, startControllerProc, startCounterCopy, startFaultManagerProc, type Proc } from './processes';
 import { waitFor } from './wait';
 
 /** Options of {@link startCounterCluster}. */
@@ -24,6 +24,10 @@ export interface ClusterOptions {
   readonly passiveTimeoutMs?: number;
   /** The app's detection policy (fault managers apply it). */
   readonly detection?: Partial<DetectionPolicy>;
+  /** Fault manager processes to start; copies attach to them. @default 0 */
+  readonly faultManagers?: number;
+  /** Host id of copy `cN` (1-based). @default `host-cN` */
+  readonly hostOf?: (copyId: string) => string;
 }
 
 /** A running cluster. */
@@ -33,6 +37,14 @@ export interface CounterCluster {
   readonly dataDirs: string[];
   readonly controllers: (Proc | undefined)[];
   readonly copies: Map<string, Proc>;
+  /** Fault manager processes (index i = fm-(i+1)). */
+  readonly faultManagers: (Proc | undefined)[];
+  /** Their host:port (fixed across restarts). */
+  readonly faultManagerAddresses: string[];
+  /** Start copy `copyId` again (a new process: new incarnation, same id and host). */
+  restartCopy(copyId: string): Promise<Proc>;
+  /** Start fault manager i again on its address. */
+  restartFaultManager(i: number): Promise<Proc>;
   readonly ctl: ControllerClient;
   readonly routing: RoutingClient;
   status(includeAssignments?: boolean): Promise<GetStatusResponse>;
@@ -69,11 +81,17 @@ export async function startCounterCluster(o: ClusterOptions = {}): Promise<Count
       },
     }),
   );
+  const fmPorts = await Promise.all(Array.from({ length: o.faultManagers ?? 0 }, () => freePort()));
+  const faultManagerAddresses = fmPorts.map((p) => `127.0.0.1:${p}`);
+  const startFm = (i: number): Promise<Proc> => startFaultManagerProc({ id: `fm-${i + 1}`, port: fmPorts[i]!, controllers: addresses });
+  const faultManagers: (Proc | undefined)[] = await Promise.all(fmPorts.map((_, i) => startFm(i)));
   const copies = new Map<string, Proc>();
+  const startCopy = (id: string): Promise<Proc> =>
+    startCounterCopy({ copyId: id, controllers: addresses, host: o.hostOf?.(id), faultManagers: faultManagerAddresses, env: { UNDERSTUDY_FAULT_INJECTION: '1' } });
   await Promise.all(
     Array.from({ length: copyCount }, async (_, i) => {
       const id = `c${i + 1}`;
-      copies.set(id, await startCounterCopy({ copyId: id, controllers: addresses }));
+      copies.set(id, await startCopy(id));
     }),
   );
   const status = (includeAssignments = false): Promise<GetStatusResponse> =>
@@ -91,6 +109,18 @@ export async function startCounterCluster(o: ClusterOptions = {}): Promise<Count
     dataDirs,
     controllers,
     copies,
+    faultManagers,
+    faultManagerAddresses,
+    restartCopy: async (id) => {
+      const p = await startCopy(id);
+      copies.set(id, p);
+      return p;
+    },
+    restartFaultManager: async (i) => {
+      const p = await startFm(i);
+      faultManagers[i] = p;
+      return p;
+    },
     ctl,
     routing,
     status,
@@ -103,6 +133,7 @@ export async function startCounterCluster(o: ClusterOptions = {}): Promise<Count
       routing.close();
       ctl.close();
       await Promise.all([...copies.values()].map((p) => p.kill()));
+      await Promise.all(faultManagers.map((p) => p?.kill()));
       await Promise.all(controllers.map((p) => p?.kill()));
       for (const d of dataDirs) fs.rmSync(d, { recursive: true, force: true });
     },

@@ -66,3 +66,37 @@ export function startCounterCopy(o: {
     readyMsg: 'copy listening',
   });
 }
+
+/** Options for a fault manager process. */
+export interface FaultManagerProcOptions {
+  readonly id: string;
+  /** 0 = any free port (read it back from the Proc's address). */
+  readonly port?: number;
+  readonly controllers: readonly string[];
+  readonly policyRefreshMs?: number;
+  readonly hostFaultWindowMs?: number;
+  readonly sweepIntervalMs?: number;
+  /** LOG_LEVEL of the process (default: TEST_LOG_LEVEL or warn). */
+  readonly logLevel?: string;
+  /** Every output line (e.g. to read its JSON log). */
+  readonly onLine?: (line: string) => void;
+}
+
+/** Start `services/fault-manager/src/main.ts`. */
+export function startFaultManagerProc(o: FaultManagerProcOptions): Promise<Proc> {
+  return startProcess({
+    name: `fault manager ${o.id}`,
+    script: 'services/fault-manager/src/main.ts',
+    args: [
+      '--id', o.id,
+      '--listen', `127.0.0.1:${o.port ?? 0}`,
+      '--controllers', o.controllers.join(','),
+      '--policy-refresh-ms', String(o.policyRefreshMs ?? 500),
+      '--host-fault-window-ms', String(o.hostFaultWindowMs ?? 1000),
+      '--sweep-interval-ms', String(o.sweepIntervalMs ?? 10),
+    ],
+    env: o.logLevel ? { LOG_LEVEL: o.logLevel } : {},
+    onLine: o.onLine,
+    readyMsg: 'fault manager listening',
+  });
+}

@@ -178,8 +178,13 @@ export class RoutingClient {
       }
       attempts++;
       const versionBefore = this.tableVersion;
+      // A hung active never answers: when the controller publishes a new route for this RS
+      // (failover), give up on the attempt at once and retry there. Safe with the same message
+      // id: the old active cannot commit at a superseded epoch, and a commit that happened
+      // before is answered from the replicated dedupe table.
+      const moved = this.routeMoved(app, rs, route);
       try {
-        const value = await fn(this.copyClient(route.activeAddress), rs, Math.min(left, this.attemptTimeoutMs));
+        const value = await Promise.race([fn(this.copyClient(route.activeAddress), rs, Math.min(left, this.attemptTimeoutMs)), moved.promise]);
         return { value, attempts };
       } catch (e) {
         const err = ensureError(e);
@@ -190,8 +195,27 @@ export class RoutingClient {
         // Wait for the controller to publish a new route, but not forever: the copy may
         // only have been briefly unreachable.
         if (this.tableVersion === versionBefore) await this.nextChange(Math.min(deadline - Date.now(), 20 * Math.min(attempts, 10)));
+      } finally {
+        moved.cancel();
       }
     }
+  }
+
+  /** Rejects (retryably) when the route of `app`/`rs` stops pointing at `route`'s copy and epoch. */
+  private routeMoved(app: string, rs: number, route: RouteInfo): { promise: Promise<never>; cancel: () => void } {
+    let cancel = (): void => {};
+    const promise = new Promise<never>((_, reject) => {
+      const check = (): void => {
+        const now = this.tables.get(app)?.routes.get(rs);
+        if (now && now.activeAddress === route.activeAddress && now.epoch === route.epoch) return;
+        cancel();
+        reject(new UnavailableError(`${app}/${rs} moved from ${route.activeCopyId} (epoch ${route.epoch}) while the attempt was in flight`));
+      };
+      this.events.on('change', check);
+      cancel = () => this.events.off('change', check);
+    });
+    promise.catch(() => undefined); // only observed through the race
+    return { promise, cancel };
   }
 
   private copyClient(address: string): AdsmServiceClient {

@@ -1,4 +1,5 @@
 import * as os from 'node:os';
+import * as grpc from '@grpc/grpc-js';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import {
@@ -19,6 +20,8 @@ import {
   type QueryResponse,
   type ReplicateRequest,
   type ReplicateResponse,
+  type ReplicateStreamRequest,
+  type ReplicateStreamResponse,
   type SetRolesRequest,
   type SetRolesResponse,
   type UpdateEntry,
@@ -26,16 +29,21 @@ import {
   type ShutdownResponse,
 } from '@understudy/proto';
 import {
+  DeadlineExceededError,
   FailedPreconditionError,
+  INTERNAL_ERROR_DETAILS,
   InvalidArgumentError,
   NotActiveError,
   NotFoundError,
   ResourceExhaustedError,
   StaleEpochError,
   UnavailableError,
+  malformedReason,
+  toServiceError,
   clientChannelOptions,
   createLogger,
   ensureError,
+  fromServiceError,
   insecureCredentials,
   startGrpcServer,
   unaryCall,
@@ -73,6 +81,13 @@ export interface CopyOptions<S, M, U, R, Q, QR> {
   readonly replicationCallTimeoutMs?: number;
   /** Queued messages per RS before RESOURCE_EXHAUSTED. @default 10000 */
   readonly maxQueuePerRs?: number;
+  /**
+   * Group commit: at most this many queued messages of one RS run through the handler (in queue
+   * order) and go to the standbys as ONE Replicate batch; all of them are acknowledged once every
+   * standby applied the batch. 1 = one message per replication round trip. Capped at
+   * `logTailEntries`. @default 256
+   */
+  readonly replicationBatchMax?: number;
   /** Message ids remembered per RS for dedupe (replicated with the state). @default 10000 */
   readonly dedupeWindow?: number;
   /** Committed updates kept per RS to catch a lagging standby up without a snapshot. @default 1024 */
@@ -139,8 +154,16 @@ class RsSlot<S> {
   readonly inflight = new Map<string, Promise<DeliverOutcome>>();
   readonly queue: Job[] = [];
   running = false;
+  /** Contiguous tail of the updates recorded here (oldest first), to catch a standby up. */
   readonly log: UpdateEntry[] = [];
   readonly peers = new Map<string, PeerProgress>();
+  /**
+   * ACTIVE: every STANDBY of the member list applied the updates up to `committedSeq` at
+   * `committedEpoch`. `seq` runs ahead of it while a batch is being replicated (updates are
+   * recorded locally first, acknowledged only once committed).
+   */
+  committedSeq = 0;
+  committedEpoch = -1;
   /** Resolved and replaced whenever the controller changes this RS (wakes replication waits). */
   private changedSignal!: { promise: Promise<void>; resolve: () => void };
 
@@ -188,6 +211,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
   private readonly log: Logger;
   private readonly slots = new Map<number, RsSlot<S>>();
   private readonly peerClients = new Map<string, AdsmServiceClient>();
+  private readonly replicationLinks = new Map<string, ReplicationLink>();
   private readonly controller: ControllerClient;
   private server: GrpcServer | undefined;
   private heartbeatTimer: NodeJS.Timeout | undefined;
@@ -208,6 +232,9 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     if (!opts.copyId || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(opts.copyId)) {
       throw new InvalidArgumentError(`copyId must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}, got ${JSON.stringify(opts.copyId)}`);
     }
+    if (opts.replicationBatchMax !== undefined && (!Number.isSafeInteger(opts.replicationBatchMax) || opts.replicationBatchMax < 1)) {
+      throw new InvalidArgumentError(`replicationBatchMax must be a positive integer, got ${opts.replicationBatchMax}`);
+    }
     this.handler = opts.app.handler;
     this.appName = opts.app.name;
     this.copyId = opts.copyId;
@@ -221,6 +248,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       deliverTimeoutMs: opts.deliverTimeoutMs ?? 5000,
       replicationCallTimeoutMs: opts.replicationCallTimeoutMs ?? 1000,
       maxQueuePerRs: opts.maxQueuePerRs ?? 10_000,
+      replicationBatchMax: Math.min(opts.replicationBatchMax ?? 256, opts.logTailEntries ?? 1024),
       dedupeWindow: opts.dedupeWindow ?? 10_000,
       logTailEntries: opts.logTailEntries ?? 1024,
       maxPayloadBytes: opts.maxPayloadBytes ?? 1 << 20,
@@ -237,8 +265,10 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     const impl: AdsmServiceServer = {
       setRoles: unaryHandler('SetRoles', this.log, (req: SetRolesRequest) => this.onSetRoles(req)),
       deliver: unaryHandler('Deliver', this.log, (req: DeliverRequest) => this.onDeliver(req)),
+      deliverStream: (call) => this.serveCorrelated(call, 'DeliverStream', (req: DeliverRequest) => this.onDeliver(req)),
       query: unaryHandler('Query', this.log, (req: QueryRequest) => this.onQuery(req)),
       replicate: unaryHandler('Replicate', this.log, (req: ReplicateRequest) => this.onReplicate(req)),
+      replicateStream: (call) => this.serveCorrelated(call, 'ReplicateStream', (req: ReplicateRequest) => this.onReplicate(req)),
       installSnapshot: unaryHandler('InstallSnapshot', this.log, (req: InstallSnapshotRequest) => this.onInstallSnapshot(req)),
       getCopyInfo: unaryHandler('GetCopyInfo', this.log, () => this.onGetCopyInfo()),
       shutdown: unaryHandler('Shutdown', this.log, (req: ShutdownRequest) => this.onShutdown(req)),
@@ -315,6 +345,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     this.loopDelay.disable();
     for (const slot of this.slots.values()) this.failQueued(slot, new UnavailableError('copy is stopping'));
     await this.server?.shutdown(1000);
+    for (const l of this.replicationLinks.values()) l.close();
     for (const c of this.peerClients.values()) c.close();
     this.controller.close();
   }
@@ -494,8 +525,10 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       throw new InvalidArgumentError(`payload of ${req.payload.length} bytes exceeds the limit of ${this.o.maxPayloadBytes}`);
     }
     const slot = this.activeSlot(req.rs);
+    // A redelivery is answered at once only when everything recorded here is committed; else
+    // (its update may still be on its way to a standby) it waits in the queue for the commit.
     const seen = slot.dedupe.get(req.messageId);
-    if (seen) return { reply: seen, epoch: slot.epoch, duplicate: true, copyId: this.copyId };
+    if (seen && isCommitted(slot)) return { reply: seen, epoch: slot.epoch, duplicate: true, copyId: this.copyId };
     let pending = slot.inflight.get(req.messageId);
     if (!pending) {
       let message: unknown;
@@ -524,6 +557,66 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     return { reply: outcome.reply, epoch: outcome.epoch, duplicate: outcome.duplicate, copyId: this.copyId };
   }
 
+  /**
+   * Server side of DeliverStream / ReplicateStream: every request is handled exactly like the
+   * unary call (same checks, same code path); every answer carries its request's correlation
+   * id and its own status, and goes out as soon as that request completes (a synchronous
+   * handler such as Replicate therefore answers in stream order). The stream ends after the
+   * client half-closed and every request it sent was answered.
+   */
+  private serveCorrelated<Q, A>(call: CorrelatedServerCall<Q, A>, method: string, fn: (req: Q) => Promise<A> | A): void {
+    let open = true;
+    let pending = 0;
+    let ended = false;
+    const finish = (): void => {
+      if (open && ended && pending === 0) {
+        open = false;
+        call.end();
+      }
+    };
+    const ok = (correlationId: number, response: A): void => {
+      pending--;
+      if (open) call.write({ correlationId, response, statusCode: 0, statusMessage: '', statusMetadata: {} });
+      finish();
+    };
+    const failed = (correlationId: number, e: unknown): void => {
+      pending--;
+      const wire = toServiceError(e);
+      const statusMetadata: Record<string, string> = {};
+      for (const [k, v] of Object.entries(wire.metadata.getMap())) if (typeof v === 'string') statusMetadata[k] = v;
+      if (wire.details === INTERNAL_ERROR_DETAILS) this.log.error({ method, err: ensureError(e) }, 'stream request failed with an internal error');
+      else this.log.debug({ method, code: grpc.status[wire.code], details: wire.details }, 'stream request failed');
+      if (open) call.write({ correlationId, response: undefined, statusCode: wire.code, statusMessage: wire.details, statusMetadata });
+      finish();
+    };
+    call.on('data', (msg: { correlationId: number; request?: Q | undefined }) => {
+      pending++;
+      const correlationId = typeof msg.correlationId === 'number' ? msg.correlationId : 0;
+      let result: Promise<A> | A;
+      try {
+        const bad = malformedReason(msg);
+        if (bad !== undefined) throw new InvalidArgumentError(`malformed request: ${bad}`);
+        if (!msg.request) throw new InvalidArgumentError('request is required');
+        result = fn(msg.request);
+      } catch (e) {
+        failed(correlationId, e);
+        return;
+      }
+      if (result instanceof Promise) result.then((r) => ok(correlationId, r), (e: unknown) => failed(correlationId, e));
+      else ok(correlationId, result);
+    });
+    call.on('end', () => {
+      ended = true;
+      finish();
+    });
+    call.on('error', () => {
+      open = false;
+    });
+    call.on('cancelled', () => {
+      open = false;
+    });
+  }
+
   private activeSlot(rs: number): RsSlot<S> {
     const slot = this.slots.get(rs);
     if (!slot || slot.role !== 'ACTIVE') {
@@ -538,15 +631,14 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     if (slot.running) return;
     slot.running = true;
     try {
-      for (let job = slot.queue.shift(); job; job = slot.queue.shift()) {
-        if (job.probe) {
-          job.resolve(PROBE_OUTCOME);
-          continue;
-        }
+      while (slot.queue.length > 0) {
+        const batch = slot.queue.splice(0, this.o.replicationBatchMax);
         try {
-          job.resolve(await this.process(slot, job));
+          await this.processBatch(slot, batch);
         } catch (e) {
-          job.reject(ensureError(e));
+          // processBatch settles every job itself; this is a last resort.
+          const err = ensureError(e);
+          for (const job of batch) job.reject(err);
         }
       }
     } finally {
@@ -554,33 +646,72 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     }
   }
 
-  private async process(slot: RsSlot<S>, job: Job): Promise<DeliverOutcome> {
-    if (slot.role !== 'ACTIVE' || slot.epoch !== job.epoch) {
-      throw new NotActiveError(`NOT_ACTIVE: ${this.appName}/${slot.rs} changed hands before the message ran`);
+  /**
+   * Group commit of one batch of queued jobs. Each message runs through the handler in queue
+   * order (seeing the state its predecessors left) and its update is recorded here at the next
+   * sequence number; then the whole batch goes to every standby in one Replicate round, and only
+   * once every standby applied it are the messages acknowledged (commit rule). If replication
+   * fails (handed over, fenced, stopping) none is acknowledged; what was recorded here stays
+   * consistent (state, seq, dedupe and log move together): it is replicated before anything
+   * later if this copy stays active, or replaced by a snapshot if it becomes a standby.
+   */
+  private async processBatch(slot: RsSlot<S>, jobs: Job[]): Promise<void> {
+    const epoch = slot.epoch;
+    const acks: { job: Job; outcome: DeliverOutcome }[] = [];
+    const probes: Job[] = [];
+    let fresh = 0;
+    for (const job of jobs) {
+      if (job.probe) {
+        probes.push(job);
+        continue;
+      }
+      if (slot.role !== 'ACTIVE' || job.epoch !== epoch) {
+        job.reject(new NotActiveError(`NOT_ACTIVE: ${this.appName}/${slot.rs} changed hands before the message ran`));
+        continue;
+      }
+      const seen = slot.dedupe.get(job.messageId);
+      if (seen) {
+        // Already recorded (by an earlier batch, or a previous active): acknowledged with the
+        // first reply once it is committed, i.e. after this batch's replication round.
+        acks.push({ job, outcome: { reply: seen, epoch, duplicate: true } });
+        continue;
+      }
+      let result;
+      try {
+        result = this.handler.handle(slot.state, job.message as M, {
+          app: this.appName,
+          rs: slot.rs,
+          epoch,
+          messageId: job.messageId,
+          key: job.key,
+        });
+      } catch (e) {
+        job.reject(new InvalidArgumentError(`handler rejected the message: ${ensureError(e).message}`));
+        continue;
+      }
+      const updates = result.updates ?? [];
+      const entry: UpdateEntry = { seq: slot.seq + 1, messageId: job.messageId, update: encodeJson(updates), reply: encodeJson(result.reply) };
+      try {
+        for (const u of updates) slot.state = this.handler.apply(slot.state, u);
+      } catch (e) {
+        job.reject(new InvalidArgumentError(`apply rejected the update: ${ensureError(e).message}`));
+        continue;
+      }
+      this.commitBookkeeping(slot, entry);
+      acks.push({ job, outcome: { reply: entry.reply, epoch, duplicate: false } });
+      fresh++;
     }
-    const seen = slot.dedupe.get(job.messageId);
-    if (seen) return { reply: seen, epoch: slot.epoch, duplicate: true };
-    let result;
     try {
-      result = this.handler.handle(slot.state, job.message as M, {
-        app: this.appName,
-        rs: slot.rs,
-        epoch: slot.epoch,
-        messageId: job.messageId,
-        key: job.key,
-      });
+      if (acks.length > 0 && !isCommitted(slot)) await this.replicateUntilCommitted(slot, epoch, false);
+      this.handledCount += fresh;
+      for (const a of acks) a.job.resolve(a.outcome);
     } catch (e) {
-      throw new InvalidArgumentError(`handler rejected the message: ${ensureError(e).message}`);
+      const err = ensureError(e);
+      for (const a of acks) a.job.reject(err);
+    } finally {
+      // A probe has gone through the queue once the batch it was in is done.
+      for (const p of probes) p.resolve(PROBE_OUTCOME);
     }
-    const updates = result.updates ?? [];
-    const reply = encodeJson(result.reply);
-    const entry: UpdateEntry = { seq: slot.seq + 1, messageId: job.messageId, update: encodeJson(updates), reply };
-    await this.replicateUntilCommitted(slot, entry, job.epoch);
-    // Committed on every standby: now (and only now) apply locally and acknowledge.
-    for (const u of updates) slot.state = this.handler.apply(slot.state, u);
-    this.commitBookkeeping(slot, entry);
-    this.handledCount++;
-    return { reply, epoch: slot.epoch, duplicate: false };
   }
 
   private commitBookkeeping(slot: RsSlot<S>, entry: UpdateEntry): void {
@@ -592,22 +723,24 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
   }
 
   /**
-   * Replicate `entry` (or, with none, just bring standbys up to date) until every STANDBY in
-   * the current member list acknowledged it. Retries while this copy stays ACTIVE at `epoch`;
-   * a changed member list (controller removed a dead standby) is picked up on the next round.
+   * Bring every STANDBY in the current member list up to this copy's sequence number (all that
+   * is recorded here, the batch being committed included). Retries while this copy stays ACTIVE
+   * at `epoch`; a changed member list (controller removed a dead standby) is picked up on the
+   * next round. `background`: one round only (messages retry). Returns whether it is committed.
    */
-  private async replicateUntilCommitted(slot: RsSlot<S>, entry: UpdateEntry | null, epoch: number): Promise<void> {
+  private async replicateUntilCommitted(slot: RsSlot<S>, epoch: number, background: boolean): Promise<boolean> {
+    const target = slot.seq;
     let backoffMs = 10;
     for (;;) {
       if (slot.role !== 'ACTIVE' || slot.epoch !== epoch) {
         throw new NotActiveError(`NOT_ACTIVE: ${this.appName}/${slot.rs} was handed over at epoch ${slot.epoch}`);
       }
       const peers = [...slot.peers.entries()];
-      if (peers.length === 0) return;
+      if (peers.length === 0) return this.markCommitted(slot, epoch, target);
       if (this.stopped) throw new UnavailableError(`copy ${this.copyId} is stopping`);
       const changed = slot.changed;
       let fenced = false;
-      const results = await Promise.all(peers.map(([id, p]) => this.syncPeer(slot, id, p, entry, epoch).then(() => true, (e) => {
+      const results = await Promise.all(peers.map(([id, p]) => this.syncPeer(slot, id, p, target, epoch).then(() => true, (e) => {
         if (e instanceof StaleEpochError) fenced = true;
         this.log.debug({ rs: slot.rs, epoch, peer: id, err: ensureError(e).message }, 'replication to standby failed');
         return false;
@@ -622,17 +755,24 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         this.hook(slot.rs, 'STANDBY', epoch);
         throw new NotActiveError(`NOT_ACTIVE: copy ${this.copyId} was fenced for ${this.appName}/${slot.rs} (epoch ${epoch} is stale)`);
       }
-      if (results.every(Boolean)) return;
-      if (entry === null) return; // background sync: one round is enough, messages retry.
+      if (results.every(Boolean)) return this.markCommitted(slot, epoch, target);
+      if (background) return false; // background sync: one round is enough, messages retry.
       await Promise.race([changed, new Promise((r) => setTimeout(r, backoffMs))]);
       backoffMs = Math.min(backoffMs * 2, 200);
     }
   }
 
-  private async syncPeer(slot: RsSlot<S>, peerId: string, peer: PeerProgress, entry: UpdateEntry | null, epoch: number): Promise<void> {
+  private markCommitted(slot: RsSlot<S>, epoch: number, seq: number): true {
+    if (slot.committedEpoch !== epoch || slot.committedSeq < seq) {
+      slot.committedEpoch = epoch;
+      slot.committedSeq = seq;
+    }
+    return true;
+  }
+
+  private async syncPeer(slot: RsSlot<S>, peerId: string, peer: PeerProgress, target: number, epoch: number): Promise<void> {
     const client = this.peerClient(peer.address);
-    const target = entry ? entry.seq : slot.seq;
-    if (peer.needsSnapshot || (peer.ackedSeq >= 0 && peer.ackedSeq < slot.seq && !slot.log.some((l) => l.seq === peer.ackedSeq + 1))) {
+    if (peer.needsSnapshot || (peer.ackedSeq >= 0 && peer.ackedSeq < slot.seq && logIndex(slot.log, peer.ackedSeq + 1) < 0)) {
       const res = await unaryCall(client.installSnapshot.bind(client), {
         app: this.appName,
         rs: slot.rs,
@@ -646,16 +786,16 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       peer.needsSnapshot = false;
     }
     if (peer.ackedSeq >= target) return;
-    const entries = slot.log.filter((l) => l.seq > peer.ackedSeq);
-    if (entry) entries.push(entry);
+    const from = logIndex(slot.log, peer.ackedSeq + 1);
+    const entries = from < 0 ? [] : slot.log.slice(from);
     try {
-      const res = await unaryCall(client.replicate.bind(client), {
+      const res = await this.replicationLink(peer.address).replicate({
         app: this.appName,
         rs: slot.rs,
         epoch,
         fromCopyId: this.copyId,
         entries,
-      }, { deadlineMs: this.o.replicationCallTimeoutMs });
+      }, this.o.replicationCallTimeoutMs);
       peer.ackedSeq = res.appliedSeq;
     } catch (e) {
       if (ensureError(e).message.includes('NEEDS_SNAPSHOT')) peer.needsSnapshot = true;
@@ -674,7 +814,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       if (slot.running) return;
       slot.running = true;
       try {
-        await this.replicateUntilCommitted(slot, null, epoch);
+        await this.replicateUntilCommitted(slot, epoch, true);
       } catch {
         /* not active anymore: nothing to sync */
       } finally {
@@ -683,6 +823,15 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       if (slot.queue.length > 0) void this.drain(slot);
     };
     void run();
+  }
+
+  private replicationLink(address: string): ReplicationLink {
+    let l = this.replicationLinks.get(address);
+    if (!l) {
+      l = new ReplicationLink(this.peerClient(address));
+      this.replicationLinks.set(address, l);
+    }
+    return l;
   }
 
   private peerClient(address: string): AdsmServiceClient {
@@ -752,7 +901,12 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
 
   // ---- queries & info --------------------------------------------------------------------
 
-  private onQuery(req: QueryRequest): QueryResponse {
+  /**
+   * Read on the active. With group commit the active's state runs ahead of what the standbys
+   * hold; a read must never show an update that a failover could still lose, so the answer
+   * waits until everything it reflects is committed (or fails with NOT_ACTIVE / UNAVAILABLE).
+   */
+  private async onQuery(req: QueryRequest): Promise<QueryResponse> {
     if (req.app !== this.appName) throw new NotFoundError(`application ${JSON.stringify(req.app)} is not served by this copy`);
     const slot = this.activeSlot(req.rs);
     if (!this.handler.query) throw new FailedPreconditionError(`application ${this.appName} defines no query`);
@@ -762,7 +916,15 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     } catch {
       throw new InvalidArgumentError('query is not valid JSON');
     }
-    return { result: encodeJson(this.handler.query(slot.state, q as Q)), epoch: slot.epoch, seq: slot.seq };
+    const epoch = slot.epoch;
+    const seq = slot.seq;
+    const result = encodeJson(this.handler.query(slot.state, q as Q));
+    if (!isCommitted(slot)) {
+      await withTimeout(this.replicateUntilCommitted(slot, epoch, false), this.o.deliverTimeoutMs, () =>
+        new UnavailableError(`${this.appName}/${req.rs}: the state this query reads was not replicated within ${this.o.deliverTimeoutMs} ms; retry`),
+      );
+    }
+    return { result, epoch, seq };
   }
 
   /**
@@ -799,7 +961,92 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
   }
 }
 
+/** Server side of a correlated bidi stream (DeliverStream, ReplicateStream). */
+type CorrelatedServerCall<Q, A> = grpc.ServerDuplexStream<
+  { correlationId: number; request?: Q | undefined },
+  { correlationId: number; response?: A | undefined; statusCode: number; statusMessage: string; statusMetadata: Record<string, string> }
+>;
+
+/**
+ * Active → one standby address: Replicate requests over one long-lived ReplicateStream (no
+ * HTTP/2 stream setup per batch), answered in order, each with its own deadline. The stream is
+ * reopened after it breaks; a standby without ReplicateStream (UNIMPLEMENTED: an older version
+ * during an upgrade) is served with unary Replicate calls from then on.
+ */
+class ReplicationLink {
+  private stream: grpc.ClientDuplexStream<ReplicateStreamRequest, ReplicateStreamResponse> | undefined;
+  private readonly waiting = new Map<number, { resolve: (r: ReplicateResponse) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  private nextId = 1;
+  private unaryOnly = false;
+  private closed = false;
+
+  constructor(private readonly client: AdsmServiceClient) {}
+
+  replicate(req: ReplicateRequest, deadlineMs: number): Promise<ReplicateResponse> {
+    if (this.unaryOnly || this.closed) return unaryCall(this.client.replicate.bind(this.client), req, { deadlineMs });
+    const s = this.open();
+    const correlationId = this.nextId++;
+    return new Promise<ReplicateResponse>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(correlationId);
+        reject(new DeadlineExceededError(`Replicate to ${this.client.getChannel().getTarget()} took over ${deadlineMs} ms`));
+      }, deadlineMs);
+      this.waiting.set(correlationId, { resolve, reject, timer });
+      s.write({ correlationId, request: req });
+    });
+  }
+
+  private open(): grpc.ClientDuplexStream<ReplicateStreamRequest, ReplicateStreamResponse> {
+    if (this.stream) return this.stream;
+    const s = this.client.replicateStream();
+    this.stream = s;
+    s.on('data', (m: ReplicateStreamResponse) => {
+      const w = this.waiting.get(m.correlationId);
+      if (!w) return; // timed out already
+      this.waiting.delete(m.correlationId);
+      clearTimeout(w.timer);
+      if (m.statusCode === grpc.status.OK && m.response) w.resolve(m.response);
+      else {
+        const metadata = new grpc.Metadata();
+        for (const [k, v] of Object.entries(m.statusMetadata)) metadata.set(k, v);
+        w.reject(fromServiceError({ code: m.statusCode || grpc.status.UNKNOWN, details: m.statusMessage, metadata }));
+      }
+    });
+    const broken = (e: Error): void => {
+      if (this.stream === s) this.stream = undefined;
+      const err = fromServiceError(e);
+      if ((e as Partial<grpc.ServiceError>).code === grpc.status.UNIMPLEMENTED) this.unaryOnly = true;
+      for (const w of this.waiting.values()) {
+        clearTimeout(w.timer);
+        w.reject(err);
+      }
+      this.waiting.clear();
+    };
+    s.on('error', (e: Error) => broken(e));
+    s.on('end', () => broken(new UnavailableError('replication stream ended')));
+    return s;
+  }
+
+  close(): void {
+    this.closed = true;
+    this.stream?.cancel();
+    this.stream = undefined;
+  }
+}
+
 const PROBE_OUTCOME: DeliverOutcome = { reply: Buffer.alloc(0), epoch: 0, duplicate: false };
+
+/** Everything recorded on this ACTIVE slot is on every standby (see `RsSlot.committedSeq`). */
+function isCommitted(slot: { epoch: number; seq: number; committedEpoch: number; committedSeq: number }): boolean {
+  return slot.committedEpoch === slot.epoch && slot.committedSeq >= slot.seq;
+}
+
+/** Index of the entry with sequence number `seq` in a contiguous log, or -1. */
+function logIndex(log: readonly UpdateEntry[], seq: number): number {
+  if (log.length === 0) return -1;
+  const i = seq - log[0]!.seq;
+  return i >= 0 && i < log.length ? i : -1;
+}
 
 function withTimeout<T>(p: Promise<T>, ms: number, err: () => Error): Promise<T> {
   return new Promise<T>((resolve, reject) => {

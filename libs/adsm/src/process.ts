@@ -54,7 +54,32 @@ export async function runCopyProcess<S, M, U, R, Q, QR>(
     await opts.telemetry?.shutdown();
     process.exit(0);
   };
+  if ((opts.env ?? process.env).UNDERSTUDY_FAULT_INJECTION === '1') enableFaultInjection(logger);
   process.once('SIGTERM', () => void shutdown());
   process.once('SIGINT', () => void shutdown());
   return copy;
+}
+
+/**
+ * Test-only fault injection, enabled by `UNDERSTUDY_FAULT_INJECTION=1`: SIGUSR2 toggles an
+ * event-loop stall (the loop busy-waits 80 ms every 100 ms), the "unhealthy but alive" copy a
+ * fault manager must catch by its health thresholds (R-DFM-3). Never enabled by default.
+ */
+function enableFaultInjection(logger: ReturnType<typeof createLogger>): void {
+  let stall: NodeJS.Timeout | undefined;
+  process.on('SIGUSR2', () => {
+    if (stall) {
+      clearInterval(stall);
+      stall = undefined;
+      logger.warn('fault injection: event-loop stall off');
+      return;
+    }
+    logger.warn('fault injection: stalling the event loop 80 ms every 100 ms');
+    stall = setInterval(() => {
+      const end = Date.now() + 80;
+      while (Date.now() < end) {
+        // busy: the stall is the point
+      }
+    }, 100);
+  });
 }

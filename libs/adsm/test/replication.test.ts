@@ -4,7 +4,7 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { AdsmServiceClient, Role, type Member } from '@understudy/proto';
+import { AdsmServiceClient, Role, type DeliverStreamResponse, type Member } from '@understudy/proto';
 import { NotActiveError, StaleEpochError, clientChannelOptions, insecureCredentials, silentLogger, unaryCall } from '@understudy/runtime';
 import { decodeJson, encodeJson, startCopy, type CopyHandle } from '../src/index';
 import { counterApp } from '../../../examples/counter/src/counter';
@@ -156,5 +156,63 @@ describe('ADSM replication and fencing', () => {
       unaryCall(cl.deliver.bind(cl), { app: 'nope', rs: 0, messageId: 'q', payload: encodeJson({}), key: '' }),
       /not served by this copy/,
     );
+  });
+
+  test('group commit: many concurrent delivers to one RS are each applied exactly once, in order, on the active and both standbys', async () => {
+    const [a, b, c] = copies as [CopyHandle, CopyHandle, CopyHandle];
+    await place(4, 1, 1, a, [b, c]);
+    const n = 400;
+    // All in flight at once: the active queues them and replicates them in batches.
+    const replies = await Promise.all(Array.from({ length: n }, (_, i) => inc(a, 4, 'g', `g${i}`)));
+    assert.deepEqual(replies.map((r) => r.value).sort((x, y) => x - y), Array.from({ length: n }, (_, i) => i + 1), 'every increment ran exactly once, one after the other');
+    assert.ok(replies.every((r) => !r.duplicate));
+    // Redeliveries (also concurrent with new messages) answer with the first reply, apply nothing.
+    const again = await Promise.all([inc(a, 4, 'g', 'g7'), inc(a, 4, 'g', `g${n}`), inc(a, 4, 'g', 'g7')]);
+    assert.deepEqual(again.map((r) => r.duplicate), [true, false, true]);
+    assert.equal(again[0]!.value, replies[7]!.value);
+    // Both standbys applied the same sequence as the active (acknowledged ⇒ on every standby).
+    const seqs = await Promise.all([a, b, c].map(async (x) => {
+      const cl = client(x);
+      const info = await unaryCall(cl.getCopyInfo.bind(cl), {});
+      return info.rs.find((r) => r.rs === 4)!.appliedSeq;
+    }));
+    assert.deepEqual(seqs, [n + 1, n + 1, n + 1]);
+    // Each standby holds the full state: promote b, then c.
+    await place(4, 2, 2, b, [a, c]);
+    assert.equal(await query(b, 4, 'g'), n + 1);
+    assert.deepEqual(await inc(b, 4, 'g', 'g3'), { value: replies[3]!.value, duplicate: true });
+    await place(4, 3, 3, c, [a, b]);
+    assert.equal(await query(c, 4, 'g'), n + 1);
+  });
+
+  test('DeliverStream: each request is a Deliver answered with its correlation id and its own status', async () => {
+    const [a, b] = copies as [CopyHandle, CopyHandle, CopyHandle];
+    await place(5, 1, 1, a, [b]);
+    const stream = client(a).deliverStream();
+    const answers = new Map<number, DeliverStreamResponse>();
+    const done = new Promise<void>((resolve, reject) => {
+      stream.on('data', (m: DeliverStreamResponse) => answers.set(m.correlationId, m));
+      stream.on('end', () => resolve());
+      stream.on('error', reject);
+    });
+    const n = 200;
+    for (let i = 0; i < n; i++) stream.write({ correlationId: i + 1, request: { app: APP, rs: 5, messageId: `s${i}`, payload: encodeJson({ key: 's' }), key: 's' } });
+    stream.write({ correlationId: 1000, request: { app: APP, rs: 5, messageId: 's3', payload: encodeJson({ key: 's' }), key: 's' } });
+    stream.write({ correlationId: 1001, request: { app: APP, rs: 6, messageId: 'x1', payload: encodeJson({ key: 's' }), key: 's' } });
+    stream.write({ correlationId: 1002, request: { app: APP, rs: 5, messageId: 'x2', payload: Buffer.from('{not json'), key: 's' } });
+    stream.end();
+    await done;
+    assert.equal(answers.size, n + 3);
+    const values = Array.from({ length: n }, (_, i) => answers.get(i + 1)!).map((m) => {
+      assert.equal(m.statusCode, 0);
+      return decodeJson<{ value: number }>(m.response!.reply).value;
+    });
+    assert.deepEqual(values.sort((x, y) => x - y), Array.from({ length: n }, (_, i) => i + 1));
+    assert.equal(answers.get(1000)!.response!.duplicate, true);
+    assert.equal(answers.get(1001)!.statusCode, 9, 'FAILED_PRECONDITION (NOT_ACTIVE) for an RS this copy does not hold');
+    assert.match(answers.get(1001)!.statusMessage, /NOT_ACTIVE/);
+    assert.equal(answers.get(1002)!.statusCode, 3, 'INVALID_ARGUMENT for a payload that is not JSON');
+    await place(5, 2, 2, b, [a]);
+    assert.equal(await query(b, 5, 's'), n);
   });
 });

@@ -12,3 +12,4 @@ export { checkInvariants, checkBalance } from './invariants';
 export { placeInitial, spreadOrder } from './placement';
 export { MAX_OOS_ENTRIES } from './members';
 export { compileDetectionPolicy, validateDetectionPolicy, DETECTION_DEFAULTS, type DetectionPolicy, type CompiledDetectionPolicy } from './detection';
+export { createDetector, detect, watchedCopies, watchedCopy, MAX_WATCHED_COPIES, MAX_OUTSTANDING_PROBES, type DetectorState, type DetectorOptions, type DetectorEvent, type DetectorStep, type DetectorRejection, type FaultReport, type FaultReportKind, type ReportedCopy, type CopyIdentity, type HealthSample, type ProbeDue, type WatchedCopyView } from './detector';

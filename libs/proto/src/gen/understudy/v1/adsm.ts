@@ -10,8 +10,10 @@ import {
   type CallOptions,
   type ChannelCredentials,
   Client,
+  type ClientDuplexStream,
   type ClientOptions,
   type ClientUnaryCall,
+  type handleBidiStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -61,6 +63,32 @@ export interface DeliverResponse {
   copyId: string;
 }
 
+export interface DeliverStreamRequest {
+  /** Chosen by the sender to match the response; not interpreted by the copy. */
+  correlationId: number;
+  request: DeliverRequest | undefined;
+}
+
+export interface DeliverStreamResponse {
+  correlationId: number;
+  /** Set when the delivery succeeded (status_code 0). */
+  response:
+    | DeliverResponse
+    | undefined;
+  /**
+   * gRPC status code of this delivery (0 = OK), with the message and the
+   * understudy-* error metadata a unary Deliver would have returned.
+   */
+  statusCode: number;
+  statusMessage: string;
+  statusMetadata: { [key: string]: string };
+}
+
+export interface DeliverStreamResponse_StatusMetadataEntry {
+  key: string;
+  value: string;
+}
+
 export interface QueryRequest {
   app: string;
   rs: number;
@@ -93,6 +121,32 @@ export interface ReplicateRequest {
 export interface ReplicateResponse {
   /** Highest sequence number applied on the standby. */
   appliedSeq: number;
+}
+
+export interface ReplicateStreamRequest {
+  /** Chosen by the sender to match the response; not interpreted by the standby. */
+  correlationId: number;
+  request: ReplicateRequest | undefined;
+}
+
+export interface ReplicateStreamResponse {
+  correlationId: number;
+  /** Set when the request succeeded (status_code 0). */
+  response:
+    | ReplicateResponse
+    | undefined;
+  /**
+   * gRPC status code (0 = OK), message and understudy-* error metadata, as a
+   * unary Replicate would have returned them (e.g. STALE_EPOCH, NEEDS_SNAPSHOT).
+   */
+  statusCode: number;
+  statusMessage: string;
+  statusMetadata: { [key: string]: string };
+}
+
+export interface ReplicateStreamResponse_StatusMetadataEntry {
+  key: string;
+  value: string;
 }
 
 export interface InstallSnapshotRequest {
@@ -778,6 +832,376 @@ export const DeliverResponse: MessageFns<DeliverResponse> = {
   },
 };
 
+function createBaseDeliverStreamRequest(): DeliverStreamRequest {
+  return { correlationId: 0, request: undefined };
+}
+
+export const DeliverStreamRequest: MessageFns<DeliverStreamRequest> = {
+  encode(message: DeliverStreamRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.correlationId !== 0) {
+      writer.uint32(8).uint64(message.correlationId);
+    }
+    if (message.request !== undefined) {
+      DeliverRequest.encode(message.request, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeliverStreamRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeliverStreamRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.correlationId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.request = DeliverRequest.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeliverStreamRequest {
+    return {
+      correlationId: isSet(object.correlationId)
+        ? globalThis.Number(object.correlationId)
+        : isSet(object.correlation_id)
+        ? globalThis.Number(object.correlation_id)
+        : 0,
+      request: isSet(object.request) ? DeliverRequest.fromJSON(object.request) : undefined,
+    };
+  },
+
+  toJSON(message: DeliverStreamRequest): unknown {
+    const obj: any = {};
+    if (message.correlationId !== 0) {
+      obj.correlationId = Math.round(message.correlationId);
+    }
+    if (message.request !== undefined) {
+      obj.request = DeliverRequest.toJSON(message.request);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeliverStreamRequest>, I>>(base?: I): DeliverStreamRequest {
+    return DeliverStreamRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeliverStreamRequest>, I>>(object: I): DeliverStreamRequest {
+    const message = createBaseDeliverStreamRequest();
+    message.correlationId = object.correlationId ?? 0;
+    message.request = (object.request !== undefined && object.request !== null)
+      ? DeliverRequest.fromPartial(object.request)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseDeliverStreamResponse(): DeliverStreamResponse {
+  return { correlationId: 0, response: undefined, statusCode: 0, statusMessage: "", statusMetadata: {} };
+}
+
+export const DeliverStreamResponse: MessageFns<DeliverStreamResponse> = {
+  encode(message: DeliverStreamResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.correlationId !== 0) {
+      writer.uint32(8).uint64(message.correlationId);
+    }
+    if (message.response !== undefined) {
+      DeliverResponse.encode(message.response, writer.uint32(18).fork()).join();
+    }
+    if (message.statusCode !== 0) {
+      writer.uint32(24).uint32(message.statusCode);
+    }
+    if (message.statusMessage !== "") {
+      writer.uint32(34).string(message.statusMessage);
+    }
+    globalThis.Object.entries(message.statusMetadata).forEach(([key, value]: [string, string]) => {
+      DeliverStreamResponse_StatusMetadataEntry.encode({ key: key as any, value }, writer.uint32(42).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeliverStreamResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeliverStreamResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.correlationId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.response = DeliverResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.statusCode = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.statusMessage = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            const entry5 = DeliverStreamResponse_StatusMetadataEntry.decode(reader, reader.uint32());
+            if (entry5.value !== undefined) {
+              message.statusMetadata[entry5.key] = entry5.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeliverStreamResponse {
+    return {
+      correlationId: isSet(object.correlationId)
+        ? globalThis.Number(object.correlationId)
+        : isSet(object.correlation_id)
+        ? globalThis.Number(object.correlation_id)
+        : 0,
+      response: isSet(object.response) ? DeliverResponse.fromJSON(object.response) : undefined,
+      statusCode: isSet(object.statusCode)
+        ? globalThis.Number(object.statusCode)
+        : isSet(object.status_code)
+        ? globalThis.Number(object.status_code)
+        : 0,
+      statusMessage: isSet(object.statusMessage)
+        ? globalThis.String(object.statusMessage)
+        : isSet(object.status_message)
+        ? globalThis.String(object.status_message)
+        : "",
+      statusMetadata: isObject(object.statusMetadata)
+        ? (globalThis.Object.entries(object.statusMetadata) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : isObject(object.status_metadata)
+        ? (globalThis.Object.entries(object.status_metadata) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: DeliverStreamResponse): unknown {
+    const obj: any = {};
+    if (message.correlationId !== 0) {
+      obj.correlationId = Math.round(message.correlationId);
+    }
+    if (message.response !== undefined) {
+      obj.response = DeliverResponse.toJSON(message.response);
+    }
+    if (message.statusCode !== 0) {
+      obj.statusCode = Math.round(message.statusCode);
+    }
+    if (message.statusMessage !== "") {
+      obj.statusMessage = message.statusMessage;
+    }
+    if (message.statusMetadata) {
+      const entries = globalThis.Object.entries(message.statusMetadata) as [string, string][];
+      if (entries.length > 0) {
+        obj.statusMetadata = {};
+        entries.forEach(([k, v]) => {
+          obj.statusMetadata[k] = v;
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeliverStreamResponse>, I>>(base?: I): DeliverStreamResponse {
+    return DeliverStreamResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeliverStreamResponse>, I>>(object: I): DeliverStreamResponse {
+    const message = createBaseDeliverStreamResponse();
+    message.correlationId = object.correlationId ?? 0;
+    message.response = (object.response !== undefined && object.response !== null)
+      ? DeliverResponse.fromPartial(object.response)
+      : undefined;
+    message.statusCode = object.statusCode ?? 0;
+    message.statusMessage = object.statusMessage ?? "";
+    message.statusMetadata = (globalThis.Object.entries(object.statusMetadata ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseDeliverStreamResponse_StatusMetadataEntry(): DeliverStreamResponse_StatusMetadataEntry {
+  return { key: "", value: "" };
+}
+
+export const DeliverStreamResponse_StatusMetadataEntry: MessageFns<DeliverStreamResponse_StatusMetadataEntry> = {
+  encode(message: DeliverStreamResponse_StatusMetadataEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeliverStreamResponse_StatusMetadataEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeliverStreamResponse_StatusMetadataEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeliverStreamResponse_StatusMetadataEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: DeliverStreamResponse_StatusMetadataEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeliverStreamResponse_StatusMetadataEntry>, I>>(
+    base?: I,
+  ): DeliverStreamResponse_StatusMetadataEntry {
+    return DeliverStreamResponse_StatusMetadataEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeliverStreamResponse_StatusMetadataEntry>, I>>(
+    object: I,
+  ): DeliverStreamResponse_StatusMetadataEntry {
+    const message = createBaseDeliverStreamResponse_StatusMetadataEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
 function createBaseQueryRequest(): QueryRequest {
   return { app: "", rs: 0, query: Buffer.alloc(0) };
 }
@@ -1307,6 +1731,379 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
   fromPartial<I extends Exact<DeepPartial<ReplicateResponse>, I>>(object: I): ReplicateResponse {
     const message = createBaseReplicateResponse();
     message.appliedSeq = object.appliedSeq ?? 0;
+    return message;
+  },
+};
+
+function createBaseReplicateStreamRequest(): ReplicateStreamRequest {
+  return { correlationId: 0, request: undefined };
+}
+
+export const ReplicateStreamRequest: MessageFns<ReplicateStreamRequest> = {
+  encode(message: ReplicateStreamRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.correlationId !== 0) {
+      writer.uint32(8).uint64(message.correlationId);
+    }
+    if (message.request !== undefined) {
+      ReplicateRequest.encode(message.request, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReplicateStreamRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplicateStreamRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.correlationId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.request = ReplicateRequest.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReplicateStreamRequest {
+    return {
+      correlationId: isSet(object.correlationId)
+        ? globalThis.Number(object.correlationId)
+        : isSet(object.correlation_id)
+        ? globalThis.Number(object.correlation_id)
+        : 0,
+      request: isSet(object.request) ? ReplicateRequest.fromJSON(object.request) : undefined,
+    };
+  },
+
+  toJSON(message: ReplicateStreamRequest): unknown {
+    const obj: any = {};
+    if (message.correlationId !== 0) {
+      obj.correlationId = Math.round(message.correlationId);
+    }
+    if (message.request !== undefined) {
+      obj.request = ReplicateRequest.toJSON(message.request);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReplicateStreamRequest>, I>>(base?: I): ReplicateStreamRequest {
+    return ReplicateStreamRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReplicateStreamRequest>, I>>(object: I): ReplicateStreamRequest {
+    const message = createBaseReplicateStreamRequest();
+    message.correlationId = object.correlationId ?? 0;
+    message.request = (object.request !== undefined && object.request !== null)
+      ? ReplicateRequest.fromPartial(object.request)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseReplicateStreamResponse(): ReplicateStreamResponse {
+  return { correlationId: 0, response: undefined, statusCode: 0, statusMessage: "", statusMetadata: {} };
+}
+
+export const ReplicateStreamResponse: MessageFns<ReplicateStreamResponse> = {
+  encode(message: ReplicateStreamResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.correlationId !== 0) {
+      writer.uint32(8).uint64(message.correlationId);
+    }
+    if (message.response !== undefined) {
+      ReplicateResponse.encode(message.response, writer.uint32(18).fork()).join();
+    }
+    if (message.statusCode !== 0) {
+      writer.uint32(24).uint32(message.statusCode);
+    }
+    if (message.statusMessage !== "") {
+      writer.uint32(34).string(message.statusMessage);
+    }
+    globalThis.Object.entries(message.statusMetadata).forEach(([key, value]: [string, string]) => {
+      ReplicateStreamResponse_StatusMetadataEntry.encode({ key: key as any, value }, writer.uint32(42).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReplicateStreamResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplicateStreamResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.correlationId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.response = ReplicateResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.statusCode = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.statusMessage = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            const entry5 = ReplicateStreamResponse_StatusMetadataEntry.decode(reader, reader.uint32());
+            if (entry5.value !== undefined) {
+              message.statusMetadata[entry5.key] = entry5.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReplicateStreamResponse {
+    return {
+      correlationId: isSet(object.correlationId)
+        ? globalThis.Number(object.correlationId)
+        : isSet(object.correlation_id)
+        ? globalThis.Number(object.correlation_id)
+        : 0,
+      response: isSet(object.response) ? ReplicateResponse.fromJSON(object.response) : undefined,
+      statusCode: isSet(object.statusCode)
+        ? globalThis.Number(object.statusCode)
+        : isSet(object.status_code)
+        ? globalThis.Number(object.status_code)
+        : 0,
+      statusMessage: isSet(object.statusMessage)
+        ? globalThis.String(object.statusMessage)
+        : isSet(object.status_message)
+        ? globalThis.String(object.status_message)
+        : "",
+      statusMetadata: isObject(object.statusMetadata)
+        ? (globalThis.Object.entries(object.statusMetadata) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : isObject(object.status_metadata)
+        ? (globalThis.Object.entries(object.status_metadata) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: ReplicateStreamResponse): unknown {
+    const obj: any = {};
+    if (message.correlationId !== 0) {
+      obj.correlationId = Math.round(message.correlationId);
+    }
+    if (message.response !== undefined) {
+      obj.response = ReplicateResponse.toJSON(message.response);
+    }
+    if (message.statusCode !== 0) {
+      obj.statusCode = Math.round(message.statusCode);
+    }
+    if (message.statusMessage !== "") {
+      obj.statusMessage = message.statusMessage;
+    }
+    if (message.statusMetadata) {
+      const entries = globalThis.Object.entries(message.statusMetadata) as [string, string][];
+      if (entries.length > 0) {
+        obj.statusMetadata = {};
+        entries.forEach(([k, v]) => {
+          obj.statusMetadata[k] = v;
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReplicateStreamResponse>, I>>(base?: I): ReplicateStreamResponse {
+    return ReplicateStreamResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReplicateStreamResponse>, I>>(object: I): ReplicateStreamResponse {
+    const message = createBaseReplicateStreamResponse();
+    message.correlationId = object.correlationId ?? 0;
+    message.response = (object.response !== undefined && object.response !== null)
+      ? ReplicateResponse.fromPartial(object.response)
+      : undefined;
+    message.statusCode = object.statusCode ?? 0;
+    message.statusMessage = object.statusMessage ?? "";
+    message.statusMetadata = (globalThis.Object.entries(object.statusMetadata ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseReplicateStreamResponse_StatusMetadataEntry(): ReplicateStreamResponse_StatusMetadataEntry {
+  return { key: "", value: "" };
+}
+
+export const ReplicateStreamResponse_StatusMetadataEntry: MessageFns<ReplicateStreamResponse_StatusMetadataEntry> = {
+  encode(
+    message: ReplicateStreamResponse_StatusMetadataEntry,
+    writer: BinaryWriter = new BinaryWriter(),
+  ): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReplicateStreamResponse_StatusMetadataEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplicateStreamResponse_StatusMetadataEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReplicateStreamResponse_StatusMetadataEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: ReplicateStreamResponse_StatusMetadataEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReplicateStreamResponse_StatusMetadataEntry>, I>>(
+    base?: I,
+  ): ReplicateStreamResponse_StatusMetadataEntry {
+    return ReplicateStreamResponse_StatusMetadataEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReplicateStreamResponse_StatusMetadataEntry>, I>>(
+    object: I,
+  ): ReplicateStreamResponse_StatusMetadataEntry {
+    const message = createBaseReplicateStreamResponse_StatusMetadataEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
     return message;
   },
 };
@@ -2099,6 +2896,22 @@ export const AdsmServiceService = {
     responseSerialize: (value: DeliverResponse): Buffer => Buffer.from(DeliverResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeliverResponse => DeliverResponse.decode(value),
   },
+  /**
+   * Many Delivers over one stream (far cheaper per message than a unary call each):
+   * every request is handled exactly like a Deliver call and answered by one response
+   * carrying its correlation_id, in completion order (not necessarily request order).
+   * A failed delivery is answered with its status in the response; the stream stays open.
+   */
+  deliverStream: {
+    path: "/understudy.v1.AdsmService/DeliverStream" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: DeliverStreamRequest): Buffer => Buffer.from(DeliverStreamRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeliverStreamRequest => DeliverStreamRequest.decode(value),
+    responseSerialize: (value: DeliverStreamResponse): Buffer =>
+      Buffer.from(DeliverStreamResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeliverStreamResponse => DeliverStreamResponse.decode(value),
+  },
   /** Read-only query answered by the active copy. */
   query: {
     path: "/understudy.v1.AdsmService/Query" as const,
@@ -2118,6 +2931,23 @@ export const AdsmServiceService = {
     requestDeserialize: (value: Buffer): ReplicateRequest => ReplicateRequest.decode(value),
     responseSerialize: (value: ReplicateResponse): Buffer => Buffer.from(ReplicateResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ReplicateResponse => ReplicateResponse.decode(value),
+  },
+  /**
+   * Replicate over one long-lived stream per (active, standby) pair: requests are
+   * handled exactly like Replicate calls, one after the other in stream order, and
+   * each is answered with its correlation_id and its own status. An active falls
+   * back to unary Replicate when the standby does not implement it.
+   */
+  replicateStream: {
+    path: "/understudy.v1.AdsmService/ReplicateStream" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: ReplicateStreamRequest): Buffer =>
+      Buffer.from(ReplicateStreamRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReplicateStreamRequest => ReplicateStreamRequest.decode(value),
+    responseSerialize: (value: ReplicateStreamResponse): Buffer =>
+      Buffer.from(ReplicateStreamResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReplicateStreamResponse => ReplicateStreamResponse.decode(value),
   },
   /** Active → standby: full state of one RS (new standby or new epoch). */
   installSnapshot: {
@@ -2167,10 +2997,24 @@ export interface AdsmServiceServer extends UntypedServiceImplementation {
    * when this copy is not the RS's active at the current epoch.
    */
   deliver: handleUnaryCall<DeliverRequest, DeliverResponse>;
+  /**
+   * Many Delivers over one stream (far cheaper per message than a unary call each):
+   * every request is handled exactly like a Deliver call and answered by one response
+   * carrying its correlation_id, in completion order (not necessarily request order).
+   * A failed delivery is answered with its status in the response; the stream stays open.
+   */
+  deliverStream: handleBidiStreamingCall<DeliverStreamRequest, DeliverStreamResponse>;
   /** Read-only query answered by the active copy. */
   query: handleUnaryCall<QueryRequest, QueryResponse>;
   /** Active → standby: ordered updates of one RS at one epoch. */
   replicate: handleUnaryCall<ReplicateRequest, ReplicateResponse>;
+  /**
+   * Replicate over one long-lived stream per (active, standby) pair: requests are
+   * handled exactly like Replicate calls, one after the other in stream order, and
+   * each is answered with its correlation_id and its own status. An active falls
+   * back to unary Replicate when the standby does not implement it.
+   */
+  replicateStream: handleBidiStreamingCall<ReplicateStreamRequest, ReplicateStreamResponse>;
   /** Active → standby: full state of one RS (new standby or new epoch). */
   installSnapshot: handleUnaryCall<InstallSnapshotRequest, InstallSnapshotResponse>;
   /** Roles and replication positions this copy holds. */
@@ -2221,6 +3065,18 @@ export interface AdsmServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeliverResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Many Delivers over one stream (far cheaper per message than a unary call each):
+   * every request is handled exactly like a Deliver call and answered by one response
+   * carrying its correlation_id, in completion order (not necessarily request order).
+   * A failed delivery is answered with its status in the response; the stream stays open.
+   */
+  deliverStream(): ClientDuplexStream<DeliverStreamRequest, DeliverStreamResponse>;
+  deliverStream(options: Partial<CallOptions>): ClientDuplexStream<DeliverStreamRequest, DeliverStreamResponse>;
+  deliverStream(
+    metadata: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientDuplexStream<DeliverStreamRequest, DeliverStreamResponse>;
   /** Read-only query answered by the active copy. */
   query(
     request: QueryRequest,
@@ -2253,6 +3109,18 @@ export interface AdsmServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ReplicateResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Replicate over one long-lived stream per (active, standby) pair: requests are
+   * handled exactly like Replicate calls, one after the other in stream order, and
+   * each is answered with its correlation_id and its own status. An active falls
+   * back to unary Replicate when the standby does not implement it.
+   */
+  replicateStream(): ClientDuplexStream<ReplicateStreamRequest, ReplicateStreamResponse>;
+  replicateStream(options: Partial<CallOptions>): ClientDuplexStream<ReplicateStreamRequest, ReplicateStreamResponse>;
+  replicateStream(
+    metadata: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientDuplexStream<ReplicateStreamRequest, ReplicateStreamResponse>;
   /** Active → standby: full state of one RS (new standby or new epoch). */
   installSnapshot(
     request: InstallSnapshotRequest,
@@ -2344,6 +3212,10 @@ function longToNumber(int64: { toString(): string }): number {
     throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
   }
   return num;
+}
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
 }
 
 function isSet(value: any): boolean {

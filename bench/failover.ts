@@ -1,0 +1,197 @@
+/**
+ * Failover benchmark (issue 3), real processes on 127.0.0.1: a controller (embedded store), two
+ * fault managers and three counter copies (DISTRIBUTED_FAULT_TOLERANT, 1 active + 1 standby per
+ * RS, 100 ms heartbeats, hang = 3 missed). One load worker per RS sends increments back to back.
+ *
+ * Each run picks the copy with the most actives and either kills it (`kill -9`, CRASH_RUNS runs,
+ * default 50) or stops it (`SIGSTOP`, HANG_RUNS runs, default 20), then measures
+ *   fault → first increment acknowledged by a NEW active of one of the victim's RS
+ * (client-observed, the figure an application sees). `all_ms` figures: until every one of the
+ * victim's RS has acknowledged on its new active. Between runs (untimed) the victim restarts,
+ * rejoins as standby and gets actives back by balancing.
+ * At the end: counter values vs. acknowledged increments → `lost` and `doubled` (must be 0).
+ * Progress lines go to stdout; the last line is one JSON object.
+ */
+import { performance } from 'node:perf_hooks';
+import { CopyStatus, Role } from '@understudy/proto';
+import { keyToRs } from '@understudy/core';
+import { startCounterCluster, type CounterCluster } from '../test/harness/cluster';
+import { waitFor } from '../test/harness/wait';
+
+const RS = 8;
+const CRASH_RUNS = Number(process.env.CRASH_RUNS ?? 50);
+const HANG_RUNS = Number(process.env.HANG_RUNS ?? 20);
+const HEARTBEAT_MS = 100;
+const MISSED = 3;
+
+interface Ack {
+  t: number;
+  rs: number;
+  copyId: string;
+}
+
+function pct(xs: number[], p: number): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!;
+}
+const r1 = (x: number): number => Math.round(x * 10) / 10;
+
+/** One key per RS, so every RS has a worker. */
+function keysPerRs(): string[] {
+  const out: string[] = new Array(RS);
+  let found = 0;
+  for (let i = 0; found < RS; i++) {
+    const k = `fo-${i}`;
+    const rs = keyToRs(k, RS);
+    if (out[rs] === undefined) {
+      out[rs] = k;
+      found++;
+    }
+  }
+  return out;
+}
+
+class Load {
+  readonly acked = new Map<string, number>();
+  readonly acks: Ack[] = [];
+  failures = 0;
+  private running = true;
+  private readonly loops: Promise<void>[];
+  constructor(
+    private readonly cl: CounterCluster,
+    readonly keys: string[],
+  ) {
+    this.loops = keys.map((k, rs) => this.loop(k, rs));
+  }
+  private async loop(key: string, rs: number): Promise<void> {
+    while (this.running) {
+      try {
+        const d = await this.cl.routing.deliver('counter', key, { key, by: 1 }, { deadlineMs: 30_000 });
+        this.acked.set(key, (this.acked.get(key) ?? 0) + 1);
+        this.acks.push({ t: performance.now(), rs, copyId: d.copyId });
+        if (this.acks.length > 100_000) this.acks.splice(0, 50_000);
+      } catch {
+        this.failures++;
+      }
+    }
+  }
+  async stop(): Promise<void> {
+    this.running = false;
+    await Promise.all(this.loops);
+  }
+}
+
+async function activesOf(cl: CounterCluster): Promise<{ victim: string; rs: number[] }> {
+  const s = await cl.status(true);
+  const up = s.copies.filter((c) => c.status === CopyStatus.COPY_STATUS_UP).sort((a, b) => b.activeCount - a.activeCount);
+  const victim = up[0]!.copyId;
+  const rs = s.assignments.filter((a) => a.members.find((m) => m.role === Role.ROLE_ACTIVE)?.copyId === victim).map((a) => a.rs);
+  return { victim, rs };
+}
+
+/** Waits until acks from new actives arrived for the victim's RS; returns first/all latencies. */
+async function measure(load: Load, t0: number, victim: string, rs: number[]): Promise<{ first: number; all: number }> {
+  const want = new Set(rs);
+  const seen = new Map<number, number>();
+  let scanned = 0;
+  await waitFor(
+    () => {
+      for (; scanned < load.acks.length; scanned++) {
+        const a = load.acks[scanned]!;
+        if (a.t >= t0 && want.has(a.rs) && a.copyId !== victim && !seen.has(a.rs)) seen.set(a.rs, a.t - t0);
+      }
+      return seen.size === want.size;
+    },
+    { what: `acks from new actives for ${rs.length} RS of ${victim}`, timeoutMs: 30_000, intervalMs: 2 },
+  );
+  const ts = [...seen.values()];
+  return { first: Math.min(...ts), all: Math.max(...ts) };
+}
+
+async function settle(cl: CounterCluster, victim: string): Promise<void> {
+  await waitFor(
+    async () => {
+      const s = await cl.status(true);
+      const up = s.copies.filter((c) => c.status === CopyStatus.COPY_STATUS_UP);
+      const actives = up.map((c) => c.activeCount);
+      return (
+        up.length === 3 &&
+        up.some((c) => c.copyId === victim) &&
+        Math.max(...actives) - Math.min(...actives) <= 1 &&
+        s.assignments.every((a) => a.members.filter((m) => m.role === Role.ROLE_STANDBY).length === 1)
+      );
+    },
+    { what: `${victim} back and balanced`, timeoutMs: 60_000 },
+  );
+}
+
+async function main(): Promise<void> {
+  console.log(`failover bench: ${CRASH_RUNS} kill -9 + ${HANG_RUNS} SIGSTOP runs, ${RS} RS, heartbeat ${HEARTBEAT_MS} ms x ${MISSED}, node ${process.version}`);
+  const cl = await startCounterCluster({
+    rsCount: RS,
+    copies: 3,
+    standbys: 1,
+    faultManagers: 2,
+    detection: { heartbeatIntervalMs: HEARTBEAT_MS, missedHeartbeats: MISSED },
+  });
+  const load = new Load(cl, keysPerRs());
+  const crash: { first: number; all: number }[] = [];
+  const hang: { first: number; all: number }[] = [];
+  try {
+    await waitFor(() => load.acks.length >= 100, { what: 'load running' });
+    for (let i = 0; i < CRASH_RUNS + HANG_RUNS; i++) {
+      const isHang = i >= CRASH_RUNS;
+      const { victim, rs } = await activesOf(cl);
+      const p = cl.copies.get(victim)!;
+      const t0 = performance.now();
+      p.signal(isHang ? 'SIGSTOP' : 'SIGKILL');
+      const m = await measure(load, t0, victim, rs);
+      (isHang ? hang : crash).push(m);
+      console.log(`  ${isHang ? 'hang ' : 'crash'} ${i + 1}/${CRASH_RUNS + HANG_RUNS}: ${victim} (${rs.length} RS active) first ${m.first.toFixed(1)} ms, all ${m.all.toFixed(1)} ms`);
+      if (isHang) p.signal('SIGCONT');
+      await p.kill();
+      await cl.restartCopy(victim);
+      await settle(cl, victim);
+    }
+  } finally {
+    await load.stop();
+  }
+  let lost = 0;
+  let doubled = 0;
+  for (const [key, n] of load.acked) {
+    const v = await cl.routing.query<number>('counter', cl.routing.rsForKey('counter', key), { key });
+    if (v < n) lost += n - v;
+    if (v > n) doubled += v - n;
+  }
+  await cl.stop();
+  const f = (xs: { first: number }[]): number[] => xs.map((x) => x.first);
+  const a = (xs: { all: number }[]): number[] => xs.map((x) => x.all);
+  console.log(
+    JSON.stringify({
+      bench: 'failover',
+      crash_p50_ms: r1(pct(f(crash), 50)),
+      crash_p99_ms: r1(pct(f(crash), 99)),
+      crash_max_ms: r1(Math.max(...f(crash))),
+      hang_p50_ms: r1(pct(f(hang), 50)),
+      hang_p99_ms: r1(pct(f(hang), 99)),
+      hang_max_ms: r1(Math.max(...f(hang))),
+      crash_all_p99_ms: r1(pct(a(crash), 99)),
+      hang_all_p99_ms: r1(pct(a(hang), 99)),
+      heartbeat_ms: HEARTBEAT_MS,
+      missed_heartbeats: MISSED,
+      crash_runs: crash.length,
+      hang_runs: hang.length,
+      acked: [...load.acked.values()].reduce((x, y) => x + y, 0),
+      failed_deliveries: load.failures,
+      lost,
+      doubled,
+    }),
+  );
+  process.exit(0);
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exit(1);
+});

@@ -1,0 +1,211 @@
+/**
+ * Automatic failover end to end (issue 3): a controller, two fault managers and counter copies as
+ * real processes on 127.0.0.1; faults injected for real (kill -9, SIGSTOP/SIGCONT, event-loop
+ * stalls, a fault manager killed, a whole "host" killed) under a load that records every
+ * acknowledged increment. After every scenario the counters must equal the acknowledged
+ * increments exactly: nothing acknowledged lost, nothing applied twice.
+ *
+ * Each scenario runs CHAOS_REPS times (default 1 here; the chaos suite in CI sets more).
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { CopyStatus, Mode, Role, type GetStatusResponse } from '@understudy/proto';
+import { FENCED_EXIT_CODE } from '@understudy/adsm';
+import { unaryCall } from '@understudy/runtime';
+import { CounterLoad, keys, startCounterCluster, type CounterCluster } from '../harness/cluster';
+import { waitFor } from '../harness/wait';
+
+const REPS = Number(process.env.CHAOS_REPS ?? 1);
+const RS = 8;
+/** 100 ms heartbeats, hang after 3 missed; event-loop lag over 60 ms for 3 samples = unhealthy. */
+const DETECTION = { heartbeatIntervalMs: 100, missedHeartbeats: 3, maxEventLoopLagMs: 60, breachSamples: 3 };
+
+function copy(s: GetStatusResponse, id: string) {
+  return s.copies.find((c) => c.copyId === id);
+}
+
+/** Every RS has an ACTIVE on an UP copy and the copy `gone` holds no ACTIVE/STANDBY role. */
+async function recovered(cl: CounterCluster, gone: readonly string[]): Promise<GetStatusResponse> {
+  return waitFor(
+    async () => {
+      const s = await cl.status(true);
+      const up = new Set(s.copies.filter((c) => c.status === CopyStatus.COPY_STATUS_UP).map((c) => c.copyId));
+      for (const id of gone) if (copy(s, id)?.status !== CopyStatus.COPY_STATUS_OUT_OF_SERVICE) return false;
+      for (const a of s.assignments) {
+        const act = a.members.find((m) => m.role === Role.ROLE_ACTIVE);
+        if (!act || !up.has(act.copyId)) return false;
+        if (a.members.some((m) => gone.includes(m.copyId) && m.role !== Role.ROLE_OUT_OF_SERVICE)) return false;
+      }
+      return s;
+    },
+    { what: `every RS recovered off ${gone.join(',')}`, timeoutMs: 20_000 },
+  );
+}
+
+/** The copy with the most ACTIVE roles. */
+async function busiest(cl: CounterCluster): Promise<string> {
+  const s = await cl.status();
+  const up = s.copies.filter((c) => c.status === CopyStatus.COPY_STATUS_UP).sort((a, b) => b.activeCount - a.activeCount);
+  assert.ok(up[0] && up[0].activeCount > 0, 'some copy holds actives');
+  return up[0].copyId;
+}
+
+/** Restart `id` and wait until it is UP again and every RS is fully replicated. */
+async function rejoin(cl: CounterCluster, id: string, standbys: number): Promise<void> {
+  await cl.restartCopy(id);
+  await waitFor(
+    async () => {
+      const s = await cl.status(true);
+      if (copy(s, id)?.status !== CopyStatus.COPY_STATUS_UP) return false;
+      return s.assignments.every((a) => a.members.filter((m) => m.role === Role.ROLE_STANDBY).length === standbys);
+    },
+    { what: `${id} rejoined and every RS has ${standbys} standby(s)`, timeoutMs: 30_000 },
+  );
+}
+
+async function assertExact(load: CounterLoad): Promise<void> {
+  assert.deepEqual(load.failures, [], 'every increment must be acknowledged (same id retried)');
+  const values = await load.values();
+  for (const [key, n] of load.acked) assert.equal(values.get(key), n, `counter ${key}: value must equal acknowledged increments`);
+}
+
+/** Run `scenario` under load: load starts, the fault hits, load must continue, counts exact. */
+async function underLoad(cl: CounterCluster, scenario: (load: CounterLoad) => Promise<void>): Promise<void> {
+  const load = new CounterLoad(cl.routing, keys(24));
+  load.start();
+  try {
+    await waitFor(() => load.count >= 30, { what: 'load running' });
+    await scenario(load);
+    const n = load.count;
+    await waitFor(() => load.count >= n + 30, { what: 'load continues after recovery', timeoutMs: 20_000 });
+  } finally {
+    await load.stop();
+  }
+  await assertExact(load);
+}
+
+for (const mode of [Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, Mode.MODE_FAULT_TOLERANT]) {
+  const name = Mode[mode]!.replace('MODE_', '');
+  describe(`automatic failover, ${name}`, () => {
+    let cl: CounterCluster;
+    before(async () => {
+      cl = await startCounterCluster({ rsCount: RS, copies: 3, standbys: 1, mode, faultManagers: 2, detection: DETECTION });
+    });
+    after(async () => {
+      await cl?.stop();
+    });
+
+    test(`kill -9 of the busiest copy under load: standbys take over, nothing lost (x${REPS})`, async () => {
+      for (let i = 0; i < REPS; i++) {
+        await underLoad(cl, async () => {
+          const victim = await busiest(cl);
+          await cl.copies.get(victim)!.kill();
+          await recovered(cl, [victim]);
+        });
+        const victim = (await cl.status()).copies.find((c) => c.status === CopyStatus.COPY_STATUS_OUT_OF_SERVICE)!.copyId;
+        await rejoin(cl, victim, 1);
+      }
+    });
+
+    test(`SIGSTOP of the busiest copy: hang detected, fenced; after SIGCONT it commits nothing and exits (x${REPS})`, async () => {
+      for (let i = 0; i < REPS; i++) {
+        let victim = '';
+        await underLoad(cl, async () => {
+          victim = await busiest(cl);
+          const p = cl.copies.get(victim)!;
+          p.signal('SIGSTOP');
+          try {
+            await recovered(cl, [victim]);
+          } finally {
+            p.signal('SIGCONT');
+          }
+          const exit = await waitFor(() => Promise.race([p.exited, new Promise<false>((r) => setTimeout(() => r(false), 200))]), {
+            what: `${victim} exits after SIGCONT (fenced)`,
+            timeoutMs: 15_000,
+          });
+          assert.equal(exit.code, FENCED_EXIT_CODE, `fenced copy exits with ${FENCED_EXIT_CODE}`);
+        });
+        await rejoin(cl, victim, 1);
+      }
+    });
+
+    test(`event-loop stall over the threshold: unhealthy, failed over (x${REPS})`, async () => {
+      for (let i = 0; i < REPS; i++) {
+        let victim = '';
+        await underLoad(cl, async () => {
+          victim = await busiest(cl);
+          // The copy stalls its event loop ~80 ms every 100 ms (fault injection, see process.ts).
+          cl.copies.get(victim)!.signal('SIGUSR2');
+          await recovered(cl, [victim]);
+        });
+        await cl.copies.get(victim)!.kill();
+        await rejoin(cl, victim, 1);
+      }
+    });
+
+    test(`kill -9 of a fault manager: copies re-attach and detection keeps working (x${REPS})`, async () => {
+      for (let i = 0; i < REPS; i++) {
+        const fm = i % 2;
+        await cl.faultManagers[fm]!.kill();
+        const other = cl.faultManagerAddresses[1 - fm]!;
+        await waitFor(
+          async () => {
+            const { FaultManagerServiceClient } = await import('@understudy/proto');
+            const c = new FaultManagerServiceClient(other, (await import('@understudy/runtime')).insecureCredentials());
+            try {
+              const res = await unaryCall(c.listWatched.bind(c), {}, { deadlineMs: 2000 });
+              return res.copies.length === 3;
+            } finally {
+              c.close();
+            }
+          },
+          { what: `every copy attached to the surviving fault manager ${other}` },
+        );
+        let victim = '';
+        await underLoad(cl, async () => {
+          victim = await busiest(cl);
+          await cl.copies.get(victim)!.kill();
+          await recovered(cl, [victim]);
+        });
+        await cl.restartFaultManager(fm);
+        await rejoin(cl, victim, 1);
+      }
+    });
+  });
+}
+
+describe('host fault', () => {
+  let cl: CounterCluster;
+  before(async () => {
+    // c1, c2 on host-a; c3, c4 on their own hosts.
+    cl = await startCounterCluster({
+      rsCount: RS,
+      copies: 4,
+      standbys: 1,
+      faultManagers: 2,
+      detection: DETECTION,
+      hostOf: (id) => (id === 'c1' || id === 'c2' ? 'host-a' : `host-${id}`),
+    });
+  });
+  after(async () => {
+    await cl?.stop();
+  });
+
+  test(`every copy of one host killed: host fault reported, every RS recovered (x${REPS})`, async () => {
+    for (let i = 0; i < REPS; i++) {
+      await underLoad(cl, async () => {
+        await Promise.all(['c1', 'c2'].map((id) => cl.copies.get(id)!.kill()));
+        await recovered(cl, ['c1', 'c2']);
+      });
+      await waitFor(() => cl.controllers[0]!.output().includes('host fault'), { what: 'controller logged a host fault' });
+      await Promise.all(['c1', 'c2'].map((id) => cl.restartCopy(id)));
+      await waitFor(
+        async () => {
+          const s = await cl.status(true);
+          return s.copies.every((c) => c.status === CopyStatus.COPY_STATUS_UP) && s.assignments.every((a) => a.members.filter((m) => m.role === Role.ROLE_STANDBY).length === 1);
+        },
+        { what: 'host-a copies rejoined', timeoutMs: 30_000 },
+      );
+    }
+  });
+});
