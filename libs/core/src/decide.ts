@@ -2,6 +2,7 @@
  * `decide`: the controller's only transition function. Pure and deterministic: the same state,
  * event and time always give the same decision; time is an argument, never read.
  */
+import { compileDetectionPolicy } from './detection';
 import type { AppSpec, ClusterState, CopyInfo, Edge, Topology } from './model';
 import type { ControllerCommand, ControllerEvent, Decision, Rejection } from './events';
 import { Tx } from './tx';
@@ -132,6 +133,7 @@ function endPassive(tx: Tx, why: string): void {
   }
   tx.leader = { passive: false, awaiting: [], passiveUntilMs: l.passiveUntilMs };
   tx.balance = 'all';
+  tx.deferSwaps = new Set(); // a leadership change settles everything at once
   reconcile(tx);
   // Isolation of every failed copy, including ones failed while passive (no commands then).
   for (const id of Object.keys(tx.copies).sort(cmpStr)) {
@@ -190,7 +192,11 @@ function onTopology(state: ClusterState, t: Topology, now: number): Decision {
   const tx = new Tx(state, now);
   const balanceSet = new Set<string>();
   for (const a of t.apps) {
-    const spec: AppSpec = { name: a.name, mode: a.mode, rsCount: a.rsCount, standbys: a.standbys, minCopies: a.minCopies };
+    const detection = a.detection === undefined ? undefined : { ...compileDetectionPolicy(a.detection) };
+    const spec: AppSpec =
+      detection === undefined
+        ? { name: a.name, mode: a.mode, rsCount: a.rsCount, standbys: a.standbys, minCopies: a.minCopies }
+        : { name: a.name, mode: a.mode, rsCount: a.rsCount, standbys: a.standbys, minCopies: a.minCopies, detection };
     const ex = own(state.apps, a.name);
     if (ex === undefined) {
       tx.createApp(spec);
@@ -200,8 +206,11 @@ function onTopology(state: ClusterState, t: Topology, now: number): Decision {
     const changes: string[] = [];
     if (ex.spec.standbys !== a.standbys) changes.push(`app ${a.name}: standbys ${ex.spec.standbys} -> ${a.standbys}`);
     if (ex.spec.minCopies !== a.minCopies) changes.push(`app ${a.name}: minCopies ${ex.spec.minCopies} -> ${a.minCopies}`);
-    if (changes.length === 0) continue;
+    const policyChanged = JSON.stringify(compileDetectionPolicy(ex.spec.detection)) !== JSON.stringify(compileDetectionPolicy(detection));
+    if (changes.length === 0 && !policyChanged) continue;
     tx.app(a.name)!.spec = spec;
+    if (policyChanged) tx.notes.push(`app ${a.name}: detection policy ${JSON.stringify(compileDetectionPolicy(detection))}`);
+    if (changes.length === 0) continue; // a policy change moves no role
     tx.notes.push(...changes);
     balanceSet.add(a.name);
   }
@@ -346,15 +355,18 @@ function onFailed(state: ClusterState, e: ControllerEvent & { type: 'CopyFailed'
   } else if (c.status === 'DRAINED' || c.status === 'DISABLED') {
     // The operator status survives (a restart stays parked); the process is marked dead.
     tx.setCopy({ ...c, incarnation, failed: true });
+    tx.moved = { active: 0, standby: 0 };
     tx.stops.push(stopOf(c, reason, e.incarnation));
     tx.notes.push(`copy ${e.copyId} (${c.status}) failed: ${reason}; it holds no roles, status kept`);
   } else {
     const load = loadOf(state, c);
     tx.setCopy({ ...c, status: 'OUT_OF_SERVICE', incarnation });
+    tx.moved = { active: load.active, standby: load.standby };
     tx.stops.push(stopOf(c, reason, e.incarnation));
     tx.notes.push(`copy ${e.copyId} incarnation ${e.incarnation} failed: ${reason}; failing over ${load.active} active and ${load.standby} standby RS`);
   }
   tx.balance = new Set([c.app]);
+  tx.deferSwaps = new Set([c.app]);
   removeAwaiting(tx, e.copyId);
   reconcile(tx);
   maybeEndPassive(tx);

@@ -46,9 +46,10 @@ const cache = new WeakMap<readonly RsAssignment[], AppIndex>();
 function isDeficient(members: readonly Member[], k: number): boolean {
   let active = 0;
   let sb = 0;
-  for (const m of members) {
-    if (m.role === 'ACTIVE') active++;
-    else if (m.role === 'STANDBY') sb++;
+  for (let i = 0; i < members.length; i++) {
+    const role = members[i]!.role;
+    if (role === 'ACTIVE') active++;
+    else if (role === 'STANDBY') sb++;
   }
   return active === 0 || sb !== k;
 }
@@ -119,7 +120,16 @@ export function setStandbyTarget(idx: AppIndex, rs: readonly RsAssignment[], act
 }
 
 function listedIn(members: readonly Member[], copyId: string): boolean {
-  for (const m of members) if (m.copyId === copyId) return true;
+  for (let i = 0; i < members.length; i++) if (members[i]!.copyId === copyId) return true;
+  return false;
+}
+
+/** True when `members` lists m's copy with m's role. */
+function holds(members: readonly Member[], m: Member): boolean {
+  for (let i = 0; i < members.length; i++) {
+    const x = members[i]!;
+    if (x === m || (x.copyId === m.copyId && x.role === m.role)) return true;
+  }
   return false;
 }
 
@@ -128,13 +138,21 @@ function listedIn(members: readonly Member[], copyId: string): boolean {
  * the app's RS array *after* the change (used to compact lists).
  */
 export function applyChange(idx: AppIndex, rs: number, before: readonly Member[], after: readonly Member[], current: readonly RsAssignment[]): void {
-  for (const m of before) {
+  // Entries present in both lists with the same role cancel out: only the others need their
+  // copy's slot (a map lookup). A failover usually changes one or two entries of a list.
+  // Indexed loops: member lists come in several array shapes (placement, builders, JSON), and
+  // a polymorphic for-of allocates an iterator per loop on this path (thousands per failure).
+  for (let i = 0; i < before.length; i++) {
+    const m = before[i]!;
+    if (holds(after, m)) continue;
     const s = idx.slotOf.get(m.copyId)!;
     idx.listed[s]!--;
     if (m.role === 'ACTIVE') idx.act[s]!--;
     else if (m.role === 'STANDBY') idx.sb[s]!--;
   }
-  for (const m of after) {
+  for (let i = 0; i < after.length; i++) {
+    const m = after[i]!;
+    if (holds(before, m)) continue;
     const s = ensureSlot(idx, m.copyId);
     idx.listed[s]!++;
     if (m.role === 'ACTIVE') idx.act[s]!++;

@@ -69,6 +69,8 @@ export class Board {
   private stamp = 0;
   /** Lower bound of every copy's total, or -1 when unknown (see `pickStandby`). */
   private minTot = -1;
+  /** Every copy before this position has a total above `minTot` (see `pickStandby`). */
+  private floorFrom = 0;
 
   /**
    * @param copies eligible copies in board order (ties in picks go to the earliest).
@@ -115,9 +117,10 @@ export class Board {
     return this.counts.act[s]! + this.counts.sb[s]!;
   }
 
-  private prepare(live: readonly number[]): number {
+  private prepare(live: readonly number[], count: number): number {
     const st = ++this.stamp;
-    for (const p of live) {
+    for (let i = 0; i < count; i++) {
+      const p = live[i]!;
       if (p < 0) continue;
       this.mark[p] = st;
       this.hostMark[this.host[p]!] = st;
@@ -136,29 +139,42 @@ export class Board {
   }
 
   /**
-   * Best new standby for an RS whose live members are at positions `live`: lowest total, then a
+   * Best new standby for an RS whose live members are at positions `live` (its first `count`
+   * entries: callers reuse one scratch array, as `length = 0` would drop its storage): lowest total, then a
    * host the RS does not use yet, then earliest position. -1 when every copy is already a member.
    *
    * The scan stops at the first copy with the global minimum total on a new host: nothing can
    * beat it. The minimum is cached (totals only grow while repairs add standbys), which makes a
-   * pick O(1) on a balanced cluster instead of O(copies).
+   * pick O(1) on a balanced cluster instead of O(copies); so is the prefix of copies already
+   * above it, so that thousands of picks after a failure do not rescan it each time.
    */
-  pickStandby(live: readonly number[]): number {
-    const st = this.prepare(live);
+  pickStandby(live: readonly number[], count = live.length): number {
+    const st = this.prepare(live, count);
     const { act, sb } = this.counts;
     const slot = this.slot;
+    const n = this.n;
     if (this.minTot < 0) {
       let m = 0x7fffffff;
-      for (let i = 0; i < this.n; i++) m = Math.min(m, act[slot[i]!]! + sb[slot[i]!]!);
+      for (let i = 0; i < n; i++) m = Math.min(m, act[slot[i]!]! + sb[slot[i]!]!);
       this.minTot = m;
+      this.floorFrom = 0;
     }
     const floor = this.minTot;
+    // Fast path: the first copy at the floor on a new host is the answer, and no copy before
+    // `floorFrom` is at the floor (totals only grow between refreshes), so start there.
+    for (let i = this.floorFrom; i < n; i++) {
+      const s = slot[i]!;
+      if (act[s]! + sb[s]! > floor) {
+        if (i === this.floorFrom) this.floorFrom++;
+        continue;
+      }
+      if (this.mark[i] !== st && this.hostMark[this.host[i]!] !== st) return i;
+    }
     let best = -1;
     let bt = 0x7fffffff;
     let bh = 2;
     let gmin = 0x7fffffff;
-    let i = 0;
-    for (; i < this.n; i++) {
+    for (let i = 0; i < n; i++) {
       const s = slot[i]!;
       const t = act[s]! + sb[s]!;
       if (t < gmin) gmin = t;
@@ -168,11 +184,13 @@ export class Board {
         best = i;
         bt = t;
         bh = h;
-        if (t <= floor && h === 0) break;
       }
     }
     // A full scan saw every copy: refresh the floor (the old level may be used up).
-    if (i === this.n) this.minTot = gmin;
+    if (gmin !== floor) {
+      this.minTot = gmin;
+      this.floorFrom = 0;
+    }
     return best;
   }
 
@@ -181,7 +199,7 @@ export class Board {
    * total, then a host the RS does not use, then earliest position. -1 when none is eligible.
    */
   pickActive(live: readonly number[]): number {
-    const st = this.prepare(live);
+    const st = this.prepare(live, live.length);
     const { act, sb } = this.counts;
     const slot = this.slot;
     let best = -1;

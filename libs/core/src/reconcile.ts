@@ -14,7 +14,7 @@
 import type { CopyInfo, Member } from './model';
 import type { Tx, AppTx } from './tx';
 import { ensureSlot, listedRs, sortedRs } from './derived';
-import { buildMembers, cmpStr, parseMembers, roleOf } from './members';
+import { appendOos, buildMembers, cmpStr, MemberBuf, parseMembers, roleOf } from './members';
 import { Board, mix32, placeInitial } from './placement';
 import { keyToRs } from './hash';
 
@@ -43,7 +43,7 @@ export function reconcile(tx: Tx): void {
     }
     for (const name of [...apps].sort(cmpStr)) {
       const at = tx.app(name);
-      if (at !== undefined) demote(tx, at, true);
+      if (at !== undefined) demote(tx, at, true, null);
     }
     return;
   }
@@ -56,17 +56,31 @@ function reconcileApp(tx: Tx, at: AppTx): void {
     if (ups.length > 0 && ups.length >= at.spec.minCopies) activate(tx, at, ups);
     return;
   }
-  demote(tx, at, false);
   const idx = at.idx();
   for (const c of ups) ensureSlot(idx, c.copyId);
   const board = new Board(ups, idx, (id) => idx.slotOf.get(id)!);
-  if (at.spec.mode === 'FAULT_TOLERANT') repairFaultTolerant(tx, at, board);
-  else {
-    const k = at.spec.mode === 'DISTRIBUTED' ? 0 : at.spec.standbys;
-    const todo = [...idx.deficient].sort((a, b) => a - b);
-    for (const r of todo) repairRs(tx, at, board, r, k);
-    if (tx.balance === 'all' || tx.balance.has(at.name) || at.balancePending) balance(tx, at, board, k);
+  if (at.spec.mode === 'FAULT_TOLERANT') {
+    demote(tx, at, false, null);
+    repairFaultTolerant(tx, at, board);
+    return;
   }
+  const k = at.spec.mode === 'DISTRIBUTED' ? 0 : at.spec.standbys;
+  const repair: Repair = { board, k, live: [], sbs: new MemberBuf(), out: new MemberBuf(), activate: false };
+  // Fused with the demotion when it can be (see `demote`); otherwise repairs follow it here.
+  if (!demote(tx, at, false, repair)) {
+    const todo = sortedDeficient(at);
+    for (let i = 0; i < todo.length; i++) repairRs(tx, at, todo[i]!, repair);
+  }
+  if (tx.balance === 'all' || tx.balance.has(at.name) || at.balancePending) balance(tx, at, board, k);
+}
+
+/** RS ids to repair, ascending (the repair order). */
+function sortedDeficient(at: AppTx): Int32Array {
+  const d = at.idx().deficient;
+  const todo = new Int32Array(d.size);
+  let n = 0;
+  d.forEach((r) => (todo[n++] = r));
+  return todo.sort();
 }
 
 function activate(tx: Tx, at: AppTx, ups: readonly CopyInfo[]): void {
@@ -79,11 +93,18 @@ function activate(tx: Tx, at: AppTx, ups: readonly CopyInfo[]): void {
 /**
  * Step 2: demote entries of copies that may not hold roles. `fencedOnly` = passive phase: only
  * copies replaced by a new incarnation.
+ *
+ * With `repair` (not passive, not FAULT_TOLERANT), step 3 is fused in when none of the demoted
+ * copies is UP: every RS to repair is then visited once, in ascending order, and written once
+ * (a failure touches thousands of RS, and every write costs an assignment, a member list and an
+ * index update). The picks are the same as demoting everything first: demoting copies that are
+ * not on the board changes no count a pick reads. Returns true when it repaired.
  */
-function demote(tx: Tx, at: AppTx, fencedOnly: boolean): void {
-  if (!at.activated) return;
+function demote(tx: Tx, at: AppTx, fencedOnly: boolean, repair: Repair | null): boolean {
+  if (!at.activated) return false;
   const idx = at.idx();
   const bad = new Map<string, 'remove' | 'demote'>();
+  let onBoard = false;
   for (let slot = 0; slot < idx.ids.length; slot++) {
     if (idx.listed[slot] === 0) continue;
     const id = idx.ids[slot]!;
@@ -94,74 +115,151 @@ function demote(tx: Tx, at: AppTx, fencedOnly: boolean): void {
     }
     const c = tx.copy(id);
     if (c === undefined || c.app !== at.name || c.status === 'DRAINED') bad.set(id, 'remove');
-    else if (live && (c.status !== 'UP' || tx.fenced.has(id))) bad.set(id, 'demote');
+    else if (live && (c.status !== 'UP' || tx.fenced.has(id))) {
+      bad.set(id, 'demote');
+      if (c.status === 'UP') onBoard = true;
+    }
   }
-  if (bad.size === 0) return;
-  const affected = new Set<number>();
-  for (const id of bad.keys()) for (const r of listedRs(idx, idx.slotOf.get(id)!, at.current)) affected.add(r);
+  if (bad.size === 0) return false;
+  const fuse = repair !== null && !onBoard;
+  const pre = fuse ? sortedDeficient(at) : null;
+  let affected: ArrayLike<number>;
+  // Copy the RS array before loading the RS to change: copying 100,000 slots evicts much of
+  // the CPU cache. The verification loop of `listedRs` is tight, so the CPU overlaps the cache
+  // misses of many RS; the demotion loop below then finds them cached.
+  at.clone();
+  if (bad.size === 1) {
+    // The common case (one copy failed): its verified list is already ascending.
+    affected = listedRs(idx, idx.slotOf.get(bad.keys().next().value!)!, at.current);
+  } else {
+    const set = new Set<number>();
+    for (const id of bad.keys()) for (const r of listedRs(idx, idx.slotOf.get(id)!, at.current)) set.add(r);
+    affected = Int32Array.from(set).sort();
+  }
+  let removed: Set<string> | null = null;
+  for (const [id, what] of bad) if (what === 'remove') (removed ??= new Set()).add(id);
   // FAULT_TOLERANT RS share one member array: compute each distinct input once.
   const memo = new Map<readonly Member[], Member[]>();
   const ft = at.spec.mode === 'FAULT_TOLERANT';
-  for (const r of [...affected].sort((a, b) => a - b)) {
+  const fenced = tx.fenced;
+  const live = new MemberBuf();
+  const demoted = new MemberBuf();
+  // One copy (a failure): a string compare per member instead of a map lookup.
+  const one = bad.size === 1 ? bad.keys().next().value! : null;
+  const oneWhat = one === null ? undefined : bad.get(one);
+  let p = 0; // next in `pre` (fused: RS that needed repair before this decision, merged in order)
+  for (let i = 0; i < affected.length; i++) {
+    const r = affected[i]!;
     const cur = at.get(r).members;
+    if (pre !== null) {
+      for (; p < pre.length && pre[p]! <= r; p++) if (pre[p]! < r) repairRs(tx, at, pre[p]!, repair!);
+    }
     let fencedHere = false;
-    for (const m of cur) if (m.role !== 'OUT_OF_SERVICE' && tx.fenced.has(m.copyId)) fencedHere = true;
+    if (fenced.size > 0) for (let j = 0; j < cur.length; j++) if (cur[j]!.role !== 'OUT_OF_SERVICE' && fenced.has(cur[j]!.copyId)) fencedHere = true;
+    const lostActive = cur.length > 0 && cur[0]!.role === 'ACTIVE' && (cur[0]!.copyId === one || (one === null && bad.has(cur[0]!.copyId)));
     let next = ft ? memo.get(cur) : undefined;
-    let lostActive = ft && next !== undefined && cur[0]?.role === 'ACTIVE' && next[0]?.copyId !== cur[0].copyId;
     if (next === undefined) {
-      const p = parseMembers(cur);
-      lostActive = false;
-      const demoted: string[] = [];
-      let active = p.active;
       // List order = demotion order: the old active goes to the end first, then its standbys.
-      if (active !== null && bad.has(active)) {
-        if (bad.get(active) === 'demote') demoted.push(active);
-        active = null;
-        lostActive = true;
+      live.reset();
+      demoted.reset();
+      for (let j = 0; j < cur.length; j++) {
+        const m = cur[j]!;
+        if (m.role === 'OUT_OF_SERVICE') continue;
+        const what = m.copyId === one ? oneWhat : one === null ? bad.get(m.copyId) : undefined;
+        if (what === undefined) live.push(m);
+        else if (what === 'demote') demoted.push(m);
       }
-      const sbs: string[] = [];
-      for (const s of p.standbys) {
-        if (!bad.has(s)) sbs.push(s);
-        else if (bad.get(s) === 'demote') demoted.push(s);
-      }
-      const oos = p.oos.filter((id) => bad.get(id) !== 'remove').concat(demoted);
-      next = buildMembers(tx.pool, active, sbs, oos);
+      appendOos(tx.pool, live, cur, cur.length, demoted, removed);
+      if (fuse && repairList(tx, live.items, live.n, repair!)) {
+        at.put(r, repair!.out.take(), repair!.activate);
+        next = EMPTY_LIST;
+      } else next = live.take();
       if (ft) memo.set(cur, next);
     }
-    at.put(r, next, false);
+    if (next !== EMPTY_LIST) at.put(r, next, false);
     if (lostActive) at.markFailedOver(r);
     // A replaced process must hear about every RS it is (re-)listed in even when the final list
     // looks unchanged (e.g. demoted, then re-added as STANDBY): it is a new process without state.
     if (fencedHere) at.touch(r);
   }
+  if (pre !== null) for (; p < pre.length; p++) repairRs(tx, at, pre[p]!, repair!);
+  return fuse;
+}
+
+/** Marker: the RS was already written (fused repair). */
+const EMPTY_LIST: Member[] = [];
+
+/**
+ * Step 3 context: the board and standby target, plus scratch reused across RS (a failure repairs
+ * thousands of them).
+ */
+interface Repair {
+  readonly board: Board;
+  readonly k: number;
+  /** Positions of the RS's live members. */
+  readonly live: number[];
+  readonly sbs: MemberBuf;
+  /** The repaired list (see {@link repairList}). */
+  readonly out: MemberBuf;
+  /** Whether the repaired list activates a member (new epoch). */
+  activate: boolean;
 }
 
 /** Step 3 for one DISTRIBUTED / DISTRIBUTED_FAULT_TOLERANT RS. */
-function repairRs(tx: Tx, at: AppTx, board: Board, r: number, k: number): void {
-  const p = parseMembers(at.get(r).members);
-  let active = p.active;
-  const sbs = [...p.standbys];
+function repairRs(tx: Tx, at: AppTx, r: number, repair: Repair): void {
+  const cur = at.get(r).members;
+  if (repairList(tx, cur, cur.length, repair)) at.put(r, repair.out.take(), repair.activate);
+}
+
+/**
+ * Repairs the list `cur[0..curLen)` into `repair.out`: no ACTIVE → the first standby is promoted
+ * (or a new ACTIVE is picked when there is none); too many standbys → the last are dropped; too
+ * few → least-loaded picks. Returns false when the list needs nothing.
+ */
+function repairList(tx: Tx, cur: readonly Member[], curLen: number, repair: Repair): boolean {
+  const { board, k } = repair;
+  const sbs = repair.sbs.reset();
+  let active: Member | null = null;
+  for (let i = 0; i < curLen; i++) {
+    const m = cur[i]!;
+    if (m.role === 'ACTIVE') active = m;
+    else if (m.role === 'STANDBY') sbs.push(m);
+  }
+  let first = 0; // standbys are sbs[first..n): the first one may be promoted
   let activate = false;
   if (active === null) {
-    if (sbs.length > 0) active = sbs.shift()!; // R-DFM-4: first healthy backup becomes primary.
-    else if (board.n > 0) active = board.ids[board.pickActive([])]!;
+    // R-DFM-4: first healthy backup becomes primary.
+    if (sbs.n > 0) active = tx.pool.get(sbs.at(first++).copyId, 'ACTIVE');
+    else if (board.n > 0) active = tx.pool.get(board.ids[board.pickActive([])]!, 'ACTIVE');
     activate = active !== null;
   }
-  if (sbs.length > k) {
-    sbs.length = k; // spec lowered: drop the last in promotion order.
+  let changed = activate;
+  if (sbs.n - first > k) {
+    sbs.n = first + k; // spec lowered: drop the last in promotion order.
     board.totalsDecreased();
+    changed = true;
   }
-  if (active !== null && sbs.length < k) {
-    const live = [board.posOf.get(active)!, ...sbs.map((s) => board.posOf.get(s)!)];
-    while (sbs.length < k && live.length < board.n) {
-      const pos = board.pickStandby(live);
+  if (active !== null && sbs.n - first < k) {
+    // Indexed writes into reused scratch (`length = 0` would drop its storage).
+    const live = repair.live;
+    let n = 0;
+    live[n++] = board.posOf.get(active.copyId)!;
+    for (let i = first; i < sbs.n; i++) live[n++] = board.posOf.get(sbs.at(i).copyId)!;
+    while (sbs.n - first < k && n < board.n) {
+      const pos = board.pickStandby(live, n);
       if (pos < 0) break;
-      live.push(pos);
-      sbs.push(board.ids[pos]!);
+      live[n++] = pos;
+      sbs.push(tx.pool.get(board.ids[pos]!, 'STANDBY'));
+      changed = true;
     }
   }
-  if (!activate && sbs.length === p.standbys.length && sbs.every((s, i) => s === p.standbys[i])) return;
-  at.put(r, buildMembers(tx.pool, active, sbs, p.oos), activate);
+  if (!changed) return false;
+  const out = repair.out.reset();
+  if (active !== null) out.push(active);
+  for (let i = first; i < sbs.n; i++) out.push(sbs.at(i));
+  appendOos(tx.pool, out, cur, curLen);
+  repair.activate = activate;
+  return true;
 }
 
 /** Step 3 for a FAULT_TOLERANT app: one list for all RS, computed once. */
@@ -219,6 +317,8 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
   const n = board.n;
   at.balancePending = false;
   if (n < 2) return;
+  const deferSwaps = tx.deferSwaps.has(at.name);
+  let deferred = false;
   const idx = at.idx();
   const st = { standbyMoves: 0, activeMoves: 0, swaps: 0 };
   const ids = board.ids;
@@ -350,6 +450,11 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
       if (a < min) min = a;
     }
     if (max - min <= 1) break;
+    if (deferSwaps) {
+      at.balancePending = true;
+      deferred = true;
+      break;
+    }
     const heavy: number[] = [];
     const light: number[] = [];
     for (let i = 0; i < n; i++) {
@@ -619,7 +724,11 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
   if (st.standbyMoves + st.activeMoves + st.swaps > 0 || at.balancePending) {
     tx.notes.push(
       `balanced ${at.name}: moved_standby=${st.standbyMoves} moved_active=${st.activeMoves} swapped_active=${st.swaps}` +
-        (at.balancePending ? ' (more swaps wait for new standbys: resumed on the next tick)' : ''),
+        (deferred
+          ? ' (active swaps deferred to the next tick: failover first)'
+          : at.balancePending
+            ? ' (more swaps wait for new standbys: resumed on the next tick)'
+            : ''),
     );
   }
 }

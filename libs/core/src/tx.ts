@@ -5,7 +5,7 @@
  * from the diff (instead of emitting them step by step) is what keeps them minimal and always in
  * agreement with the persisted state.
  */
-import type { AppSpec, AppState, ClusterState, CopyInfo, Edge, LeaderPhase, Member, RsAssignment } from './model';
+import type { AppSpec, AppState, ClusterState, CopyInfo, Edge, LeaderPhase, Member, Role, RsAssignment } from './model';
 import type { ControllerCommand, Decision, MemberView, RoleEntry, RouteChange } from './events';
 import { applyChange, buildIndex, listedRs, peekIndex, setStandbyTarget, storeIndex, takeIndex, type AppIndex } from './derived';
 import { cmpStr, MemberPool, own, roleOf, sameMembers } from './members';
@@ -22,13 +22,16 @@ export class AppTx {
   addedStandbys = false;
   private rsArr: RsAssignment[];
   private cloned = false;
+  /** Assignments before this decision: the base state's, or the empty ones of a new app. */
+  private readonly before: readonly RsAssignment[];
   private index: AppIndex | null = null;
-  /** RS id → its assignment in the base state (set on first write), and the written RS ids. */
-  private changedBase: (RsAssignment | undefined)[] | null = null;
+  /** RS ids written in this decision, in write order. */
   private readonly changedList: number[] = [];
   /**
    * Per RS: bit 1 = activated in this decision (epoch = base + 1), bit 2 = forced re-send,
-   * bit 4 = its active failed over in this decision.
+   * bit 4 = its active failed over in this decision, bit 8 = written in this decision.
+   * A flag array instead of a sparse "changed" map: a failure writes thousands of RS at
+   * scattered ids, where a holey JS array turns into a dictionary and allocates per write.
    */
   private flags: Uint8Array | null = null;
 
@@ -46,6 +49,7 @@ export class AppTx {
       for (let r = 0; r < spec.rsCount; r++) this.rsArr[r] = { app: name, rs: r, epoch: 0, version: 0, members: EMPTY };
       this.cloned = true;
     }
+    this.before = base !== undefined ? base.rs : this.rsArr.slice();
   }
 
   /** Current assignment of RS r. */
@@ -82,35 +86,41 @@ export class AppTx {
    */
   put(r: number, members: readonly Member[], activate: boolean): void {
     const idx = this.idx();
-    if (!this.cloned) {
-      this.rsArr = this.rsArr.slice();
-      this.cloned = true;
-    }
-    if (this.changedBase === null) {
-      // Grown on demand: stays a cheap sparse array for a few hundred writes, packed for a
-      // full placement (written in RS order).
-      this.changedBase = [];
-      this.flags = new Uint8Array(this.rsArr.length);
-    }
-    const flags = this.flags!;
+    if (!this.cloned) this.clone();
+    let flags = this.flags;
+    if (flags === null) flags = this.flags = new Uint8Array(this.rsArr.length);
     const cur = this.rsArr[r]!;
-    let base = this.changedBase[r];
-    if (base === undefined) {
-      base = cur;
-      this.changedBase[r] = cur;
+    let f = flags[r]!;
+    // Not written yet: the current assignment is the base one (and is already in the CPU cache;
+    // the base array's slot may not be).
+    const base = (f & 8) === 0 ? cur : this.before[r]!;
+    if ((f & 8) === 0) {
+      f |= 8;
       this.changedList.push(r);
     }
-    if (activate) flags[r]! |= 1;
-    const epoch = (flags[r]! & 1) !== 0 ? base.epoch + 1 : base.epoch;
+    if (activate) f |= 1;
+    flags[r] = f;
+    const epoch = (f & 1) !== 0 ? base.epoch + 1 : base.epoch;
     this.rsArr[r] = { app: this.name, rs: r, epoch, version: base.version + 1, members };
     applyChange(idx, r, cur.members, members, this.rsArr);
     if (!this.addedStandbys) {
-      for (const m of members) {
+      for (let i = 0; i < members.length; i++) {
+        const m = members[i]!;
         if (m.role !== 'STANDBY') continue;
         const was = roleOf(base.members, m.copyId);
         if (was !== 'STANDBY' && was !== 'ACTIVE') this.addedStandbys = true;
       }
     }
+  }
+
+  /**
+   * Makes the working RS array writable (copy on first write). Callers about to write many RS
+   * call it before loading them: copying 100,000 slots evicts much of the CPU cache.
+   */
+  clone(): void {
+    if (this.cloned) return;
+    this.rsArr = this.rsArr.slice();
+    this.cloned = true;
   }
 
   /** Marks RS r as failed over in this decision (its promotion is fixed by R-DFM-4). */
@@ -128,8 +138,7 @@ export class AppTx {
    * RS state and may be promoted. Standbys added in this decision are still catching up.
    */
   hadState(r: number, copyId: string): boolean {
-    const base = this.changedBase?.[r] ?? this.rsArr[r]!;
-    const role = roleOf(base.members, copyId);
+    const role = roleOf(this.before[r]!.members, copyId);
     return role === 'ACTIVE' || role === 'STANDBY';
   }
 
@@ -147,13 +156,18 @@ export class AppTx {
   finish(): { app: AppState; changedRs: number[] } {
     const changedRs: number[] = [];
     const flags = this.flags;
-    for (const r of this.changedList) {
-      const base = this.changedBase![r]!;
-      const cur = this.rsArr[r]!;
-      if ((flags![r]! & 3) === 0 && sameMembers(base.members, cur.members)) this.rsArr[r] = base;
-      else changedRs.push(r);
+    const list = this.changedList;
+    if (list.length > 0) {
+      // A typed-array sort: numeric without a comparator call per step.
+      const sorted = Int32Array.from(list).sort();
+      for (let i = 0; i < sorted.length; i++) {
+        const r = sorted[i]!;
+        const base = this.before[r]!;
+        const cur = this.rsArr[r]!;
+        if ((flags![r]! & 3) === 0 && sameMembers(base.members, cur.members)) this.rsArr[r] = base;
+        else changedRs.push(r);
+      }
     }
-    changedRs.sort((a, b) => a - b);
     const b = this.base;
     const rs = changedRs.length === 0 && b !== undefined ? b.rs : this.rsArr;
     let app: AppState;
@@ -182,6 +196,11 @@ export class Tx {
   moved: { active: number; standby: number } | undefined;
   /** Apps to balance during reconcile ('all' after the passive phase). */
   balance: Set<string> | 'all' = new Set();
+  /**
+   * Apps whose active swaps wait for the next Tick (a failure: failover latency first, see
+   * `reconcile.ts`). Standby moves still run at once.
+   */
+  deferSwaps: Set<string> = new Set();
 
   private copiesW: Record<string, CopyInfo> | null = null;
   private readonly appTxs = new Map<string, AppTx>();
@@ -321,40 +340,73 @@ function withMoved(d: Decision, moved: { active: number; standby: number } | und
 }
 
 /**
- * Builds MemberView lists, sharing one view object per (copy, role). Members are interned per
- * decision, so the Member object itself is the cache key (no string building per lookup).
+ * What the command builders need to know about one copy id, looked up once per decision: its
+ * shared MemberView per role, liveness, addresses before and after, and its pending entries.
+ */
+interface CopyCtx {
+  readonly id: string;
+  /** Address in the state the views describe (empty when the copy is gone). */
+  readonly address: string;
+  /** Gets per-RS entries: exists, not failed, no full resync (which sends its complete set). */
+  readonly live: boolean;
+  views: [MemberView | undefined, MemberView | undefined, MemberView | undefined];
+  entries: RoleEntry[] | null;
+}
+
+/**
+ * Builds MemberView lists, sharing one view object per (copy, role): one map lookup per member
+ * (by copy id, no key strings built), which matters when a failure changes thousands of RS.
  */
 class Views {
-  private readonly byMember = new Map<Member, MemberView>();
-  private readonly byKey = new Map<string, MemberView>();
-  constructor(private readonly copies: Readonly<Record<string, CopyInfo>>) {}
-  view(m: Member): MemberView {
-    let v = this.byMember.get(m);
-    if (v === undefined) {
-      const key = m.role[0] + m.copyId;
-      v = this.byKey.get(key);
-      if (v === undefined) {
-        v = { copyId: m.copyId, address: own(this.copies, m.copyId)?.address ?? '', role: m.role };
-        this.byKey.set(key, v);
-      }
-      this.byMember.set(m, v);
+  private readonly ctxs = new Map<string, CopyCtx>();
+  constructor(
+    private readonly copies: Readonly<Record<string, CopyInfo>>,
+    private readonly fullFor: ReadonlySet<string> = EMPTY_SET,
+  ) {}
+  ctx(id: string): CopyCtx {
+    let c = this.ctxs.get(id);
+    if (c === undefined) {
+      const info = own(this.copies, id);
+      const live = info !== undefined && info.status !== 'OUT_OF_SERVICE' && info.failed !== true && !this.fullFor.has(id);
+      c = { id, address: info?.address ?? '', live, views: [undefined, undefined, undefined], entries: null };
+      this.ctxs.set(id, c);
     }
-    return v;
+    return c;
+  }
+  viewOf(c: CopyCtx, role: Role): MemberView {
+    const i = role === 'ACTIVE' ? 0 : role === 'STANDBY' ? 1 : 2;
+    return (c.views[i] ??= { copyId: c.id, address: c.address, role });
+  }
+  view(m: Member): MemberView {
+    return this.viewOf(this.ctx(m.copyId), m.role);
   }
   list(members: readonly Member[]): MemberView[] {
     const out: MemberView[] = new Array(members.length);
     for (let i = 0; i < members.length; i++) out[i] = this.view(members[i]!);
     return out;
   }
+  /** Copies that got per-RS entries. */
+  withEntries(): CopyCtx[] {
+    const out: CopyCtx[] = [];
+    for (const c of this.ctxs.values()) if (c.entries !== null) out.push(c);
+    return out;
+  }
 }
+
+const EMPTY_SET: ReadonlySet<string> = new Set();
 
 /** A route for one RS (`previous` supplied by the caller). */
 export function routeOf(a: RsAssignment, view: readonly MemberView[], previous: RouteChange['previous']): RouteChange {
   let active: RouteChange['active'] = null;
-  const standbys: MemberView[] = [];
-  for (const v of view) {
+  let n = 0;
+  for (let i = 0; i < view.length; i++) if (view[i]!.role === 'STANDBY') n++;
+  // Sized up front: `[]` grown by push reserves room for 17 (a failure publishes ~1,000 routes).
+  const standbys: MemberView[] = new Array(n);
+  n = 0;
+  for (let i = 0; i < view.length; i++) {
+    const v = view[i]!;
     if (v.role === 'ACTIVE') active = { copyId: v.copyId, address: v.address };
-    else if (v.role === 'STANDBY') standbys.push(v);
+    else if (v.role === 'STANDBY') standbys[n++] = v;
   }
   return { app: a.app, rs: a.rs, epoch: a.epoch, active, previous, standbys };
 }
@@ -367,70 +419,80 @@ function diffCommands(
   stops: readonly Stop[],
   fullFor: ReadonlySet<string>,
 ): ControllerCommand[] {
-  const views = new Views(after.copies);
-  const buckets = new Map<string, RoleEntry[]>();
+  // Failed copies get StopCopy, removed ones are gone, copies with a full resync get their
+  // complete set instead: none of them gets per-RS entries (CopyCtx.live).
+  const views = new Views(after.copies, fullFor);
   const routes: RouteChange[] = [];
-  // Liveness per copy id, memoised: failed copies get StopCopy, removed ones are gone, copies
-  // with a full resync get their complete set instead: none of them gets per-RS entries.
-  const liveMemo = new Map<string, boolean>();
+  const ctxs: CopyCtx[] = [];
   for (const ch of changes) {
-    for (const r of ch.rs) {
-      const old = ch.before?.rs[r];
-      const neu = ch.after.rs[r]!;
-      const view = views.list(neu.members);
+    const rsBefore = ch.before?.rs;
+    const rsAfter = ch.after.rs;
+    const list = ch.rs;
+    for (let i = 0; i < list.length; i++) {
+      const r = list[i]!;
+      const old = rsBefore?.[r];
+      const neu = rsAfter[r]!;
+      const nm = neu.members;
+      const view: MemberView[] = new Array(nm.length);
       let entryA: RoleEntry | undefined;
       let entryS: RoleEntry | undefined;
       let entryO: RoleEntry | undefined;
-      let newActive: string | null = null;
-      for (const m of neu.members) {
-        if (m.role === 'ACTIVE') newActive = m.copyId;
-        if (m.role === 'OUT_OF_SERVICE' || !isLive(m.copyId, after, fullFor, liveMemo)) continue;
-        if (m.role === 'ACTIVE') addEntry(buckets, m.copyId, (entryA ??= roleEntry(ch.name, neu, 'ACTIVE', view)));
-        else addEntry(buckets, m.copyId, (entryS ??= roleEntry(ch.name, neu, 'STANDBY', view)));
+      let newActive: CopyCtx | null = null;
+      for (let j = 0; j < nm.length; j++) {
+        const c = views.ctx(nm[j]!.copyId);
+        ctxs[j] = c; // indexed: `length = 0` would drop the scratch's storage
+        view[j] = views.viewOf(c, nm[j]!.role);
+      }
+      for (let j = 0; j < nm.length; j++) {
+        const role = nm[j]!.role;
+        const c = ctxs[j]!;
+        if (role === 'ACTIVE') newActive = c;
+        if (role === 'OUT_OF_SERVICE' || !c.live) continue;
+        if (role === 'ACTIVE') addEntry(c, (entryA ??= roleEntry(ch.name, neu, 'ACTIVE', view)));
+        else addEntry(c, (entryS ??= roleEntry(ch.name, neu, 'STANDBY', view)));
       }
       let oldActive: string | null = null;
       if (old !== undefined) {
-        for (const m of old.members) {
+        const om = old.members;
+        for (let j = 0; j < om.length; j++) {
+          const m = om[j]!;
           if (m.role === 'ACTIVE') oldActive = m.copyId;
-          if (m.role === 'OUT_OF_SERVICE' || !isLive(m.copyId, after, fullFor, liveMemo)) continue;
+          if (m.role === 'OUT_OF_SERVICE') continue;
           let still = false;
-          for (const x of neu.members) if (x.copyId === m.copyId && x.role !== 'OUT_OF_SERVICE') still = true;
-          if (!still) addEntry(buckets, m.copyId, (entryO ??= roleEntry(ch.name, neu, 'OUT_OF_SERVICE', view)));
+          for (let x = 0; x < nm.length; x++) if (nm[x]!.copyId === m.copyId && nm[x]!.role !== 'OUT_OF_SERVICE') still = true;
+          if (still) continue;
+          const c = views.ctx(m.copyId);
+          if (c.live) addEntry(c, (entryO ??= roleEntry(ch.name, neu, 'OUT_OF_SERVICE', view)));
         }
       }
+      const newId = newActive === null ? null : newActive.id;
       const oldAddr = oldActive === null ? '' : (own(before.copies, oldActive)?.address ?? '');
-      const newAddr = newActive === null ? '' : (own(after.copies, newActive)?.address ?? '');
-      if (oldActive !== newActive || old === undefined || old.epoch !== neu.epoch || oldAddr !== newAddr) {
+      const newAddr = newActive === null ? '' : newActive.address;
+      if (oldActive !== newId || old === undefined || old.epoch !== neu.epoch || oldAddr !== newAddr) {
         routes.push(routeOf(neu, view, oldActive === null ? null : { copyId: oldActive, address: oldAddr }));
       }
     }
   }
   const out: ControllerCommand[] = [...stops];
-  const ids = new Set([...buckets.keys(), ...fullFor]);
+  const ids = new Set<string>(fullFor);
+  const byId = new Map<string, CopyCtx>();
+  for (const c of views.withEntries()) {
+    ids.add(c.id);
+    byId.set(c.id, c);
+  }
   for (const id of [...ids].sort(cmpStr)) {
     const c = own(after.copies, id);
     if (c === undefined || c.status === 'OUT_OF_SERVICE' || c.failed === true) continue;
     if (fullFor.has(id)) out.push(fullRoleSetOf(after, c, views));
-    else out.push({ type: 'SetRoles', copyId: id, address: c.address, incarnation: c.incarnation, entries: buckets.get(id)!, full: false });
+    else out.push({ type: 'SetRoles', copyId: id, address: c.address, incarnation: c.incarnation, entries: byId.get(id)!.entries!, full: false });
   }
   if (routes.length > 0) out.push({ type: 'PublishRoutes', routes });
   return out;
 }
 
-function isLive(id: string, state: ClusterState, fullFor: ReadonlySet<string>, memo: Map<string, boolean>): boolean {
-  let v = memo.get(id);
-  if (v === undefined) {
-    const c = own(state.copies, id);
-    v = c !== undefined && c.status !== 'OUT_OF_SERVICE' && c.failed !== true && !fullFor.has(id);
-    memo.set(id, v);
-  }
-  return v;
-}
-
-function addEntry(buckets: Map<string, RoleEntry[]>, id: string, e: RoleEntry): void {
-  const b = buckets.get(id);
-  if (b === undefined) buckets.set(id, [e]);
-  else b.push(e);
+function addEntry(c: CopyCtx, e: RoleEntry): void {
+  if (c.entries === null) c.entries = [e];
+  else c.entries.push(e);
 }
 
 function roleEntry(app: string, a: RsAssignment, role: RoleEntry['role'], members: readonly MemberView[]): RoleEntry {
