@@ -16,6 +16,7 @@ import { performance } from 'node:perf_hooks';
 import { CopyStatus, Role } from '@understudy/proto';
 import { keyToRs } from '@understudy/core';
 import { startCounterCluster, type CounterCluster } from '../test/harness/cluster';
+import type { Proc } from '../test/harness/processes';
 import { waitFor } from '../test/harness/wait';
 
 const RS = 8;
@@ -138,6 +139,7 @@ async function main(): Promise<void> {
   const load = new Load(cl, keysPerRs());
   const crash: { first: number; all: number }[] = [];
   const hang: { first: number; all: number }[] = [];
+  const retired: Proc[] = [];
   try {
     await waitFor(() => load.acks.length >= 100, { what: 'load running' });
     for (let i = 0; i < CRASH_RUNS + HANG_RUNS; i++) {
@@ -151,6 +153,7 @@ async function main(): Promise<void> {
       console.log(`  ${isHang ? 'hang ' : 'crash'} ${i + 1}/${CRASH_RUNS + HANG_RUNS}: ${victim} (${rs.length} RS active) first ${m.first.toFixed(1)} ms, all ${m.all.toFixed(1)} ms`);
       if (isHang) p.signal('SIGCONT');
       await p.kill();
+      retired.push(p);
       await cl.restartCopy(victim);
       await settle(cl, victim);
     }
@@ -163,6 +166,10 @@ async function main(): Promise<void> {
     const v = await cl.routing.query<number>('counter', cl.routing.rsForKey('counter', key), { key });
     if (v < n) lost += n - v;
     if (v > n) doubled += v - n;
+  }
+  // Anything a copy logged as lost state is worth seeing next to the figures.
+  for (const p of [...retired, ...cl.copies.values()]) {
+    for (const line of p.output().split('\n')) if (line.includes('no member holds it') || line.includes('"level":50')) console.log(`  ${p.name}: ${line.slice(0, 400)}`);
   }
   await cl.stop();
   const f = (xs: { first: number }[]): number[] => xs.map((x) => x.first);

@@ -37,10 +37,10 @@ const assignment: RsAssignment = {
   epoch: 12,
   version: 30,
   members: [
-    { copyId: 'c2', address: '127.0.0.1:9002', role: Role.ROLE_ACTIVE },
-    { copyId: 'c3', address: '127.0.0.1:9003', role: Role.ROLE_STANDBY },
-    { copyId: 'c4', address: '127.0.0.1:9004', role: Role.ROLE_STANDBY },
-    { copyId: 'c1', address: '127.0.0.1:9001', role: Role.ROLE_OUT_OF_SERVICE },
+    { copyId: 'c2', address: '127.0.0.1:9002', role: Role.ROLE_ACTIVE, incarnation: 1 },
+    { copyId: 'c3', address: '127.0.0.1:9003', role: Role.ROLE_STANDBY, incarnation: 1 },
+    { copyId: 'c4', address: '127.0.0.1:9004', role: Role.ROLE_STANDBY, incarnation: 1 },
+    { copyId: 'c1', address: '127.0.0.1:9001', role: Role.ROLE_OUT_OF_SERVICE, incarnation: 1 },
   ],
 };
 
@@ -111,7 +111,7 @@ describe('renderStatus', () => {
   });
 
   it('an RS without an active copy says so', () => {
-    const orphan: RsAssignment = { ...assignment, rs: 6, members: [{ copyId: 'c1', address: 'x:1', role: Role.ROLE_OUT_OF_SERVICE }] };
+    const orphan: RsAssignment = { ...assignment, rs: 6, members: [{ copyId: 'c1', address: 'x:1', role: Role.ROLE_OUT_OF_SERVICE, incarnation: 1 }] };
     const t = renderStatus({ ...status, assignments: [orphan] }, { nowMs: NOW, assignments: true });
     assertRow(t, ['counter', '6', '12', '(none)', '-', 'c1']);
   });

@@ -27,6 +27,8 @@ import {
   type UpdateEntry,
   type ShutdownRequest,
   type ShutdownResponse,
+  type FetchStateRequest,
+  type FetchStateResponse,
 } from '@understudy/proto';
 import {
   DeadlineExceededError,
@@ -79,6 +81,11 @@ export interface CopyOptions<S, M, U, R, Q, QR> {
   readonly deliverTimeoutMs?: number;
   /** Deadline of one Replicate / InstallSnapshot call. @default 1000 */
   readonly replicationCallTimeoutMs?: number;
+  /**
+   * How long a copy activated for an RS whose state it lacks keeps trying to fetch it from the
+   * RS's other members before starting from the initial state. @default 3000
+   */
+  readonly recoverTimeoutMs?: number;
   /** Queued messages per RS before RESOURCE_EXHAUSTED. @default 10000 */
   readonly maxQueuePerRs?: number;
   /**
@@ -118,6 +125,7 @@ export interface CopyHandle {
 
 interface PeerProgress {
   address: string;
+  incarnation: number;
   ackedSeq: number;
   needsSnapshot: boolean;
 }
@@ -157,6 +165,8 @@ class RsSlot<S> {
   /** Contiguous tail of the updates recorded here (oldest first), to catch a standby up. */
   readonly log: UpdateEntry[] = [];
   readonly peers = new Map<string, PeerProgress>();
+  /** Set while this ACTIVE fetches the RS state it lacks (see `recoverState`); messages wait. */
+  recovering: Promise<void> | null = null;
   /**
    * ACTIVE: every STANDBY of the member list applied the updates up to `committedSeq` at
    * `committedEpoch`. `seq` runs ahead of it while a batch is being replicated (updates are
@@ -247,6 +257,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       heartbeatIntervalMs: opts.heartbeatIntervalMs ?? 500,
       deliverTimeoutMs: opts.deliverTimeoutMs ?? 5000,
       replicationCallTimeoutMs: opts.replicationCallTimeoutMs ?? 1000,
+      recoverTimeoutMs: opts.recoverTimeoutMs ?? 3000,
       maxQueuePerRs: opts.maxQueuePerRs ?? 10_000,
       replicationBatchMax: Math.min(opts.replicationBatchMax ?? 256, opts.logTailEntries ?? 1024),
       dedupeWindow: opts.dedupeWindow ?? 10_000,
@@ -272,6 +283,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       installSnapshot: unaryHandler('InstallSnapshot', this.log, (req: InstallSnapshotRequest) => this.onInstallSnapshot(req)),
       getCopyInfo: unaryHandler('GetCopyInfo', this.log, () => this.onGetCopyInfo()),
       shutdown: unaryHandler('Shutdown', this.log, (req: ShutdownRequest) => this.onShutdown(req)),
+      fetchState: unaryHandler('FetchState', this.log, (req: FetchStateRequest) => this.onFetchState(req)),
     };
     this.server = await startGrpcServer({
       address: this.o.listenAddress,
@@ -475,21 +487,35 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     slot.members = members;
     slot.role = role;
     if (role === 'ACTIVE') {
-      if (!slot.hasState) {
-        // First activation of the RS (or no prior holder had state): start from init.
-        // Restoring from a checkpoint in DISTRIBUTED mode comes with the fault-manager work.
-        slot.hasState = true;
+      if (!slot.hasState && slot.recovering === null) {
+        // Epoch 1 is the RS's first activation ever: the initial state is the truth. Later, the
+        // state lives on the RS's other members (a swap onto a standby still catching up, a
+        // restarted copy): fetch it before serving or syncing anyone.
+        if (epoch <= 1 || !members.some((m) => m.copyId !== this.copyId && m.address)) slot.hasState = true;
+        else {
+          slot.recovering = this.recoverState(slot, epoch).finally(() => {
+            slot.recovering = null;
+            if (slot.role === 'ACTIVE' && slot.epoch === epoch) {
+              this.kickSync(slot);
+              void this.drain(slot);
+            }
+          });
+        }
       }
       const standbys = members.filter((m) => m.role === PbRole.ROLE_STANDBY);
       if (epochChanged) slot.peers.clear();
       for (const id of [...slot.peers.keys()]) if (!standbys.some((m) => m.copyId === id)) slot.peers.delete(id);
       for (const m of standbys) {
-        if (!slot.peers.has(m.copyId)) slot.peers.set(m.copyId, { address: m.address, ackedSeq: -1, needsSnapshot: true });
-        else slot.peers.get(m.copyId)!.address = m.address;
+        const peer = slot.peers.get(m.copyId);
+        // A new incarnation under the same id is a restarted process holding nothing: it
+        // starts over with a snapshot, whatever the previous process had acknowledged.
+        if (!peer || peer.incarnation !== m.incarnation) {
+          slot.peers.set(m.copyId, { address: m.address, incarnation: m.incarnation, ackedSeq: -1, needsSnapshot: true });
+        } else peer.address = m.address;
       }
       // Bring new standbys up to date now rather than on the next message, so they are
-      // ready to take over as soon as possible.
-      this.kickSync(slot);
+      // ready to take over as soon as possible (after recovery, if one runs).
+      if (slot.recovering === null) this.kickSync(slot);
     } else {
       if (prevRole === 'ACTIVE') {
         this.failQueued(slot, new NotActiveError(`NOT_ACTIVE: copy ${this.copyId} was demoted for ${this.appName}/${rs} at epoch ${epoch}`));
@@ -628,7 +654,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
   }
 
   private async drain(slot: RsSlot<S>): Promise<void> {
-    if (slot.running) return;
+    if (slot.running || slot.recovering !== null) return;
     slot.running = true;
     try {
       while (slot.queue.length > 0) {
@@ -811,7 +837,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     const epoch = slot.epoch;
     const run = async (): Promise<void> => {
       // Serialise with message processing so a snapshot never races an update.
-      if (slot.running) return;
+      if (slot.running || slot.recovering !== null) return;
       slot.running = true;
       try {
         await this.replicateUntilCommitted(slot, epoch, true);
@@ -916,6 +942,10 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     } catch {
       throw new InvalidArgumentError('query is not valid JSON');
     }
+    if (slot.recovering !== null) {
+      await withTimeout(slot.recovering, this.o.deliverTimeoutMs, () => new UnavailableError(`${this.appName}/${req.rs} is still recovering its state; retry`));
+      this.activeSlot(req.rs);
+    }
     const epoch = slot.epoch;
     const seq = slot.seq;
     const result = encodeJson(this.handler.query(slot.state, q as Q));
@@ -940,6 +970,89 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     // Answer first, then go: the controller should see the request accepted.
     setImmediate(() => this.fenced(`controller asked to stop: ${req.reason || 'no reason given'}`));
     return {};
+  }
+
+  /**
+   * Fetch the state of `slot` (ACTIVE at `epoch`, holding none) from the RS's other members: the
+   * most recent one wins (highest state epoch, then sequence). Members that cannot be reached
+   * are retried until `recoverTimeoutMs`; when every member answered without state, or none
+   * could be reached in time, the RS starts from its initial state and that is logged as an
+   * error (every copy holding the state is gone: a double fault, or a DISTRIBUTED RS without
+   * checkpoint).
+   */
+  private async recoverState(slot: RsSlot<S>, epoch: number): Promise<void> {
+    const log = this.log.child({ rs: slot.rs, epoch });
+    const deadline = Date.now() + this.o.recoverTimeoutMs;
+    for (let round = 0; ; round++) {
+      if (slot.role !== 'ACTIVE' || slot.epoch !== epoch) return;
+      const others = slot.members.filter((m) => m.copyId !== this.copyId && m.address);
+      const answers = await Promise.all(
+        others.map((m) => {
+          const c = this.peerClient(m.address);
+          return unaryCall(c.fetchState.bind(c), { app: this.appName, rs: slot.rs, epoch, copyId: this.copyId }, { deadlineMs: this.o.replicationCallTimeoutMs }).then(
+            (r) => ({ from: m.copyId, r }),
+            (e: unknown) => {
+              log.debug({ from: m.copyId, err: ensureError(e).message }, 'state fetch failed');
+              return undefined;
+            },
+          );
+        }),
+      );
+      if (slot.role !== 'ACTIVE' || slot.epoch !== epoch) return;
+      let best: { from: string; r: FetchStateResponse } | undefined;
+      for (const a of answers) {
+        if (!a || !a.r.hasState) continue;
+        if (!best || a.r.stateEpoch > best.r.stateEpoch || (a.r.stateEpoch === best.r.stateEpoch && a.r.seq > best.r.seq)) best = a;
+      }
+      if (best) {
+        const snap = decodeJson(best.r.state);
+        slot.state = this.handler.restore ? this.handler.restore(snap) : (snap as S);
+        slot.seq = best.r.seq;
+        slot.dedupe.clear();
+        for (const d of best.r.dedupe) slot.dedupe.set(d.messageId, d.reply);
+        slot.log.length = 0;
+        slot.hasState = true;
+        log.info({ from: best.from, stateEpoch: best.r.stateEpoch, seq: best.r.seq }, 'activated without state: fetched it from a member');
+        return;
+      }
+      const allAnswered = answers.every((a) => a !== undefined);
+      if (allAnswered || Date.now() >= deadline) {
+        slot.hasState = true;
+        log.error(
+          { members: others.map((m) => m.copyId), reachable: answers.filter(Boolean).length },
+          'activated without state and no member holds it: starting from the initial state (updates since the last checkpoint are lost)',
+        );
+        return;
+      }
+      await new Promise((r) => setTimeout(r, Math.min(100 * (round + 1), 500)));
+    }
+  }
+
+  /** Hand this copy's state of an RS to a newly activated member (see `recoverState`). */
+  private onFetchState(req: FetchStateRequest): FetchStateResponse {
+    if (req.app !== this.appName) throw new NotFoundError(`application ${JSON.stringify(req.app)} is not served by this copy`);
+    const slot = this.slots.get(req.rs);
+    if (!slot || !slot.hasState || slot.recovering !== null) return { hasState: false, stateEpoch: 0, seq: 0, state: Buffer.alloc(0), dedupe: [] };
+    if (req.epoch <= slot.epoch && slot.role === 'ACTIVE') {
+      throw new FailedPreconditionError(`copy ${this.copyId} is the ACTIVE of ${req.app}/${req.rs} at epoch ${slot.epoch}; epoch ${req.epoch} is not newer`);
+    }
+    if (slot.role === 'ACTIVE') {
+      // A newer active exists: stop committing before handing the state over, so nothing is
+      // acknowledged here that the new active does not have.
+      this.log.warn({ rs: req.rs, epoch: slot.epoch, newEpoch: req.epoch, to: req.copyId }, 'a newer active fetches the state: demoting self');
+      slot.role = 'STANDBY';
+      slot.synced = false;
+      this.failQueued(slot, new NotActiveError(`NOT_ACTIVE: ${this.appName}/${req.rs} moved to ${req.copyId} at epoch ${req.epoch}`));
+      slot.signalChanged();
+      this.hook(req.rs, 'STANDBY', slot.epoch);
+    }
+    return {
+      hasState: true,
+      stateEpoch: slot.epoch,
+      seq: slot.seq,
+      state: encodeJson(this.handler.snapshot ? this.handler.snapshot(slot.state) : slot.state),
+      dedupe: [...slot.dedupe].map(([messageId, reply]) => ({ seq: 0, messageId, update: Buffer.alloc(0), reply })),
+    };
   }
 
   private onGetCopyInfo(): GetCopyInfoResponse {

@@ -29,6 +29,8 @@ export type ControllerEvent =
 export interface MemberView {
   readonly copyId: string;
   readonly address: string;
+  /** The copy's registered incarnation: a new one is a new process without the RS state. */
+  readonly incarnation: number;
   readonly role: Role;
 }
 

@@ -347,6 +347,7 @@ interface CopyCtx {
   readonly id: string;
   /** Address in the state the views describe (empty when the copy is gone). */
   readonly address: string;
+  readonly incarnation: number;
   /** Gets per-RS entries: exists, not failed, no full resync (which sends its complete set). */
   readonly live: boolean;
   views: [MemberView | undefined, MemberView | undefined, MemberView | undefined];
@@ -368,14 +369,14 @@ class Views {
     if (c === undefined) {
       const info = own(this.copies, id);
       const live = info !== undefined && info.status !== 'OUT_OF_SERVICE' && info.failed !== true && !this.fullFor.has(id);
-      c = { id, address: info?.address ?? '', live, views: [undefined, undefined, undefined], entries: null };
+      c = { id, address: info?.address ?? '', incarnation: info?.incarnation ?? 0, live, views: [undefined, undefined, undefined], entries: null };
       this.ctxs.set(id, c);
     }
     return c;
   }
   viewOf(c: CopyCtx, role: Role): MemberView {
     const i = role === 'ACTIVE' ? 0 : role === 'STANDBY' ? 1 : 2;
-    return (c.views[i] ??= { copyId: c.id, address: c.address, role });
+    return (c.views[i] ??= { copyId: c.id, address: c.address, incarnation: c.incarnation, role });
   }
   view(m: Member): MemberView {
     return this.viewOf(this.ctx(m.copyId), m.role);

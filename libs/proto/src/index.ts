@@ -73,6 +73,8 @@ export {
   type RsInfo,
   type ShutdownRequest,
   type ShutdownResponse,
+  type FetchStateRequest,
+  type FetchStateResponse,
 } from './gen/understudy/v1/adsm';
 export {
   FaultManagerServiceService,

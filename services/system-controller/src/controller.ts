@@ -78,6 +78,9 @@ const TRACER = 'understudy.controller';
 /** Runs one step of a decision, optionally as a span. */
 type Step = <T>(name: string, attributes: Attributes, fn: () => Promise<T>) => Promise<T>;
 
+/** SetRoles waiting per copy before further ones are replaced by a full resync. */
+const MAX_QUEUED_SENDS = 4;
+
 /** Store key of the persisted cluster state. */
 export const STATE_KEY = 'controller/state';
 /** Name of the leader lease. */
@@ -163,6 +166,7 @@ class ControllerNode implements ControllerHandle {
   private readonly copyClients = new Map<string, AdsmServiceClient>();
   private readonly lastHeard = new Map<string, number>();
   private readonly resync = new Set<string>();
+  private readonly sendQueues = new Map<string, { tail: Promise<void>; depth: number }>();
   private leaseTimer: NodeJS.Timeout | undefined;
   private tickTimer: NodeJS.Timeout | undefined;
   private stopped = false;
@@ -274,7 +278,7 @@ class ControllerNode implements ControllerHandle {
       this.leaderHint = { id: this.controllerId, address: this.address };
       this.log.info({ term: token, version: loaded.version, copies: Object.keys(loaded.copies).length }, 'became leader; passive until copies are heard');
       const d = decide(loaded, { type: 'LeadershipAcquired', passiveTimeoutMs: this.passiveTimeoutMs }, Date.now());
-      await this.commit(d);
+      void (await this.commit(d)).executed;
     });
   }
 
@@ -319,28 +323,36 @@ class ControllerNode implements ControllerHandle {
   }
 
   /** Decide, persist, execute, in event order. `phase` names the trace spans (e.g. `failover`). */
-  private submit(event: ControllerEvent, phase?: string): Promise<Decision> {
-    return this.serial(async () => {
+  private async submit(event: ControllerEvent, phase?: string): Promise<Decision> {
+    const { d, executed } = await this.serial(async () => {
       const state = this.requireLeader();
       const d = decide(state, event, Date.now());
       if (d.rejection) throw rejectionToError(d.rejection);
-      await this.commit(d, phase);
-      return d;
+      const { executed } = await this.commit(d, phase);
+      return { d, executed };
     });
+    // The caller (an RPC) answers once the commands went out; the decision loop did not wait.
+    await executed;
+    return d;
   }
 
   /**
-   * Persist (fenced) then execute. Must run inside `serial`. Ordering contract: the new state is
-   * stored under the lease token BEFORE any command leaves, so a command never describes a state
-   * a successor could miss. With `phase`, each step is a span `<phase>.isolate|promote|routes_published`.
+   * Persist (fenced), then start executing. Must run inside `serial`. Ordering contract: the new
+   * state is stored under the lease token BEFORE any command leaves, so a command never
+   * describes a state a successor could miss. Execution is NOT awaited by the decision loop: a
+   * hung copy's SetRoles (up to its deadline) must not hold back the next decision, typically
+   * the failover of that very copy. Sends to one copy stay in order (see `sendRoles`), and
+   * copies ignore role entries older than what they hold. With `phase`, each step is a span
+   * `<phase>.isolate|promote|routes_published`.
    */
-  private async commit(d: Decision, phase?: string): Promise<void> {
+  private async commit(d: Decision, phase?: string): Promise<{ executed: Promise<void> }> {
     const step: Step = phase ? (name, attrs, fn) => withSpan(TRACER, `${phase}.${name}`, attrs, fn) : (_n, _a, fn) => fn();
     if (this.current === undefined || d.state.version !== this.current.version || d.state !== this.current) {
       await step('isolate', { 'understudy.state_version': d.state.version }, () => this.persist(d));
     }
     for (const n of d.notes) this.log.info({ version: d.state.version }, n);
-    await this.execute(d.commands, step);
+    const executed = this.execute(d.commands, step).catch((e: unknown) => this.log.warn({ err: ensureError(e).message }, 'executing commands failed'));
+    return { executed };
   }
 
   private async persist(d: Decision): Promise<void> {
@@ -404,7 +416,33 @@ class ControllerNode implements ControllerHandle {
     await Promise.all(others);
   }
 
-  private async sendRoles(c: Extract<ControllerCommand, { type: 'SetRoles' }>): Promise<void> {
+  /**
+   * SetRoles to one copy, in order behind earlier sends to the same copy (a full set computed
+   * earlier must not land after a newer change). A copy that does not answer backs its queue
+   * up: beyond `MAX_QUEUED_SENDS` the send is dropped and the copy gets a full resync instead.
+   */
+  private sendRoles(c: Extract<ControllerCommand, { type: 'SetRoles' }>): Promise<void> {
+    let q = this.sendQueues.get(c.copyId);
+    if (!q) {
+      q = { tail: Promise.resolve(), depth: 0 };
+      this.sendQueues.set(c.copyId, q);
+    }
+    if (q.depth >= MAX_QUEUED_SENDS) {
+      this.resync.add(c.copyId);
+      this.log.warn({ copy: c.copyId, queued: q.depth }, 'SetRoles queue full (copy slow or hung); will resync');
+      return Promise.resolve();
+    }
+    const queue = q;
+    queue.depth++;
+    const run = queue.tail.then(() => this.sendRolesNow(c));
+    queue.tail = run.finally(() => {
+      queue.depth--;
+      if (queue.depth === 0 && this.sendQueues.get(c.copyId) === queue) this.sendQueues.delete(c.copyId);
+    });
+    return run;
+  }
+
+  private async sendRolesNow(c: Extract<ControllerCommand, { type: 'SetRoles' }>): Promise<void> {
     const client = this.copyClient(c.address);
     try {
       await unaryCall(client.setRoles.bind(client), {
@@ -448,13 +486,11 @@ class ControllerNode implements ControllerHandle {
       await this.serial(async () => {
         if (!this.leader || !this.current) return;
         const d = decide(this.current, { type: 'Tick' }, Date.now());
-        if (!d.rejection) await this.commit(d);
+        if (!d.rejection) void (await this.commit(d)).executed;
         if (this.current.leader.passive) return;
         const due = [...this.resync];
         this.resync.clear();
-        await Promise.all(
-          due.filter((id) => this.current!.copies[id]).map((id) => this.sendRoles(fullRoleSet(this.current!, id))),
-        );
+        for (const id of due) if (this.current.copies[id]) void this.sendRoles(fullRoleSet(this.current, id));
       });
     } catch (e) {
       this.log.warn({ err: ensureError(e).message }, 'tick failed');

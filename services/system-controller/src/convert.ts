@@ -64,7 +64,7 @@ export function edgeToPb(e: { from: string; to: string; keyField: string }): PbE
 }
 
 function memberToPb(m: MemberView): PbMember {
-  return { copyId: m.copyId, address: m.address, role: roleFromName(m.role) };
+  return { copyId: m.copyId, address: m.address, role: roleFromName(m.role), incarnation: m.incarnation };
 }
 
 /** Core assignment → wire, with addresses. */
@@ -74,7 +74,12 @@ export function assignmentToPb(state: ClusterState, a: RsAssignment): PbRsAssign
     rs: a.rs,
     epoch: a.epoch,
     version: a.version,
-    members: a.members.map((m) => ({ copyId: m.copyId, address: state.copies[m.copyId]?.address ?? '', role: roleFromName(m.role) })),
+    members: a.members.map((m) => ({
+      copyId: m.copyId,
+      address: state.copies[m.copyId]?.address ?? '',
+      role: roleFromName(m.role),
+      incarnation: state.copies[m.copyId]?.incarnation ?? 0,
+    })),
   };
 }
 

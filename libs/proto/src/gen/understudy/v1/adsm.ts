@@ -195,6 +195,24 @@ export interface ShutdownRequest {
 export interface ShutdownResponse {
 }
 
+export interface FetchStateRequest {
+  app: string;
+  rs: number;
+  /** The requester's (new) epoch for the RS. */
+  epoch: number;
+  copyId: string;
+}
+
+export interface FetchStateResponse {
+  /** False when this copy holds no state for the RS. */
+  hasState: boolean;
+  /** Epoch at which the state was last current on this copy. */
+  stateEpoch: number;
+  seq: number;
+  state: Buffer;
+  dedupe: UpdateEntry[];
+}
+
 function createBaseRoleEntry(): RoleEntry {
   return { app: "", rs: 0, role: 0, epoch: 0, version: 0, members: [] };
 }
@@ -2867,6 +2885,268 @@ export const ShutdownResponse: MessageFns<ShutdownResponse> = {
   },
 };
 
+function createBaseFetchStateRequest(): FetchStateRequest {
+  return { app: "", rs: 0, epoch: 0, copyId: "" };
+}
+
+export const FetchStateRequest: MessageFns<FetchStateRequest> = {
+  encode(message: FetchStateRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.app !== "") {
+      writer.uint32(10).string(message.app);
+    }
+    if (message.rs !== 0) {
+      writer.uint32(16).uint32(message.rs);
+    }
+    if (message.epoch !== 0) {
+      writer.uint32(24).uint64(message.epoch);
+    }
+    if (message.copyId !== "") {
+      writer.uint32(34).string(message.copyId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FetchStateRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFetchStateRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.app = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.rs = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.epoch = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.copyId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FetchStateRequest {
+    return {
+      app: isSet(object.app) ? globalThis.String(object.app) : "",
+      rs: isSet(object.rs) ? globalThis.Number(object.rs) : 0,
+      epoch: isSet(object.epoch) ? globalThis.Number(object.epoch) : 0,
+      copyId: isSet(object.copyId)
+        ? globalThis.String(object.copyId)
+        : isSet(object.copy_id)
+        ? globalThis.String(object.copy_id)
+        : "",
+    };
+  },
+
+  toJSON(message: FetchStateRequest): unknown {
+    const obj: any = {};
+    if (message.app !== "") {
+      obj.app = message.app;
+    }
+    if (message.rs !== 0) {
+      obj.rs = Math.round(message.rs);
+    }
+    if (message.epoch !== 0) {
+      obj.epoch = Math.round(message.epoch);
+    }
+    if (message.copyId !== "") {
+      obj.copyId = message.copyId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FetchStateRequest>, I>>(base?: I): FetchStateRequest {
+    return FetchStateRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FetchStateRequest>, I>>(object: I): FetchStateRequest {
+    const message = createBaseFetchStateRequest();
+    message.app = object.app ?? "";
+    message.rs = object.rs ?? 0;
+    message.epoch = object.epoch ?? 0;
+    message.copyId = object.copyId ?? "";
+    return message;
+  },
+};
+
+function createBaseFetchStateResponse(): FetchStateResponse {
+  return { hasState: false, stateEpoch: 0, seq: 0, state: Buffer.alloc(0), dedupe: [] };
+}
+
+export const FetchStateResponse: MessageFns<FetchStateResponse> = {
+  encode(message: FetchStateResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hasState !== false) {
+      writer.uint32(8).bool(message.hasState);
+    }
+    if (message.stateEpoch !== 0) {
+      writer.uint32(16).uint64(message.stateEpoch);
+    }
+    if (message.seq !== 0) {
+      writer.uint32(24).uint64(message.seq);
+    }
+    if (message.state.length !== 0) {
+      writer.uint32(34).bytes(message.state);
+    }
+    for (const v of message.dedupe) {
+      UpdateEntry.encode(v!, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FetchStateResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFetchStateResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.hasState = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.stateEpoch = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.seq = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.state = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.dedupe.push(UpdateEntry.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FetchStateResponse {
+    return {
+      hasState: isSet(object.hasState)
+        ? globalThis.Boolean(object.hasState)
+        : isSet(object.has_state)
+        ? globalThis.Boolean(object.has_state)
+        : false,
+      stateEpoch: isSet(object.stateEpoch)
+        ? globalThis.Number(object.stateEpoch)
+        : isSet(object.state_epoch)
+        ? globalThis.Number(object.state_epoch)
+        : 0,
+      seq: isSet(object.seq) ? globalThis.Number(object.seq) : 0,
+      state: isSet(object.state) ? Buffer.from(bytesFromBase64(object.state)) : Buffer.alloc(0),
+      dedupe: globalThis.Array.isArray(object?.dedupe) ? object.dedupe.map((e: any) => UpdateEntry.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: FetchStateResponse): unknown {
+    const obj: any = {};
+    if (message.hasState !== false) {
+      obj.hasState = message.hasState;
+    }
+    if (message.stateEpoch !== 0) {
+      obj.stateEpoch = Math.round(message.stateEpoch);
+    }
+    if (message.seq !== 0) {
+      obj.seq = Math.round(message.seq);
+    }
+    if (message.state.length !== 0) {
+      obj.state = base64FromBytes(message.state);
+    }
+    if (message.dedupe?.length) {
+      obj.dedupe = message.dedupe.map((e) => UpdateEntry.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FetchStateResponse>, I>>(base?: I): FetchStateResponse {
+    return FetchStateResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FetchStateResponse>, I>>(object: I): FetchStateResponse {
+    const message = createBaseFetchStateResponse();
+    message.hasState = object.hasState ?? false;
+    message.stateEpoch = object.stateEpoch ?? 0;
+    message.seq = object.seq ?? 0;
+    message.state = object.state ?? Buffer.alloc(0);
+    message.dedupe = object.dedupe?.map((e) => UpdateEntry.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 /** Served by every copy of an application that embeds ADSM (R-ADSM). */
 export type AdsmServiceService = typeof AdsmServiceService;
 export const AdsmServiceService = {
@@ -2984,6 +3264,20 @@ export const AdsmServiceService = {
     responseSerialize: (value: ShutdownResponse): Buffer => Buffer.from(ShutdownResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ShutdownResponse => ShutdownResponse.decode(value),
   },
+  /**
+   * A copy activated for an RS whose state it does not hold (a swap onto a standby that
+   * was still catching up, a restarted copy) fetches the state from the RS's other
+   * members before serving. An ACTIVE source at an older epoch stops committing first.
+   */
+  fetchState: {
+    path: "/understudy.v1.AdsmService/FetchState" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: FetchStateRequest): Buffer => Buffer.from(FetchStateRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): FetchStateRequest => FetchStateRequest.decode(value),
+    responseSerialize: (value: FetchStateResponse): Buffer => Buffer.from(FetchStateResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): FetchStateResponse => FetchStateResponse.decode(value),
+  },
 } as const;
 
 export interface AdsmServiceServer extends UntypedServiceImplementation {
@@ -3024,6 +3318,12 @@ export interface AdsmServiceServer extends UntypedServiceImplementation {
    * (FAILED_PRECONDITION) when the incarnation is not this process's.
    */
   shutdown: handleUnaryCall<ShutdownRequest, ShutdownResponse>;
+  /**
+   * A copy activated for an RS whose state it does not hold (a swap onto a standby that
+   * was still catching up, a restarted copy) fetches the state from the RS's other
+   * members before serving. An ACTIVE source at an older epoch stops committing first.
+   */
+  fetchState: handleUnaryCall<FetchStateRequest, FetchStateResponse>;
 }
 
 export interface AdsmServiceClient extends Client {
@@ -3171,6 +3471,26 @@ export interface AdsmServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ShutdownResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * A copy activated for an RS whose state it does not hold (a swap onto a standby that
+   * was still catching up, a restarted copy) fetches the state from the RS's other
+   * members before serving. An ACTIVE source at an older epoch stops committing first.
+   */
+  fetchState(
+    request: FetchStateRequest,
+    callback: (error: ServiceError | null, response: FetchStateResponse) => void,
+  ): ClientUnaryCall;
+  fetchState(
+    request: FetchStateRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: FetchStateResponse) => void,
+  ): ClientUnaryCall;
+  fetchState(
+    request: FetchStateRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: FetchStateResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -278,6 +278,11 @@ export interface Member {
   /** host:port of the copy's ADSM service. */
   address: string;
   role: Role;
+  /**
+   * The copy's registered incarnation (0 when unknown). An active compares it to detect a
+   * restarted standby (same id, new process, no state) that must get a snapshot.
+   */
+  incarnation: number;
 }
 
 /**
@@ -455,7 +460,7 @@ export const RsRef: MessageFns<RsRef> = {
 };
 
 function createBaseMember(): Member {
-  return { copyId: "", address: "", role: 0 };
+  return { copyId: "", address: "", role: 0, incarnation: 0 };
 }
 
 export const Member: MessageFns<Member> = {
@@ -468,6 +473,9 @@ export const Member: MessageFns<Member> = {
     }
     if (message.role !== 0) {
       writer.uint32(24).int32(message.role);
+    }
+    if (message.incarnation !== 0) {
+      writer.uint32(32).uint64(message.incarnation);
     }
     return writer;
   },
@@ -509,6 +517,14 @@ export const Member: MessageFns<Member> = {
             message.role = reader.int32() as any;
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.incarnation = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -530,6 +546,7 @@ export const Member: MessageFns<Member> = {
         : "",
       address: isSet(object.address) ? globalThis.String(object.address) : "",
       role: isSet(object.role) ? roleFromJSON(object.role) : 0,
+      incarnation: isSet(object.incarnation) ? globalThis.Number(object.incarnation) : 0,
     };
   },
 
@@ -544,6 +561,9 @@ export const Member: MessageFns<Member> = {
     if (message.role !== 0) {
       obj.role = roleToJSON(message.role);
     }
+    if (message.incarnation !== 0) {
+      obj.incarnation = Math.round(message.incarnation);
+    }
     return obj;
   },
 
@@ -555,6 +575,7 @@ export const Member: MessageFns<Member> = {
     message.copyId = object.copyId ?? "";
     message.address = object.address ?? "";
     message.role = object.role ?? 0;
+    message.incarnation = object.incarnation ?? 0;
     return message;
   },
 };
