@@ -196,7 +196,7 @@ async function worker(): Promise<void> {
     const route = routing.route(APP, rs);
     try {
       if (!route?.activeAddress) throw new Error('no route');
-      await deliver(route.activeAddress, { app: APP, rs, messageId, payload: payloads[k]!, key });
+      await deliver(route.activeAddress, { app: APP, rs, messageId, payload: payloads[k]!, key, routeEpoch: 0 });
     } catch {
       // Retry with the same message id (the copy dedupes) through the routing client.
       retried++;

@@ -123,8 +123,8 @@ export class RoutingClient {
   async deliver<R = unknown>(app: string, key: string, payload: unknown, opts: { messageId?: string; rs?: number; deadlineMs?: number } = {}): Promise<Delivered<R>> {
     const messageId = opts.messageId ?? randomUUID();
     const bytes = encodeJson(payload);
-    const res = await this.withActive(app, opts.rs ?? null, key, opts.deadlineMs, (client, rs, deadlineMs) =>
-      unaryCall(client.deliver.bind(client), { app, rs, messageId, payload: bytes, key }, { deadlineMs }),
+    const res = await this.withActive(app, opts.rs ?? null, key, opts.deadlineMs, (client, rs, deadlineMs, routeEpoch) =>
+      unaryCall(client.deliver.bind(client), { app, rs, messageId, payload: bytes, key, routeEpoch }, { deadlineMs }),
     );
     return {
       reply: decodeJson<R>(res.value.reply),
@@ -150,7 +150,7 @@ export class RoutingClient {
     rsOrNull: number | null,
     key: string,
     deadlineMsOpt: number | undefined,
-    fn: (client: AdsmServiceClient, rs: number, deadlineMs: number) => Promise<T>,
+    fn: (client: AdsmServiceClient, rs: number, deadlineMs: number, routeEpoch: number) => Promise<T>,
   ): Promise<{ value: T; attempts: number }> {
     const deadline = Date.now() + (deadlineMsOpt ?? this.deliverDeadlineMs);
     let attempts = 0;
@@ -184,7 +184,7 @@ export class RoutingClient {
       // before is answered from the replicated dedupe table.
       const moved = this.routeMoved(app, rs, route);
       try {
-        const value = await Promise.race([fn(this.copyClient(route.activeAddress), rs, Math.min(left, this.attemptTimeoutMs)), moved.promise]);
+        const value = await Promise.race([fn(this.copyClient(route.activeAddress), rs, Math.min(left, this.attemptTimeoutMs), route.epoch), moved.promise]);
         return { value, attempts };
       } catch (e) {
         const err = ensureError(e);

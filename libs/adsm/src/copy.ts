@@ -86,6 +86,11 @@ export interface CopyOptions<S, M, U, R, Q, QR> {
    * RS's other members before starting from the initial state. @default 3000
    */
   readonly recoverTimeoutMs?: number;
+  /**
+   * A Deliver routed at an epoch newer than this copy holds waits this long for the role to
+   * arrive before answering NOT_ACTIVE. @default 1000
+   */
+  readonly roleWaitMs?: number;
   /** Queued messages per RS before RESOURCE_EXHAUSTED. @default 10000 */
   readonly maxQueuePerRs?: number;
   /**
@@ -258,6 +263,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       deliverTimeoutMs: opts.deliverTimeoutMs ?? 5000,
       replicationCallTimeoutMs: opts.replicationCallTimeoutMs ?? 1000,
       recoverTimeoutMs: opts.recoverTimeoutMs ?? 3000,
+      roleWaitMs: opts.roleWaitMs ?? 1000,
       maxQueuePerRs: opts.maxQueuePerRs ?? 10_000,
       replicationBatchMax: Math.min(opts.replicationBatchMax ?? 256, opts.logTailEntries ?? 1024),
       dedupeWindow: opts.dedupeWindow ?? 10_000,
@@ -461,6 +467,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         }
       }
     }
+    this.rolesChanged();
     return { applied, ignoredStale };
   }
 
@@ -550,7 +557,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     if (req.payload.length > this.o.maxPayloadBytes) {
       throw new InvalidArgumentError(`payload of ${req.payload.length} bytes exceeds the limit of ${this.o.maxPayloadBytes}`);
     }
-    const slot = this.activeSlot(req.rs);
+    const slot = await this.activeSlotFor(req.rs, req.routeEpoch);
     // A redelivery is answered at once only when everything recorded here is committed; else
     // (its update may still be on its way to a standby) it waits in the queue for the commit.
     const seen = slot.dedupe.get(req.messageId);
@@ -641,6 +648,31 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     call.on('cancelled', () => {
       open = false;
     });
+  }
+
+  /**
+   * The ACTIVE slot of `rs`; when this copy is not (yet) active there but the sender's route is
+   * newer than what the copy holds, the SetRoles is on its way (routes and roles leave the
+   * controller in parallel after a failover): wait for it, up to `roleWaitMs`, instead of
+   * sending the client back with NOT_ACTIVE.
+   */
+  private async activeSlotFor(rs: number, routeEpoch: number): Promise<RsSlot<S>> {
+    const deadline = Date.now() + this.o.roleWaitMs;
+    for (;;) {
+      const slot = this.slots.get(rs);
+      if (slot?.role === 'ACTIVE') return slot;
+      const left = deadline - Date.now();
+      if (!(routeEpoch > (slot?.epoch ?? 0)) || left <= 0 || this.stopped) return this.activeSlot(rs);
+      await Promise.race([this.roleSignal.promise, new Promise((r) => setTimeout(r, left))]);
+    }
+  }
+
+  private roleSignal = deferred();
+  /** Wakes deliveries waiting for a role (see `activeSlotFor`). */
+  private rolesChanged(): void {
+    const s = this.roleSignal;
+    this.roleSignal = deferred();
+    s.resolve();
   }
 
   private activeSlot(rs: number): RsSlot<S> {
@@ -1145,6 +1177,12 @@ class ReplicationLink {
     this.stream?.cancel();
     this.stream = undefined;
   }
+}
+
+function deferred(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
 }
 
 const PROBE_OUTCOME: DeliverOutcome = { reply: Buffer.alloc(0), epoch: 0, duplicate: false };

@@ -47,7 +47,7 @@ describe('ADSM replication and fencing', () => {
   };
   const inc = async (c: CopyHandle, rs: number, key: string, messageId: string): Promise<{ value: number; duplicate: boolean }> => {
     const cl = client(c);
-    const res = await unaryCall(cl.deliver.bind(cl), { app: APP, rs, messageId, payload: encodeJson({ key }), key });
+    const res = await unaryCall(cl.deliver.bind(cl), { app: APP, rs, messageId, payload: encodeJson({ key }), key, routeEpoch: 0 });
     return { value: decodeJson<{ value: number }>(res.reply).value, duplicate: res.duplicate };
   };
   const query = async (c: CopyHandle, rs: number, key: string): Promise<number> => {
@@ -149,11 +149,11 @@ describe('ADSM replication and fencing', () => {
       /stale controller term/,
     );
     await assert.rejects(
-      unaryCall(cl.deliver.bind(cl), { app: APP, rs: 0, messageId: '', payload: encodeJson({ key: 'x' }), key: 'x' }),
+      unaryCall(cl.deliver.bind(cl), { app: APP, rs: 0, messageId: '', payload: encodeJson({ key: 'x' }), key: 'x', routeEpoch: 0 }),
       /message_id is required/,
     );
     await assert.rejects(
-      unaryCall(cl.deliver.bind(cl), { app: 'nope', rs: 0, messageId: 'q', payload: encodeJson({}), key: '' }),
+      unaryCall(cl.deliver.bind(cl), { app: 'nope', rs: 0, messageId: 'q', payload: encodeJson({}), key: '', routeEpoch: 0 }),
       /not served by this copy/,
     );
   });
@@ -196,10 +196,10 @@ describe('ADSM replication and fencing', () => {
       stream.on('error', reject);
     });
     const n = 200;
-    for (let i = 0; i < n; i++) stream.write({ correlationId: i + 1, request: { app: APP, rs: 5, messageId: `s${i}`, payload: encodeJson({ key: 's' }), key: 's' } });
-    stream.write({ correlationId: 1000, request: { app: APP, rs: 5, messageId: 's3', payload: encodeJson({ key: 's' }), key: 's' } });
-    stream.write({ correlationId: 1001, request: { app: APP, rs: 6, messageId: 'x1', payload: encodeJson({ key: 's' }), key: 's' } });
-    stream.write({ correlationId: 1002, request: { app: APP, rs: 5, messageId: 'x2', payload: Buffer.from('{not json'), key: 's' } });
+    for (let i = 0; i < n; i++) stream.write({ correlationId: i + 1, request: { app: APP, rs: 5, messageId: `s${i}`, payload: encodeJson({ key: 's' }), key: 's', routeEpoch: 0 } });
+    stream.write({ correlationId: 1000, request: { app: APP, rs: 5, messageId: 's3', payload: encodeJson({ key: 's' }), key: 's', routeEpoch: 0 } });
+    stream.write({ correlationId: 1001, request: { app: APP, rs: 6, messageId: 'x1', payload: encodeJson({ key: 's' }), key: 's', routeEpoch: 0 } });
+    stream.write({ correlationId: 1002, request: { app: APP, rs: 5, messageId: 'x2', payload: Buffer.from('{not json'), key: 's', routeEpoch: 0 } });
     stream.end();
     await done;
     assert.equal(answers.size, n + 3);

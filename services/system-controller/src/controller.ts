@@ -371,11 +371,7 @@ class ControllerNode implements ControllerHandle {
     }
   }
 
-  /**
-   * Copies that gain an ACTIVE role hear it first; routes are published once those calls
-   * settled, so clients that follow the new route find an active that knows it is active (and
-   * not a NOT_ACTIVE retry). Other role changes go out in parallel from the start.
-   */
+  /** Executes a decision's commands: SetRoles (per-copy ordered), routes, stop requests. */
   private async execute(commands: readonly ControllerCommand[], step: Step = (_n, _a, fn) => fn()): Promise<void> {
     const promote: Extract<ControllerCommand, { type: 'SetRoles' }>[] = [];
     const others: Promise<void>[] = [];
@@ -397,9 +393,13 @@ class ControllerNode implements ControllerHandle {
           break;
       }
     }
+    // Routes go out together with the promotions: a copy that gets a delivery routed at an
+    // epoch it does not hold yet waits for its SetRoles (ADSM `roleWaitMs`), so the client's
+    // first retry after a failover costs max(route, role) latency, not their sum.
+    let promoting: Promise<unknown> = Promise.resolve();
     if (promote.length > 0) {
       const actives = promote.flatMap((c) => c.entries.filter((e) => e.role === 'ACTIVE'));
-      await step(
+      promoting = step(
         'promote',
         {
           'understudy.copy_ids': promote.map((c) => c.copyId),
@@ -413,6 +413,7 @@ class ControllerNode implements ControllerHandle {
     if (routes.length > 0) {
       await step('routes_published', { 'understudy.routes': routes.length, 'understudy.watchers': this.watchers.size }, async () => this.publish(routes, false));
     }
+    await promoting;
     await Promise.all(others);
   }
 

@@ -54,6 +54,12 @@ export interface DeliverRequest {
   messageId: string;
   payload: Buffer;
   key: string;
+  /**
+   * Epoch of the route the sender used (0: unknown). A copy not yet ACTIVE at this epoch
+   * waits briefly for the controller's SetRoles instead of answering NOT_ACTIVE: routes
+   * and roles travel in parallel after a failover.
+   */
+  routeEpoch: number;
 }
 
 export interface DeliverResponse {
@@ -593,7 +599,7 @@ export const SetRolesResponse: MessageFns<SetRolesResponse> = {
 };
 
 function createBaseDeliverRequest(): DeliverRequest {
-  return { app: "", rs: 0, messageId: "", payload: Buffer.alloc(0), key: "" };
+  return { app: "", rs: 0, messageId: "", payload: Buffer.alloc(0), key: "", routeEpoch: 0 };
 }
 
 export const DeliverRequest: MessageFns<DeliverRequest> = {
@@ -612,6 +618,9 @@ export const DeliverRequest: MessageFns<DeliverRequest> = {
     }
     if (message.key !== "") {
       writer.uint32(42).string(message.key);
+    }
+    if (message.routeEpoch !== 0) {
+      writer.uint32(48).uint64(message.routeEpoch);
     }
     return writer;
   },
@@ -669,6 +678,14 @@ export const DeliverRequest: MessageFns<DeliverRequest> = {
             message.key = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.routeEpoch = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -692,6 +709,11 @@ export const DeliverRequest: MessageFns<DeliverRequest> = {
         : "",
       payload: isSet(object.payload) ? Buffer.from(bytesFromBase64(object.payload)) : Buffer.alloc(0),
       key: isSet(object.key) ? globalThis.String(object.key) : "",
+      routeEpoch: isSet(object.routeEpoch)
+        ? globalThis.Number(object.routeEpoch)
+        : isSet(object.route_epoch)
+        ? globalThis.Number(object.route_epoch)
+        : 0,
     };
   },
 
@@ -712,6 +734,9 @@ export const DeliverRequest: MessageFns<DeliverRequest> = {
     if (message.key !== "") {
       obj.key = message.key;
     }
+    if (message.routeEpoch !== 0) {
+      obj.routeEpoch = Math.round(message.routeEpoch);
+    }
     return obj;
   },
 
@@ -725,6 +750,7 @@ export const DeliverRequest: MessageFns<DeliverRequest> = {
     message.messageId = object.messageId ?? "";
     message.payload = object.payload ?? Buffer.alloc(0);
     message.key = object.key ?? "";
+    message.routeEpoch = object.routeEpoch ?? 0;
     return message;
   },
 };
