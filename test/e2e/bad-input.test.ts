@@ -411,6 +411,8 @@ const SEEDS: Record<MethodName, Buffer> = {
   disableCopy: ControllerServiceService.disableCopy.requestSerialize({ copyId: 'fz-copy' }),
   enableCopy: ControllerServiceService.enableCopy.requestSerialize({ copyId: 'fz-copy' }),
   watchRoutes: ControllerServiceService.watchRoutes.requestSerialize({ app: 'fz-app' }),
+  saveCheckpoint: ControllerServiceService.saveCheckpoint.requestSerialize({ app: 'fz-app', rs: 0, epoch: 1, checkpoint: Buffer.from('fuzz') }),
+  fenceCheckpoint: ControllerServiceService.fenceCheckpoint.requestSerialize({ app: 'fz-app', rs: 0, epoch: 1 }),
 };
 
 /** Random bytes: half pure noise, half mutations (flips, truncations, splices) of a valid request. */

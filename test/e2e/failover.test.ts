@@ -5,17 +5,17 @@
  * acknowledged increment. After every scenario the counters must equal the acknowledged
  * increments exactly: nothing acknowledged lost, nothing applied twice.
  *
- * Each scenario runs CHAOS_REPS times (default 1 here; the chaos suite in CI sets more).
+ * Each scenario runs CHAOS_REPS times (default 20: this file is the chaos suite; set CHAOS_REPS=1 for a quick run).
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { CopyStatus, Mode, Role, type GetStatusResponse } from '@understudy/proto';
+import { CopyStatus, FaultManagerServiceClient, Mode, Role, type GetStatusResponse } from '@understudy/proto';
 import { FENCED_EXIT_CODE } from '@understudy/adsm';
-import { unaryCall } from '@understudy/runtime';
+import { insecureCredentials, unaryCall } from '@understudy/runtime';
 import { CounterLoad, keys, startCounterCluster, type CounterCluster } from '../harness/cluster';
 import { waitFor } from '../harness/wait';
 
-const REPS = Number(process.env.CHAOS_REPS ?? 1);
+const REPS = Number(process.env.CHAOS_REPS ?? 20);
 const RS = 8;
 /** 100 ms heartbeats, hang after 3 missed; event-loop lag over 60 ms for 3 samples = unhealthy. */
 const DETECTION = { heartbeatIntervalMs: 100, missedHeartbeats: 3, maxEventLoopLagMs: 60, breachSamples: 3 };
@@ -26,7 +26,7 @@ function copy(s: GetStatusResponse, id: string) {
 
 /** Every RS has an ACTIVE on an UP copy and the copy `gone` holds no ACTIVE/STANDBY role. */
 async function recovered(cl: CounterCluster, gone: readonly string[]): Promise<GetStatusResponse> {
-  return waitFor(
+  return withStatusOnFailure(cl, () => waitFor(
     async () => {
       const s = await cl.status(true);
       const up = new Set(s.copies.filter((c) => c.status === CopyStatus.COPY_STATUS_UP).map((c) => c.copyId));
@@ -39,7 +39,7 @@ async function recovered(cl: CounterCluster, gone: readonly string[]): Promise<G
       return s;
     },
     { what: `every RS recovered off ${gone.join(',')}`, timeoutMs: 20_000 },
-  );
+  ));
 }
 
 /** The copy with the most ACTIVE roles. */
@@ -53,14 +53,29 @@ async function busiest(cl: CounterCluster): Promise<string> {
 /** Restart `id` and wait until it is UP again and every RS is fully replicated. */
 async function rejoin(cl: CounterCluster, id: string, standbys: number): Promise<void> {
   await cl.restartCopy(id);
-  await waitFor(
+  await withStatusOnFailure(cl, () => waitFor(
     async () => {
       const s = await cl.status(true);
       if (copy(s, id)?.status !== CopyStatus.COPY_STATUS_UP) return false;
       return s.assignments.every((a) => a.members.filter((m) => m.role === Role.ROLE_STANDBY).length === standbys);
     },
     { what: `${id} rejoined and every RS has ${standbys} standby(s)`, timeoutMs: 30_000 },
-  );
+  ));
+}
+
+/** On failure, add the cluster's view (copies, assignments, recent controller warnings) to the error. */
+async function withStatusOnFailure<T>(cl: CounterCluster, f: () => Promise<T>): Promise<T> {
+  try {
+    return await f();
+  } catch (e) {
+    const s = await cl.status(true).catch(() => undefined);
+    const copies = s?.copies.map((c) => `${c.copyId}:${CopyStatus[c.status]}:a${c.activeCount}/s${c.standbyCount}:inc${c.incarnation}`).join(' ');
+    const rs = s?.assignments.map((a) => `${a.rs}@e${a.epoch}[${a.members.map((m) => `${m.copyId}:${Role[m.role]}`).join(',')}]`).join(' ');
+    const log = [cl.controllers[0], ...cl.faultManagers]
+      .map((p) => `${p?.name}:\n${p?.output().split('\n').filter((l) => l.includes('"level":"warn"') || l.includes('"level":"error"')).slice(-8).join('\n')}`)
+      .join('\n');
+    throw new Error(`${(e as Error).message}\ncopies: ${copies}\nassignments: ${rs}\ncontroller log tail:\n${log}`);
+  }
 }
 
 async function assertExact(load: CounterLoad): Promise<void> {
@@ -148,19 +163,25 @@ for (const mode of [Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, Mode.MODE_FAULT_TOLERA
         const fm = i % 2;
         await cl.faultManagers[fm]!.kill();
         const other = cl.faultManagerAddresses[1 - fm]!;
+        let watched = '';
         await waitFor(
           async () => {
-            const { FaultManagerServiceClient } = await import('@understudy/proto');
-            const c = new FaultManagerServiceClient(other, (await import('@understudy/runtime')).insecureCredentials());
+            // Every registered process (copy id + incarnation) is watched by the survivor.
+            const live = (await cl.status()).copies.filter((c) => c.status === CopyStatus.COPY_STATUS_UP).map((c) => `${c.copyId}@${c.incarnation}`);
+            const c = new FaultManagerServiceClient(other, insecureCredentials());
             try {
               const res = await unaryCall(c.listWatched.bind(c), {}, { deadlineMs: 2000 });
-              return res.copies.length === 3;
+              const have = new Set(res.copies.map((w) => `${w.copyId}@${w.incarnation}`));
+              watched = `live ${live.join(',')}; watched ${[...have].join(',')}`;
+              return live.length === 3 && live.every((x) => have.has(x));
             } finally {
               c.close();
             }
           },
           { what: `every copy attached to the surviving fault manager ${other}` },
-        );
+        ).catch((e: Error) => {
+          throw new Error(`${e.message}: ${watched}`);
+        });
         let victim = '';
         await underLoad(cl, async () => {
           victim = await busiest(cl);

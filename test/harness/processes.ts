@@ -51,6 +51,12 @@ export function startCounterCopy(o: {
   heartbeatIntervalMs?: number;
   faultManagers?: readonly string[];
   env?: Record<string, string>;
+  /** `--checkpoint-interval-ms` (0 / unset: the copy's default, off). */
+  checkpointIntervalMs?: number;
+  /** `--checkpoint-before-ack`. */
+  checkpointBeforeAck?: boolean;
+  /** `--checkpoint-redis-url`: the copy writes checkpoints to this Redis directly. */
+  checkpointRedisUrl?: string;
 }): Promise<Proc> {
   return startProcess({
     name: `copy ${o.copyId}`,
@@ -61,6 +67,9 @@ export function startCounterCopy(o: {
       '--host', o.host ?? `host-${o.copyId}`,
       '--heartbeat-interval-ms', String(o.heartbeatIntervalMs ?? 200),
       ...(o.faultManagers && o.faultManagers.length > 0 ? ['--fault-managers', o.faultManagers.join(',')] : []),
+      ...(o.checkpointIntervalMs ? ['--checkpoint-interval-ms', String(o.checkpointIntervalMs)] : []),
+      ...(o.checkpointBeforeAck ? ['--checkpoint-before-ack'] : []),
+      ...(o.checkpointRedisUrl ? ['--checkpoint-redis-url', o.checkpointRedisUrl] : []),
     ],
     ...(o.env ? { env: o.env } : {}),
     readyMsg: 'copy listening',

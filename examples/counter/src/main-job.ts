@@ -1,6 +1,6 @@
 /**
  * `npm start`: the quickstart. Starts a System Controller (embedded store, or Redis when
- * REDIS_URL is set) and three counter copies as separate processes in
+ * REDIS_URL is set), a Fault Manager and three counter copies as separate processes in
  * DISTRIBUTED_FAULT_TOLERANT mode (1 active + 1 standby per RS), drives a few increments,
  * prints where everything runs and how to use the CLI, then keeps running until Ctrl-C.
  * `--exit` (or UNDERSTUDY_DEMO_EXIT=1) stops everything after the demo instead.
@@ -14,6 +14,7 @@ import { ensureError, startProcess, unaryCall, type Proc } from '@understudy/run
 const ROOT = path.resolve(__dirname, '..', '..', '..');
 const CONTROLLER = process.env.UNDERSTUDY_CONTROLLERS?.split(',')[0] ?? '127.0.0.1:7100';
 const EXIT = process.argv.includes('--exit') || process.env.UNDERSTUDY_DEMO_EXIT === '1';
+const FAULT_MANAGER = process.env.UNDERSTUDY_FAULT_MANAGERS?.split(',')[0] ?? '127.0.0.1:7200';
 const RS_COUNT = 8;
 
 function say(line = ''): void {
@@ -52,6 +53,18 @@ async function main(): Promise<void> {
   );
   say(`  controller-1  listening on ${CONTROLLER}`);
 
+  procs.push(
+    await startProcess({
+      name: 'fault-manager',
+      cwd: ROOT,
+      script: 'services/fault-manager/src/main.ts',
+      args: ['--id', 'fm-1', '--listen', FAULT_MANAGER, '--controllers', CONTROLLER],
+      readyMsg: 'fault manager listening',
+      onLine: logTo('fault-manager'),
+    }),
+  );
+  say(`  fm-1          listening on ${FAULT_MANAGER} (heartbeats every 200 ms; 3 missed = hang)`);
+
   const ctl = new ControllerClient({ addresses: [CONTROLLER], callTimeoutMs: 10_000 });
   await ctl.withLeader((c) =>
     unaryCall(c.applyTopology.bind(c), {
@@ -66,12 +79,12 @@ async function main(): Promise<void> {
       name: id,
       cwd: ROOT,
       script: 'examples/counter/src/copy.ts',
-      args: ['--copy-id', id, '--controllers', CONTROLLER, '--host', host],
+      args: ['--copy-id', id, '--controllers', CONTROLLER, '--host', host, '--fault-managers', FAULT_MANAGER],
       readyMsg: 'copy listening',
       onLine: logTo(id),
     });
     procs.push(p);
-    say(`  counter ${id}    listening on ${p.address} (host ${host})`);
+    say(`  counter ${id}    listening on ${p.address} (host ${host}, pid ${p.pid})`);
   }
 
   const routing = new RoutingClient({ controllerAddresses: [CONTROLLER] });
@@ -104,6 +117,7 @@ async function main(): Promise<void> {
   say('  npx understudy switchover counter 0 --to <a standby of rs 0>');
   say('  npx understudy drain c3      /  npx understudy enable c3');
   say('  npx understudy status --json               # for scripts');
+  say('  kill -9 <pid of a copy>                    # the fault manager reports it; its standbys take over');
   say(`Logs: ${path.relative(ROOT, logDir)}/*.log`);
   routing.close();
   ctl.close();

@@ -53,6 +53,7 @@ import {
   type GrpcServer,
 } from '@understudy/runtime';
 import { decodeJson, encodeJson } from './codec';
+import { controllerCheckpoints, decodeCheckpoint, encodeCheckpoint, type CheckpointStore } from './checkpoint';
 import { ControllerClient } from './controller-client';
 import { FaultManagerLink } from './watch';
 import type { AppDefinition, RsHandler } from './handler';
@@ -108,6 +109,28 @@ export interface CopyOptions<S, M, U, R, Q, QR> {
   readonly maxPayloadBytes?: number;
   /** Fault manager instances (host:port) to keep a heartbeat stream to; none = not watched. @default [] */
   readonly faultManagerAddresses?: readonly string[];
+  /**
+   * Checkpoint every ACTIVE RS whose state moved, this often (R-CKP-1): app snapshot, sequence
+   * number and message-id dedupe table, written at the RS's epoch. 0 = no periodic checkpoints.
+   * Checkpointing (this or `checkpointBeforeAck`) also makes a copy activated without the RS's
+   * state restore it from the checkpoint (DISTRIBUTED mode: always), after fencing it at the new
+   * epoch so the previous active can no longer write. @default 0
+   */
+  readonly checkpointIntervalMs?: number;
+  /**
+   * Group commit writes the checkpoint of the RS after the batch is recorded (and replicated to
+   * the standbys, if any) and acknowledges the batch only once the checkpoint is stored: nothing
+   * acknowledged is lost when the copy fails (R-NF-1), even without standbys. A checkpoint refused
+   * at a newer epoch means this copy was deposed: it demotes itself and acknowledges nothing.
+   * @default false
+   */
+  readonly checkpointBeforeAck?: boolean;
+  /**
+   * Where checkpoints go (see `checkpoint.ts`): e.g. `storeCheckpoints(redisStore)` for a Redis
+   * shared by every process. The caller owns (and closes) it.
+   * @default through the controller (`controllerCheckpoints`)
+   */
+  readonly checkpoints?: CheckpointStore;
   /**
    * Called once when this incarnation learns it was fenced (declared failed by the controller).
    * By then the copy already holds no RS and commits nothing. @default stops the copy
@@ -170,8 +193,15 @@ class RsSlot<S> {
   /** Contiguous tail of the updates recorded here (oldest first), to catch a standby up. */
   readonly log: UpdateEntry[] = [];
   readonly peers = new Map<string, PeerProgress>();
+  /** Epoch of the running background sync loop (see `kickSync`), -1 when none. */
+  syncing = -1;
   /** Set while this ACTIVE fetches the RS state it lacks (see `recoverState`); messages wait. */
   recovering: Promise<void> | null = null;
+  /** The stored checkpoint holds this RS up to `ckptSeq`, written (or fenced) at `ckptEpoch`. */
+  ckptEpoch = -1;
+  ckptSeq = -1;
+  /** The checkpoint write in flight (writes of one RS never overlap, so they land in order). */
+  ckptWrite: Promise<void> | null = null;
   /**
    * ACTIVE: every STANDBY of the member list applied the updates up to `committedSeq` at
    * `committedEpoch`. `seq` runs ahead of it while a batch is being replicated (updates are
@@ -237,7 +267,10 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
   private readonly loopDelay = monitorEventLoopDelay({ resolution: 10 });
   private lastCpu = process.cpuUsage();
   private lastCpuAt = Date.now();
-  private readonly o: Required<Omit<CopyOptions<S, M, U, R, Q, QR>, 'app' | 'logger' | 'controllerAddresses' | 'onFenced'>>;
+  private readonly o: Required<Omit<CopyOptions<S, M, U, R, Q, QR>, 'app' | 'logger' | 'controllerAddresses' | 'onFenced' | 'checkpoints'>>;
+  /** Set when checkpointing is on (`checkpointIntervalMs` > 0 or `checkpointBeforeAck`). */
+  private readonly checkpoints: CheckpointStore | undefined;
+  private checkpointTimer: NodeJS.Timeout | undefined;
   private readonly onFenced: ((reason: string) => void | Promise<void>) | undefined;
   private fmLink: FaultManagerLink | undefined;
   private fencedReason: string | undefined;
@@ -249,6 +282,9 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     }
     if (opts.replicationBatchMax !== undefined && (!Number.isSafeInteger(opts.replicationBatchMax) || opts.replicationBatchMax < 1)) {
       throw new InvalidArgumentError(`replicationBatchMax must be a positive integer, got ${opts.replicationBatchMax}`);
+    }
+    if (opts.checkpointIntervalMs !== undefined && (!Number.isSafeInteger(opts.checkpointIntervalMs) || opts.checkpointIntervalMs < 0)) {
+      throw new InvalidArgumentError(`checkpointIntervalMs must be a non-negative integer, got ${opts.checkpointIntervalMs}`);
     }
     this.handler = opts.app.handler;
     this.appName = opts.app.name;
@@ -270,11 +306,15 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       logTailEntries: opts.logTailEntries ?? 1024,
       maxPayloadBytes: opts.maxPayloadBytes ?? 1 << 20,
       faultManagerAddresses: opts.faultManagerAddresses ?? [],
+      checkpointIntervalMs: opts.checkpointIntervalMs ?? 0,
+      checkpointBeforeAck: opts.checkpointBeforeAck ?? false,
     };
     this.onFenced = opts.onFenced;
     this.incarnation = this.o.incarnation;
     this.log = (opts.logger ?? createLogger({ service: 'adsm' })).child({ copy: this.copyId, app: this.appName });
     this.controller = new ControllerClient({ addresses: opts.controllerAddresses, callTimeoutMs: 2000 });
+    const checkpointing = this.o.checkpointIntervalMs > 0 || this.o.checkpointBeforeAck;
+    this.checkpoints = checkpointing ? (opts.checkpoints ?? controllerCheckpoints(this.controller)) : undefined;
   }
 
   async start(): Promise<void> {
@@ -298,7 +338,17 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       healthServiceNames: ['understudy.v1.AdsmService'],
     });
     this.address = `${this.o.advertiseHost}:${this.server.port}`;
-    this.log.info({ address: this.address, incarnation: this.incarnation }, 'copy serving');
+    this.log.info(
+      {
+        address: this.address,
+        incarnation: this.incarnation,
+        checkpoints: this.checkpoints ? { to: this.checkpoints.kind, intervalMs: this.o.checkpointIntervalMs, beforeAck: this.o.checkpointBeforeAck } : 'off',
+      },
+      'copy serving',
+    );
+    if (this.checkpoints && this.o.checkpointIntervalMs > 0) {
+      this.checkpointTimer = setInterval(() => this.checkpointTick(), this.o.checkpointIntervalMs);
+    }
     // Registration and heartbeats run in the background: a copy keeps serving its RS while
     // no controller is reachable (the data plane never waits for the control plane).
     this.heartbeatLoop();
@@ -359,6 +409,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     if (this.stopped) return;
     this.stopped = true;
     if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
+    if (this.checkpointTimer) clearInterval(this.checkpointTimer);
     this.fmLink?.stop();
     this.loopDelay.disable();
     for (const slot of this.slots.values()) this.failQueued(slot, new UnavailableError('copy is stopping'));
@@ -498,7 +549,8 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         // Epoch 1 is the RS's first activation ever: the initial state is the truth. Later, the
         // state lives on the RS's other members (a swap onto a standby still catching up, a
         // restarted copy): fetch it before serving or syncing anyone.
-        if (epoch <= 1 || !members.some((m) => m.copyId !== this.copyId && m.address)) slot.hasState = true;
+        // With checkpoints the state may live in the checkpoint, so only epoch 1 starts from init.
+        if (epoch <= 1 || (!this.checkpoints && !members.some((m) => m.copyId !== this.copyId && m.address))) slot.hasState = true;
         else {
           slot.recovering = this.recoverState(slot, epoch).finally(() => {
             slot.recovering = null;
@@ -794,9 +846,16 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         throw new NotActiveError(`NOT_ACTIVE: ${this.appName}/${slot.rs} was handed over at epoch ${slot.epoch}`);
       }
       const peers = [...slot.peers.entries()];
-      if (peers.length === 0) return this.markCommitted(slot, epoch, target);
-      if (this.stopped) throw new UnavailableError(`copy ${this.copyId} is stopping`);
       const changed = slot.changed;
+      if (peers.length === 0) {
+        if (await this.checkpointBeforeCommit(slot, epoch, target)) return this.markCommitted(slot, epoch, target);
+        if (background) return false;
+        if (this.stopped) throw new UnavailableError(`copy ${this.copyId} is stopping`);
+        await Promise.race([changed, new Promise((r) => setTimeout(r, backoffMs))]);
+        backoffMs = Math.min(backoffMs * 2, 200);
+        continue;
+      }
+      if (this.stopped) throw new UnavailableError(`copy ${this.copyId} is stopping`);
       let fenced = false;
       const results = await Promise.all(peers.map(([id, p]) => this.syncPeer(slot, id, p, target, epoch).then(() => true, (e) => {
         if (e instanceof StaleEpochError) fenced = true;
@@ -813,10 +872,155 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         this.hook(slot.rs, 'STANDBY', epoch);
         throw new NotActiveError(`NOT_ACTIVE: copy ${this.copyId} was fenced for ${this.appName}/${slot.rs} (epoch ${epoch} is stale)`);
       }
-      if (results.every(Boolean)) return this.markCommitted(slot, epoch, target);
+      if (results.every(Boolean) && (await this.checkpointBeforeCommit(slot, epoch, target))) return this.markCommitted(slot, epoch, target);
       if (background) return false; // background sync: one round is enough, messages retry.
       await Promise.race([changed, new Promise((r) => setTimeout(r, backoffMs))]);
       backoffMs = Math.min(backoffMs * 2, 200);
+    }
+  }
+
+  // ---- checkpoints (R-CKP-1, R-HM-5) --------------------------------------------------------
+
+  /**
+   * With `checkpointBeforeAck`: store a checkpoint covering `target` at `epoch` before the batch
+   * counts as committed. True when stored (or not configured); false after a transient failure
+   * (the caller retries). A refusal at a newer epoch means this copy was deposed: it demotes
+   * itself and throws NOT_ACTIVE, so nothing of the batch is acknowledged.
+   */
+  private async checkpointBeforeCommit(slot: RsSlot<S>, epoch: number, target: number): Promise<boolean> {
+    if (!this.checkpoints || !this.o.checkpointBeforeAck) return true;
+    try {
+      await this.checkpoint(slot, epoch, target);
+      return true;
+    } catch (e) {
+      if (e instanceof NotActiveError) throw e;
+      if (e instanceof StaleEpochError) {
+        this.deposedByCheckpoint(slot, epoch, e.message);
+        throw new NotActiveError(`NOT_ACTIVE: copy ${this.copyId} was deposed for ${this.appName}/${slot.rs}: its checkpoint at epoch ${epoch} was refused`);
+      }
+      this.log.warn({ rs: slot.rs, epoch, err: ensureError(e).message }, 'checkpoint write failed; retrying before acknowledging');
+      return false;
+    }
+  }
+
+  /**
+   * Make the stored checkpoint of `slot` cover `target` at `epoch`: writes the current state
+   * (snapshot, seq, dedupe table, captured synchronously so they agree) unless a stored or
+   * in-flight write already covers it. Writes of one RS are serialised, so they land in order.
+   */
+  private async checkpoint(slot: RsSlot<S>, epoch: number, target: number): Promise<void> {
+    const store = this.checkpoints!;
+    for (;;) {
+      if (slot.role !== 'ACTIVE' || slot.epoch !== epoch) {
+        throw new NotActiveError(`NOT_ACTIVE: ${this.appName}/${slot.rs} was handed over at epoch ${slot.epoch}`);
+      }
+      if (slot.ckptEpoch === epoch && slot.ckptSeq >= target) return;
+      if (slot.ckptWrite) {
+        await slot.ckptWrite.catch(() => undefined);
+        continue;
+      }
+      const seq = slot.seq;
+      const bytes = encodeCheckpoint({
+        epoch,
+        seq,
+        state: encodeJson(this.handler.snapshot ? this.handler.snapshot(slot.state) : slot.state),
+        dedupe: [...slot.dedupe],
+      });
+      const write = store.save(this.appName, slot.rs, epoch, bytes).then(() => {
+        if (slot.ckptEpoch < epoch || (slot.ckptEpoch === epoch && slot.ckptSeq < seq)) {
+          slot.ckptEpoch = epoch;
+          slot.ckptSeq = seq;
+        }
+      });
+      const tracked = write.finally(() => {
+        if (slot.ckptWrite === tracked) slot.ckptWrite = null;
+      });
+      slot.ckptWrite = tracked;
+      tracked.catch(() => undefined);
+      await write;
+    }
+  }
+
+  /** Periodic checkpoints (`checkpointIntervalMs`) of every ACTIVE RS whose state moved. */
+  private checkpointTick(): void {
+    if (this.stopped) return;
+    for (const slot of this.slots.values()) {
+      if (slot.role !== 'ACTIVE' || !slot.hasState || slot.recovering !== null || slot.ckptWrite !== null) continue;
+      if (slot.ckptEpoch === slot.epoch && slot.ckptSeq >= slot.seq) continue;
+      const epoch = slot.epoch;
+      this.checkpoint(slot, epoch, slot.seq).catch((e: unknown) => {
+        if (e instanceof StaleEpochError) this.deposedByCheckpoint(slot, epoch, e.message);
+        else if (!(e instanceof NotActiveError)) this.log.warn({ rs: slot.rs, epoch, err: ensureError(e).message }, 'periodic checkpoint failed; next interval retries');
+      });
+    }
+  }
+
+  /**
+   * The checkpoint of `slot` is fenced at a newer epoch: another copy was activated for the RS and
+   * took the checkpoint over. Stop committing at once and wait for the controller's new role. The
+   * state held here may be ahead of (unacknowledged updates) or behind the truth, so it no longer
+   * counts: a later activation recovers it again.
+   */
+  private deposedByCheckpoint(slot: RsSlot<S>, epoch: number, why: string): void {
+    if (slot.role !== 'ACTIVE' || slot.epoch !== epoch) return;
+    this.log.warn({ rs: slot.rs, epoch, why }, 'deposed: the checkpoint is fenced at a newer epoch; demoting self');
+    slot.role = 'STANDBY';
+    slot.synced = false;
+    slot.hasState = false;
+    this.failQueued(slot, new NotActiveError(`NOT_ACTIVE: copy ${this.copyId} was deposed for ${this.appName}/${slot.rs} (epoch ${epoch} is stale)`));
+    slot.signalChanged();
+    this.hook(slot.rs, 'STANDBY', epoch);
+  }
+
+  /**
+   * Restore `slot` (ACTIVE at `epoch`, without state, no member holding it) from its checkpoint:
+   * fence the checkpoint at `epoch` first, so the previous active can no longer write one this
+   * copy has not read, then restore it — or start from the initial state when the RS was never
+   * checkpointed. Retries while the store is unreachable (the RS waits: starting from an older
+   * state would lose acknowledged updates); gives up when this copy is deposed meanwhile.
+   */
+  private async restoreFromCheckpoint(slot: RsSlot<S>, epoch: number, log: Logger): Promise<void> {
+    const store = this.checkpoints!;
+    for (let attempt = 0; ; attempt++) {
+      if (slot.role !== 'ACTIVE' || slot.epoch !== epoch || this.stopped) return;
+      try {
+        const bytes = await store.fence(this.appName, slot.rs, epoch);
+        if (slot.role !== 'ACTIVE' || slot.epoch !== epoch) return;
+        if (bytes) {
+          const c = decodeCheckpoint(bytes);
+          const snap = decodeJson(c.state);
+          slot.state = this.handler.restore ? this.handler.restore(snap) : (snap as S);
+          slot.seq = c.seq;
+          slot.dedupe.clear();
+          for (const [id, reply] of c.dedupe) slot.dedupe.set(id, reply);
+          log.info({ checkpointEpoch: c.epoch, seq: c.seq, dedupe: c.dedupe.length, from: store.kind }, 'activated without state: restored it from the checkpoint');
+        } else {
+          slot.state = this.handler.init(slot.rs);
+          slot.seq = 0;
+          slot.dedupe.clear();
+          log.info({ from: store.kind }, 'activated without state and the RS has no checkpoint yet: starting from the initial state');
+        }
+        slot.log.length = 0;
+        slot.ckptEpoch = epoch;
+        slot.ckptSeq = slot.seq;
+        slot.hasState = true;
+        return;
+      } catch (e) {
+        if (e instanceof StaleEpochError) {
+          // Fenced at a newer epoch already: another copy was activated after this one.
+          if (slot.role === 'ACTIVE' && slot.epoch === epoch) {
+            slot.role = 'STANDBY';
+            slot.synced = false;
+            this.failQueued(slot, new NotActiveError(`NOT_ACTIVE: ${this.appName}/${slot.rs} was activated elsewhere after epoch ${epoch}`));
+            slot.signalChanged();
+            this.hook(slot.rs, 'STANDBY', epoch);
+          }
+          log.warn({ err: e.message }, 'checkpoint already fenced at a newer epoch: not restoring; demoted self');
+          return;
+        }
+        log.warn({ attempt, err: ensureError(e).message }, 'checkpoint restore failed; retrying');
+        await new Promise((r) => setTimeout(r, Math.min(100 * (attempt + 1), 1000)));
+      }
     }
   }
 
@@ -865,22 +1069,44 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     }
   }
 
+  /**
+   * Bring the standbys of an ACTIVE slot up to date in the background — new standbys get their
+   * snapshot now, not on the RS's next message: a standby that holds nothing must not sit in
+   * the promotion order longer than necessary (an RS without traffic would otherwise leave it
+   * empty until a failover promotes it). Retries with backoff while this copy stays ACTIVE at
+   * the epoch and some standby lags; one loop per slot.
+   */
   private kickSync(slot: RsSlot<S>): void {
     const epoch = slot.epoch;
+    if (slot.syncing === epoch) return;
+    slot.syncing = epoch;
+    const lagging = (): boolean => [...slot.peers.values()].some((p) => p.needsSnapshot || p.ackedSeq < slot.seq);
     const run = async (): Promise<void> => {
-      // Serialise with message processing so a snapshot never races an update.
-      if (slot.running || slot.recovering !== null) return;
-      slot.running = true;
-      try {
-        await this.replicateUntilCommitted(slot, epoch, true);
-      } catch {
-        /* not active anymore: nothing to sync */
-      } finally {
-        slot.running = false;
+      for (let attempt = 0; ; attempt++) {
+        if (slot.role !== 'ACTIVE' || slot.epoch !== epoch || this.stopped || !lagging()) return;
+        // Serialise with message processing so a snapshot never races an update; while
+        // messages flow, their replication rounds sync the standbys anyway.
+        if (!slot.running && slot.recovering === null) {
+          slot.running = true;
+          let done = false;
+          try {
+            done = await this.replicateUntilCommitted(slot, epoch, true);
+          } catch {
+            return; // not active anymore: nothing to sync
+          } finally {
+            slot.running = false;
+            if (slot.queue.length > 0) void this.drain(slot);
+          }
+          if (done) return;
+        }
+        await new Promise((r) => setTimeout(r, Math.min(20 * 2 ** Math.min(attempt, 6), 1000)));
       }
-      if (slot.queue.length > 0) void this.drain(slot);
     };
-    void run();
+    void run().finally(() => {
+      if (slot.syncing === epoch) slot.syncing = -1;
+      // A change that arrived while this loop was finishing gets its own loop.
+      if (slot.role === 'ACTIVE' && slot.epoch === epoch && !this.stopped && lagging()) this.kickSync(slot);
+    });
   }
 
   private replicationLink(address: string): ReplicationLink {
@@ -1017,7 +1243,9 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     const deadline = Date.now() + this.o.recoverTimeoutMs;
     for (let round = 0; ; round++) {
       if (slot.role !== 'ACTIVE' || slot.epoch !== epoch) return;
-      const others = slot.members.filter((m) => m.copyId !== this.copyId && m.address);
+      // With checkpoints, members declared out of service are not waited for: the checkpoint
+      // holds everything acknowledged (with checkpointBeforeAck) or what the interval allows.
+      const others = slot.members.filter((m) => m.copyId !== this.copyId && m.address && (!this.checkpoints || m.role !== PbRole.ROLE_OUT_OF_SERVICE));
       const answers = await Promise.all(
         others.map((m) => {
           const c = this.peerClient(m.address);
@@ -1048,6 +1276,10 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         return;
       }
       const allAnswered = answers.every((a) => a !== undefined);
+      if ((allAnswered || Date.now() >= deadline) && this.checkpoints) {
+        await this.restoreFromCheckpoint(slot, epoch, log);
+        return;
+      }
       if (allAnswered || Date.now() >= deadline) {
         slot.hasState = true;
         log.error(

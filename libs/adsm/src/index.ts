@@ -1,6 +1,14 @@
 /** ADSM: the library an application embeds to run under Understudy. */
 export { defineApp, type AppDefinition, type RsHandler, type HandleResult, type HandleContext, type OutgoingMessage, type RoleChange } from './handler';
 export { startCopy, type CopyOptions, type CopyHandle } from './copy';
+export {
+  storeCheckpoints,
+  controllerCheckpoints,
+  encodeCheckpoint,
+  decodeCheckpoint,
+  type CheckpointStore,
+  type RsCheckpoint,
+} from './checkpoint';
 export { RoutingClient, type RoutingClientOptions, type RouteInfo, type Delivered } from './client';
 export { ControllerClient, LEADER_ADDRESS_KEY, leaderAddressOf, type ControllerClientOptions } from './controller-client';
 export { encodeJson, decodeJson } from './codec';

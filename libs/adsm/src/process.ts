@@ -1,4 +1,5 @@
-import { createLogger, defineConfig, loadConfig, type Telemetry } from '@understudy/runtime';
+import { RedisStore, createLogger, defineConfig, loadConfig, type Store, type Telemetry } from '@understudy/runtime';
+import { storeCheckpoints } from './checkpoint';
 import { startCopy, type CopyHandle } from './copy';
 import type { AppDefinition } from './handler';
 
@@ -11,6 +12,37 @@ export const copyProcessConfig = defineConfig({
   advertiseHost: { env: 'UNDERSTUDY_ADVERTISE_HOST', flag: 'advertise-host', type: 'string', default: '127.0.0.1', description: 'host others reach this copy at' },
   heartbeatIntervalMs: { env: 'UNDERSTUDY_HEARTBEAT_INTERVAL_MS', flag: 'heartbeat-interval-ms', type: 'ms', default: 500, min: 10, max: 60_000, description: 'heartbeat period' },
   faultManagers: { env: 'UNDERSTUDY_FAULT_MANAGERS', flag: 'fault-managers', type: 'string', default: '', description: 'comma-separated fault manager host:port list (empty: not watched)' },
+  checkpointIntervalMs: {
+    env: 'UNDERSTUDY_CHECKPOINT_INTERVAL_MS',
+    flag: 'checkpoint-interval-ms',
+    type: 'ms',
+    default: 0,
+    min: 0,
+    max: 3_600_000,
+    description: 'checkpoint every active RS whose state moved this often (0 = no periodic checkpoints)',
+  },
+  checkpointBeforeAck: {
+    env: 'UNDERSTUDY_CHECKPOINT_BEFORE_ACK',
+    flag: 'checkpoint-before-ack',
+    type: 'bool',
+    default: false,
+    description: 'acknowledge a message only once a checkpoint covering it is stored (lossless without standbys)',
+  },
+  checkpointRedisUrl: {
+    env: 'UNDERSTUDY_CHECKPOINT_REDIS_URL',
+    flag: 'checkpoint-redis-url',
+    type: 'string',
+    default: '',
+    allowEmpty: true,
+    description: 'Redis the copy writes checkpoints to directly (default: REDIS_URL; both empty: through the controller)',
+  },
+  checkpointRedisPrefix: {
+    env: 'UNDERSTUDY_CHECKPOINT_REDIS_PREFIX',
+    flag: 'checkpoint-redis-prefix',
+    type: 'string',
+    default: 'understudy:',
+    description: "key prefix in that Redis (the controller's, so both see the same checkpoints)",
+  },
 });
 
 /**
@@ -32,6 +64,17 @@ export async function runCopyProcess<S, M, U, R, Q, QR>(
   const c = loadConfig(copyProcessConfig, { env: opts.env ?? process.env, argv: [...(opts.argv ?? process.argv.slice(2))] });
   if (!c.copyId) throw new Error('--copy-id (UNDERSTUDY_COPY_ID) is required');
   const logger = createLogger({ service: app.name });
+  const env = opts.env ?? process.env;
+  const checkpointing = c.checkpointIntervalMs > 0 || c.checkpointBeforeAck;
+  const checkpointRedisUrl = c.checkpointRedisUrl || env.REDIS_URL || '';
+  // Checkpoints go straight to a shared Redis when there is one, else through the controller.
+  let checkpointStore: Store | undefined;
+  if (checkpointing && checkpointRedisUrl) {
+    checkpointStore = await RedisStore.connect({ url: checkpointRedisUrl, keyPrefix: c.checkpointRedisPrefix, logger });
+  }
+  const closeCheckpointStore = async (): Promise<void> => {
+    await checkpointStore?.close().catch(() => undefined);
+  };
   const copy = await startCopy({
     app,
     copyId: c.copyId,
@@ -41,8 +84,12 @@ export async function runCopyProcess<S, M, U, R, Q, QR>(
     advertiseHost: c.advertiseHost,
     heartbeatIntervalMs: c.heartbeatIntervalMs,
     faultManagerAddresses: c.faultManagers.split(',').map((s) => s.trim()).filter(Boolean),
+    checkpointIntervalMs: c.checkpointIntervalMs,
+    checkpointBeforeAck: c.checkpointBeforeAck,
+    ...(checkpointStore ? { checkpoints: storeCheckpoints(checkpointStore) } : {}),
     onFenced: async () => {
       await copy.stop();
+      await closeCheckpointStore();
       await opts.telemetry?.shutdown();
       process.exit(FENCED_EXIT_CODE);
     },
@@ -51,10 +98,11 @@ export async function runCopyProcess<S, M, U, R, Q, QR>(
   process.stdout.write(`${JSON.stringify({ msg: 'copy listening', address: copy.address, copyId: copy.copyId })}\n`);
   const shutdown = async (): Promise<void> => {
     await copy.stop();
+    await closeCheckpointStore();
     await opts.telemetry?.shutdown();
     process.exit(0);
   };
-  if ((opts.env ?? process.env).UNDERSTUDY_FAULT_INJECTION === '1') enableFaultInjection(logger);
+  if (env.UNDERSTUDY_FAULT_INJECTION === '1') enableFaultInjection(logger);
   process.once('SIGTERM', () => void shutdown());
   process.once('SIGINT', () => void shutdown());
   return copy;

@@ -47,6 +47,10 @@ export {
   type ReportFaultResponse,
   type FaultResult,
   FaultOutcome,
+  type SaveCheckpointRequest,
+  type SaveCheckpointResponse,
+  type FenceCheckpointRequest,
+  type FenceCheckpointResponse,
 } from './gen/understudy/v1/controller';
 export {
   AdsmServiceService,

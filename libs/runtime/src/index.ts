@@ -70,3 +70,4 @@ export type { Store, LeaseInfo, EpochValue } from './store/port';
 export { RedisStore, type RedisStoreOptions } from './store/redis';
 export { EmbeddedStore, embeddedStoreFiles, type EmbeddedStoreOptions } from './store/embedded';
 export { openStore, type OpenStoreOptions } from './store/open';
+export { checkpointKey } from './store/checkpoint';

@@ -184,6 +184,61 @@ export function storeContract(adapter: Store['kind'], factory: StoreFactory, var
         assert.deepEqual(Buffer.from(got!.value), Buffer.from('e9'));
       });
 
+      test('fenceAndGet raises the epoch and returns the value; older writers are refused afterwards', async () => {
+        await store.putAtEpoch('ckpt', 3, bytes('at-3'));
+        const got = await store.fenceAndGet('ckpt', 4);
+        assert.deepEqual(got, { epoch: 4, value: Buffer.from('at-3') });
+        // The race the fence closes: the old holder (epoch 3) writes after the new one read.
+        await assert.rejects(store.putAtEpoch('ckpt', 3, bytes('late-3')), (e: unknown) => {
+          assert.ok(e instanceof StaleEpochError, `got ${String(e)}`);
+          assert.match(e.message, /epoch 3 is below the stored epoch 4/);
+          return true;
+        });
+        assert.deepEqual(await store.getAtEpoch('ckpt'), { epoch: 4, value: Buffer.from('at-3') }, 'the refused write must not land');
+        await store.putAtEpoch('ckpt', 4, bytes('at-4'));
+        assert.deepEqual(await store.getAtEpoch('ckpt'), { epoch: 4, value: Buffer.from('at-4') });
+      });
+
+      test('fenceAndGet of a missing key returns null but still fences it', async () => {
+        assert.equal(await store.fenceAndGet('fresh', 2), null);
+        assert.equal(await store.getAtEpoch('fresh'), null, 'a fenced key without a value reads as null');
+        await assert.rejects(store.putAtEpoch('fresh', 1, bytes('old')), StaleEpochError);
+        assert.equal(await store.fenceAndGet('fresh', 2), null, 'fencing again at the same epoch is idempotent');
+        await store.putAtEpoch('fresh', 2, bytes('new'));
+        assert.deepEqual(await store.fenceAndGet('fresh', 2), { epoch: 2, value: Buffer.from('new') });
+      });
+
+      test('fenceAndGet below the stored epoch is refused and changes nothing', async () => {
+        await store.putAtEpoch('ckpt', 5, bytes('e5'));
+        await assert.rejects(store.fenceAndGet('ckpt', 4), (e: unknown) => {
+          assert.ok(e instanceof StaleEpochError, `got ${String(e)}`);
+          assert.match(e.message, /epoch 4 is below the stored epoch 5/);
+          return true;
+        });
+        assert.deepEqual(await store.fenceAndGet('ckpt', 5), { epoch: 5, value: Buffer.from('e5') });
+      });
+
+      test('concurrent writes at the old epoch and a fence: every write the fence did not see is refused', async () => {
+        await store.putAtEpoch('race', 1, bytes('0'));
+        const writes = Array.from({ length: 20 }, (_, i) => store.putAtEpoch('race', 1, bytes(String(i + 1))).then(() => i + 1, () => -1));
+        const fence = store.fenceAndGet('race', 2);
+        const more = Array.from({ length: 20 }, (_, i) => store.putAtEpoch('race', 1, bytes(String(i + 21))).then(() => i + 21, () => -1));
+        const [seen, accepted] = await Promise.all([fence, Promise.all([...writes, ...more])]);
+        const last = Math.max(...accepted);
+        assert.ok(seen, 'the fence reads a value');
+        assert.equal(Buffer.from(seen.value).toString(), String(last), 'the fence saw the last accepted write');
+        assert.deepEqual(Buffer.from((await store.getAtEpoch('race'))!.value).toString(), String(last));
+      });
+
+      test('fenceAndGet on a plain key is refused; del removes a fence', async () => {
+        await store.incr('plain');
+        await assert.rejects(store.fenceAndGet('plain', 1), FailedPreconditionError);
+        await store.fenceAndGet('fenced', 9);
+        await store.del('fenced');
+        await store.putAtEpoch('fenced', 1, bytes('after delete'));
+        assert.equal((await store.getAtEpoch('fenced'))?.epoch, 1);
+      });
+
       test('epoch 0 is a valid first epoch and a missing key reads as null', async () => {
         assert.equal(await store.getAtEpoch('nothing'), null);
         await store.putAtEpoch('zero', 0, bytes('z'));
@@ -271,6 +326,8 @@ export function storeContract(adapter: Store['kind'], factory: StoreFactory, var
         await assert.rejects(store.acquireLease('', 'a', 'A', 100), InvalidArgumentError);
         await assert.rejects(store.renewLease('ctl', 'a', 1.5, 100), InvalidArgumentError);
         await assert.rejects(store.putAtEpoch('k', -1, bytes('x')), InvalidArgumentError);
+        await assert.rejects(store.fenceAndGet('k', 1.5), InvalidArgumentError);
+        await assert.rejects(store.fenceAndGet('', 1), InvalidArgumentError);
         await assert.rejects(store.putAtEpoch('k', 1, 'text' as unknown as Uint8Array), InvalidArgumentError);
         await assert.rejects(store.get(''), InvalidArgumentError);
         assert.equal(await store.readLease('ctl'), null, 'refused calls have no effect');

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { appendFile, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { FailedPreconditionError, FencedError } from '../src/errors';
+import { FailedPreconditionError, FencedError, StaleEpochError } from '../src/errors';
 import { EmbeddedStore, embeddedStoreFiles } from '../src/store/embedded';
 import { encodeRecord, Op } from '../src/store/aof';
 import { openStore } from '../src/store/open';
@@ -33,6 +33,34 @@ async function withDir(fn: (path: string) => Promise<void>): Promise<void> {
 }
 
 describe('embedded store: persistence', () => {
+  test('a fence survives a reopen and a compaction (with and without a value)', () =>
+    withDir(async (path) => {
+      const s1 = await EmbeddedStore.open({ dataDir: path });
+      await s1.putAtEpoch('ckpt', 2, buf('v2'));
+      assert.deepEqual(await s1.fenceAndGet('ckpt', 3), { epoch: 3, value: buf('v2') });
+      assert.equal(await s1.fenceAndGet('empty', 7), null);
+      await s1.close();
+
+      const s2 = await EmbeddedStore.open({ dataDir: path, compactAfterBytes: 1 });
+      try {
+        await assert.rejects(s2.putAtEpoch('ckpt', 2, buf('late')), StaleEpochError);
+        await assert.rejects(s2.putAtEpoch('empty', 6, buf('late')), StaleEpochError);
+        assert.deepEqual(await s2.getAtEpoch('ckpt'), { epoch: 3, value: buf('v2') });
+        assert.equal(await s2.getAtEpoch('empty'), null);
+        await s2.putAtEpoch('other', 1, buf('x')); // triggers a compaction (snapshot holds the fences)
+      } finally {
+        await s2.close();
+      }
+      const s3 = await EmbeddedStore.open({ dataDir: path });
+      try {
+        await assert.rejects(s3.putAtEpoch('empty', 6, buf('late')), StaleEpochError);
+        assert.deepEqual(await s3.fenceAndGet('ckpt', 3), { epoch: 3, value: buf('v2') });
+        assert.equal(await s3.fenceAndGet('empty', 7), null);
+      } finally {
+        await s3.close();
+      }
+    }));
+
   test('reopening after close keeps data and the lease token counter, but not leases', () =>
     withDir(async (path) => {
       const s1 = await EmbeddedStore.open({ dataDir: path });

@@ -16,6 +16,10 @@ import {
   type DrainCopyResponse,
   type EnableCopyRequest,
   type EnableCopyResponse,
+  type FenceCheckpointRequest,
+  type FenceCheckpointResponse,
+  type SaveCheckpointRequest,
+  type SaveCheckpointResponse,
   FaultKind,
   FaultOutcome,
   type FaultResult,
@@ -48,6 +52,7 @@ import {
   NotFoundError,
   ResourceExhaustedError,
   UnavailableError,
+  checkpointKey,
   clientChannelOptions,
   ensureError,
   insecureCredentials,
@@ -205,6 +210,8 @@ class ControllerNode implements ControllerHandle {
       enableCopy: unaryHandler('EnableCopy', this.log, (r: EnableCopyRequest) => this.enableCopy(r)),
       watchRoutes: (call) => this.watchRoutes(call),
       reportFault: unaryHandler('ReportFault', this.log, (r: ReportFaultRequest) => this.reportFault(r)),
+      saveCheckpoint: unaryHandler('SaveCheckpoint', this.log, (r: SaveCheckpointRequest) => this.saveCheckpoint(r)),
+      fenceCheckpoint: unaryHandler('FenceCheckpoint', this.log, (r: FenceCheckpointRequest) => this.fenceCheckpoint(r)),
     };
     this.server = await startGrpcServer({
       address: this.listenAddress,
@@ -613,6 +620,40 @@ class ControllerNode implements ControllerHandle {
     }
     this.log.warn({ ...where, results: results.map((x) => `${x.copyId}:${FaultOutcome[x.outcome]}`) }, 'fault report handled');
     return { results };
+  }
+
+  // ---- checkpoints (R-CKP-1, R-HM-5) -----------------------------------------------------------
+
+  /**
+   * The checkpoint key of an RS the controller knows, for a caller at `epoch`. Refuses an unknown
+   * app or RS, and an epoch the controller never issued for the RS (only the store's epoch
+   * fence decides between issued epochs).
+   */
+  private checkpointTarget(app: string, rs: number, epoch: number): string {
+    if (!app) throw new InvalidArgumentError('app is required');
+    if (!(epoch >= 1)) throw new InvalidArgumentError('epoch must be >= 1');
+    const state = this.requireLeader();
+    const a = state.apps[app];
+    if (!a) throw new NotFoundError(`application ${JSON.stringify(app)} is not declared`);
+    const assignment = a.rs[rs];
+    if (!assignment) throw new NotFoundError(`${app} has no rs ${rs} (rs_count ${a.rs.length})`);
+    if (epoch > assignment.epoch) throw new InvalidArgumentError(`epoch ${epoch} of ${app}/${rs} was never issued (current epoch ${assignment.epoch})`);
+    return checkpointKey(app, rs);
+  }
+
+  /** Store an RS checkpoint at its epoch; a stale epoch is refused (StaleEpochError → FAILED_PRECONDITION). */
+  private async saveCheckpoint(r: SaveCheckpointRequest): Promise<SaveCheckpointResponse> {
+    const key = this.checkpointTarget(r.app, r.rs, r.epoch);
+    await this.store.putAtEpoch(key, r.epoch, r.checkpoint);
+    return {};
+  }
+
+  /** Fence an RS checkpoint at the caller's (new) epoch and return it. */
+  private async fenceCheckpoint(r: FenceCheckpointRequest): Promise<FenceCheckpointResponse> {
+    const key = this.checkpointTarget(r.app, r.rs, r.epoch);
+    const got = await this.store.fenceAndGet(key, r.epoch);
+    this.log.info({ app: r.app, rs: r.rs, epoch: r.epoch, found: got !== null, bytes: got?.value.length ?? 0 }, 'checkpoint fenced for a new active');
+    return got ? { found: true, epoch: got.epoch, checkpoint: Buffer.from(got.value) } : { found: false, epoch: r.epoch, checkpoint: Buffer.alloc(0) };
   }
 
   // ---- ops RPCs ------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ export const Op = {
   DEL: 3,
   /** lease name → last token handed out. */
   TOKEN: 4,
+  /** key → epoch, keeping the key's epoch-fenced value (or none): see Store.fenceAndGet. */
+  FENCE: 5,
 } as const;
 
 /** A decoded record. */
@@ -29,7 +31,8 @@ export type AofRecord =
   | { readonly op: typeof Op.SET; readonly key: string; readonly value: Buffer }
   | { readonly op: typeof Op.SET_EPOCH; readonly key: string; readonly epoch: number; readonly value: Buffer }
   | { readonly op: typeof Op.DEL; readonly key: string }
-  | { readonly op: typeof Op.TOKEN; readonly name: string; readonly token: number };
+  | { readonly op: typeof Op.TOKEN; readonly name: string; readonly token: number }
+  | { readonly op: typeof Op.FENCE; readonly key: string; readonly epoch: number };
 
 const HEADER_BYTES = 8;
 /** Refuse absurd lengths early (a garbage length field at a torn tail). */
@@ -65,6 +68,10 @@ export function encodeRecord(r: AofRecord): Buffer {
     case Op.TOKEN:
       str(r.name);
       num(r.token);
+      break;
+    case Op.FENCE:
+      str(r.key);
+      num(r.epoch);
       break;
   }
   const payload = Buffer.concat(parts);
@@ -124,6 +131,9 @@ function decodePayload(payload: Buffer): AofRecord {
       break;
     case Op.TOKEN:
       rec = { op, name: r.str(), token: r.f64() };
+      break;
+    case Op.FENCE:
+      rec = { op, key: r.str(), epoch: r.f64() };
       break;
     default:
       throw new Error(`unknown record op ${op}`);

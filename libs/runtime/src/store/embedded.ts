@@ -67,7 +67,8 @@ export interface EmbeddedStoreOptions {
   readonly logger?: Logger;
 }
 
-type Entry = { readonly kind: 'plain'; readonly value: Buffer } | { readonly kind: 'epoch'; readonly epoch: number; readonly value: Buffer };
+/** An epoch-fenced entry has no value when it was fenced (fenceAndGet) but never written. */
+type Entry = { readonly kind: 'plain'; readonly value: Buffer } | { readonly kind: 'epoch'; readonly epoch: number; readonly value: Buffer | null };
 
 interface HeldLease {
   readonly holderId: string;
@@ -179,6 +180,11 @@ export class EmbeddedStore implements Store {
         // max(): a record replayed twice (see aof.ts) must never lower the counter.
         this.tokens.set(r.name, Math.max(r.token, this.tokens.get(r.name) ?? 0));
         break;
+      case Op.FENCE: {
+        const cur = this.data.get(r.key);
+        this.data.set(r.key, { kind: 'epoch', epoch: r.epoch, value: cur?.kind === 'epoch' ? cur.value : null });
+        break;
+      }
     }
   }
 
@@ -254,7 +260,9 @@ export class EmbeddedStore implements Store {
     const frames: Buffer[] = [];
     for (const [name, token] of this.tokens) frames.push(encodeRecord({ op: Op.TOKEN, name, token }));
     for (const [key, e] of this.data) {
-      frames.push(e.kind === 'plain' ? encodeRecord({ op: Op.SET, key, value: e.value }) : encodeRecord({ op: Op.SET_EPOCH, key, epoch: e.epoch, value: e.value }));
+      if (e.kind === 'plain') frames.push(encodeRecord({ op: Op.SET, key, value: e.value }));
+      else if (e.value === null) frames.push(encodeRecord({ op: Op.FENCE, key, epoch: e.epoch }));
+      else frames.push(encodeRecord({ op: Op.SET_EPOCH, key, epoch: e.epoch, value: e.value }));
     }
     const tmp = join(dir, `${SNAPSHOT_FILE}.tmp`);
     const fh = await open(tmp, 'w');
@@ -408,7 +416,27 @@ export class EmbeddedStore implements Store {
     const e = this.data.get(key);
     if (!e) return null;
     if (e.kind !== 'epoch') throw new FailedPreconditionError(storeMessages.wrongType(key));
-    return { epoch: e.epoch, value: Buffer.from(e.value) };
+    return e.value === null ? null : { epoch: e.epoch, value: Buffer.from(e.value) };
+  }
+
+  async fenceAndGet(key: string, epoch: number): Promise<EpochValue | null> {
+    checkName('key', key);
+    checkEpoch(epoch);
+    this.usable();
+    const cur = this.data.get(key);
+    if (cur?.kind === 'plain') throw new FailedPreconditionError(storeMessages.wrongType(key));
+    if (cur && epoch < cur.epoch) throw new StaleEpochError(storeMessages.staleEpoch(key, epoch, cur.epoch));
+    const value = cur?.value ?? null;
+    if (!cur || epoch > cur.epoch) {
+      // Raised in memory now (later putAtEpoch calls below it fail at once), returned only once
+      // on disk: a restart must not forget a fence someone already relies on.
+      this.data.set(key, { kind: 'epoch', epoch, value });
+      await this.persist({ op: Op.FENCE, key, epoch });
+    }
+    // Everything issued before (the value read included) is on disk once our own record is;
+    // an idempotent re-fence wrote nothing and waits for earlier writes instead.
+    await this.settled();
+    return value === null ? null : { epoch, value: Buffer.from(value) };
   }
 
   async incr(key: string): Promise<number> {

@@ -51,8 +51,23 @@ export interface Store {
 
   /** Write `value` at `key` only if `epoch` >= the stored epoch; else StaleEpochError. */
   putAtEpoch(key: string, epoch: number, value: Uint8Array): Promise<void>;
-  /** Read a value written with putAtEpoch. */
+  /**
+   * Read a value written with putAtEpoch. `epoch` is the key's stored epoch, which
+   * {@link Store.fenceAndGet} may have raised above the epoch the value was written at. A key
+   * that was fenced but never written reads as null.
+   */
   getAtEpoch(key: string): Promise<EpochValue | null>;
+  /**
+   * Fence `key` at `epoch` and read it, atomically (the safe handover of an epoch-fenced value,
+   * e.g. a checkpoint, to a new holder): raise the key's stored epoch to `epoch` if it is lower
+   * (recording the epoch even when the key holds no value yet), then return the stored value
+   * with the key's epoch, or null when no value was ever written. Afterwards every putAtEpoch
+   * below `epoch` fails with StaleEpochError, so an older holder can never write a value the
+   * caller has not seen (write-then-acknowledge on the old side, fence-then-read on the new).
+   * StaleEpochError when `epoch` is below the stored epoch (the caller itself is superseded).
+   * Idempotent: calling it again at the same epoch returns the same value.
+   */
+  fenceAndGet(key: string, epoch: number): Promise<EpochValue | null>;
 
   /** Atomic increment; returns the new value (starts at 1). */
   incr(key: string): Promise<number>;

@@ -145,6 +145,18 @@ redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'value', ARGV[2])
 return {1}
 `;
 
+// KEYS[1] data key; ARGV epoch. Raises the stored epoch to ARGV[1] (a missing key becomes a
+// hash holding only the epoch, which getAtEpoch reads as null). Returns {0, storedEpoch} when
+// ARGV[1] is stale, else {1, value} or {1} when the key holds no value.
+const FENCE_AND_GET_LUA = `
+local cur = redis.call('HGET', KEYS[1], 'epoch')
+if cur and tonumber(ARGV[1]) < tonumber(cur) then return {0, cur} end
+if (not cur) or tonumber(ARGV[1]) > tonumber(cur) then redis.call('HSET', KEYS[1], 'epoch', ARGV[1]) end
+local v = redis.call('HGET', KEYS[1], 'value')
+if v then return {1, v} end
+return {1}
+`;
+
 interface ScriptedRedis extends Redis {
   usAcquireLease(lease: string, counter: string, holderId: string, holderData: string, ttlMs: number): Promise<string | null>;
   usRenewLease(lease: string, holderId: string, token: string, ttlMs: number): Promise<number>;
@@ -152,6 +164,7 @@ interface ScriptedRedis extends Redis {
   usReadLease(lease: string): Promise<[string, number] | null>;
   usPutFenced(lease: string, key: string, token: string, value: Buffer): Promise<number>;
   usPutAtEpoch(key: string, epoch: string, value: Buffer): Promise<[number, string?]>;
+  usFenceAndGetBuffer(key: string, epoch: string): Promise<[number, Buffer?]>;
 }
 
 interface StoredLease {
@@ -202,6 +215,7 @@ export class RedisStore implements Store {
     redis.defineCommand('usReadLease', { numberOfKeys: 1, lua: READ_LUA });
     redis.defineCommand('usPutFenced', { numberOfKeys: 2, lua: PUT_FENCED_LUA });
     redis.defineCommand('usPutAtEpoch', { numberOfKeys: 1, lua: PUT_AT_EPOCH_LUA });
+    redis.defineCommand('usFenceAndGet', { numberOfKeys: 1, lua: FENCE_AND_GET_LUA });
 
     // Log transitions, not every failed reconnect attempt (those come every few ms).
     let up = false;
@@ -314,9 +328,18 @@ export class RedisStore implements Store {
 
   async getAtEpoch(key: string): Promise<EpochValue | null> {
     checkName('key', key);
+    // A fenced key without a value (see fenceAndGet) reads as null.
     const [epoch, value] = await this.run(key, () => this.redis.hmgetBuffer(this.dataKey(key), 'epoch', 'value'));
     if (epoch === null || value === null) return null;
     return { epoch: Number(epoch.toString('utf8')), value };
+  }
+
+  async fenceAndGet(key: string, epoch: number): Promise<EpochValue | null> {
+    checkName('key', key);
+    checkEpoch(epoch);
+    const res = await this.run(key, () => this.redis.usFenceAndGetBuffer(this.dataKey(key), String(epoch)));
+    if (res[0] !== 1) throw new StaleEpochError(storeMessages.staleEpoch(key, epoch, Number(res[1]?.toString('utf8'))));
+    return res[1] === undefined || res[1] === null ? null : { epoch, value: res[1] };
   }
 
   async incr(key: string): Promise<number> {

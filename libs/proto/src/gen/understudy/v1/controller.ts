@@ -251,6 +251,33 @@ export interface ReportFaultResponse {
   results: FaultResult[];
 }
 
+export interface SaveCheckpointRequest {
+  app: string;
+  rs: number;
+  /** The RS's epoch on the writing (active) copy. */
+  epoch: number;
+  /** Opaque to the controller (ADSM's checkpoint encoding). */
+  checkpoint: Buffer;
+}
+
+export interface SaveCheckpointResponse {
+}
+
+export interface FenceCheckpointRequest {
+  app: string;
+  rs: number;
+  /** The caller's (new) epoch for the RS. */
+  epoch: number;
+}
+
+export interface FenceCheckpointResponse {
+  /** False when no checkpoint was ever stored for the RS (start from the initial state). */
+  found: boolean;
+  /** The checkpoint's epoch after the fence (the caller's epoch). */
+  epoch: number;
+  checkpoint: Buffer;
+}
+
 function createBaseRegisterCopyRequest(): RegisterCopyRequest {
   return { copyId: "", app: "", host: "", address: "", incarnation: 0 };
 }
@@ -2750,6 +2777,377 @@ export const ReportFaultResponse: MessageFns<ReportFaultResponse> = {
   },
 };
 
+function createBaseSaveCheckpointRequest(): SaveCheckpointRequest {
+  return { app: "", rs: 0, epoch: 0, checkpoint: Buffer.alloc(0) };
+}
+
+export const SaveCheckpointRequest: MessageFns<SaveCheckpointRequest> = {
+  encode(message: SaveCheckpointRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.app !== "") {
+      writer.uint32(10).string(message.app);
+    }
+    if (message.rs !== 0) {
+      writer.uint32(16).uint32(message.rs);
+    }
+    if (message.epoch !== 0) {
+      writer.uint32(24).uint64(message.epoch);
+    }
+    if (message.checkpoint.length !== 0) {
+      writer.uint32(34).bytes(message.checkpoint);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SaveCheckpointRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSaveCheckpointRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.app = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.rs = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.epoch = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.checkpoint = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SaveCheckpointRequest {
+    return {
+      app: isSet(object.app) ? globalThis.String(object.app) : "",
+      rs: isSet(object.rs) ? globalThis.Number(object.rs) : 0,
+      epoch: isSet(object.epoch) ? globalThis.Number(object.epoch) : 0,
+      checkpoint: isSet(object.checkpoint) ? Buffer.from(bytesFromBase64(object.checkpoint)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: SaveCheckpointRequest): unknown {
+    const obj: any = {};
+    if (message.app !== "") {
+      obj.app = message.app;
+    }
+    if (message.rs !== 0) {
+      obj.rs = Math.round(message.rs);
+    }
+    if (message.epoch !== 0) {
+      obj.epoch = Math.round(message.epoch);
+    }
+    if (message.checkpoint.length !== 0) {
+      obj.checkpoint = base64FromBytes(message.checkpoint);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SaveCheckpointRequest>, I>>(base?: I): SaveCheckpointRequest {
+    return SaveCheckpointRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SaveCheckpointRequest>, I>>(object: I): SaveCheckpointRequest {
+    const message = createBaseSaveCheckpointRequest();
+    message.app = object.app ?? "";
+    message.rs = object.rs ?? 0;
+    message.epoch = object.epoch ?? 0;
+    message.checkpoint = object.checkpoint ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseSaveCheckpointResponse(): SaveCheckpointResponse {
+  return {};
+}
+
+export const SaveCheckpointResponse: MessageFns<SaveCheckpointResponse> = {
+  encode(_: SaveCheckpointResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SaveCheckpointResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSaveCheckpointResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SaveCheckpointResponse {
+    return {};
+  },
+
+  toJSON(_: SaveCheckpointResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SaveCheckpointResponse>, I>>(base?: I): SaveCheckpointResponse {
+    return SaveCheckpointResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SaveCheckpointResponse>, I>>(_: I): SaveCheckpointResponse {
+    const message = createBaseSaveCheckpointResponse();
+    return message;
+  },
+};
+
+function createBaseFenceCheckpointRequest(): FenceCheckpointRequest {
+  return { app: "", rs: 0, epoch: 0 };
+}
+
+export const FenceCheckpointRequest: MessageFns<FenceCheckpointRequest> = {
+  encode(message: FenceCheckpointRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.app !== "") {
+      writer.uint32(10).string(message.app);
+    }
+    if (message.rs !== 0) {
+      writer.uint32(16).uint32(message.rs);
+    }
+    if (message.epoch !== 0) {
+      writer.uint32(24).uint64(message.epoch);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FenceCheckpointRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFenceCheckpointRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.app = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.rs = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.epoch = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FenceCheckpointRequest {
+    return {
+      app: isSet(object.app) ? globalThis.String(object.app) : "",
+      rs: isSet(object.rs) ? globalThis.Number(object.rs) : 0,
+      epoch: isSet(object.epoch) ? globalThis.Number(object.epoch) : 0,
+    };
+  },
+
+  toJSON(message: FenceCheckpointRequest): unknown {
+    const obj: any = {};
+    if (message.app !== "") {
+      obj.app = message.app;
+    }
+    if (message.rs !== 0) {
+      obj.rs = Math.round(message.rs);
+    }
+    if (message.epoch !== 0) {
+      obj.epoch = Math.round(message.epoch);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FenceCheckpointRequest>, I>>(base?: I): FenceCheckpointRequest {
+    return FenceCheckpointRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FenceCheckpointRequest>, I>>(object: I): FenceCheckpointRequest {
+    const message = createBaseFenceCheckpointRequest();
+    message.app = object.app ?? "";
+    message.rs = object.rs ?? 0;
+    message.epoch = object.epoch ?? 0;
+    return message;
+  },
+};
+
+function createBaseFenceCheckpointResponse(): FenceCheckpointResponse {
+  return { found: false, epoch: 0, checkpoint: Buffer.alloc(0) };
+}
+
+export const FenceCheckpointResponse: MessageFns<FenceCheckpointResponse> = {
+  encode(message: FenceCheckpointResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.found !== false) {
+      writer.uint32(8).bool(message.found);
+    }
+    if (message.epoch !== 0) {
+      writer.uint32(16).uint64(message.epoch);
+    }
+    if (message.checkpoint.length !== 0) {
+      writer.uint32(26).bytes(message.checkpoint);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FenceCheckpointResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFenceCheckpointResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.found = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.epoch = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.checkpoint = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FenceCheckpointResponse {
+    return {
+      found: isSet(object.found) ? globalThis.Boolean(object.found) : false,
+      epoch: isSet(object.epoch) ? globalThis.Number(object.epoch) : 0,
+      checkpoint: isSet(object.checkpoint) ? Buffer.from(bytesFromBase64(object.checkpoint)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: FenceCheckpointResponse): unknown {
+    const obj: any = {};
+    if (message.found !== false) {
+      obj.found = message.found;
+    }
+    if (message.epoch !== 0) {
+      obj.epoch = Math.round(message.epoch);
+    }
+    if (message.checkpoint.length !== 0) {
+      obj.checkpoint = base64FromBytes(message.checkpoint);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FenceCheckpointResponse>, I>>(base?: I): FenceCheckpointResponse {
+    return FenceCheckpointResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FenceCheckpointResponse>, I>>(object: I): FenceCheckpointResponse {
+    const message = createBaseFenceCheckpointResponse();
+    message.found = object.found ?? false;
+    message.epoch = object.epoch ?? 0;
+    message.checkpoint = object.checkpoint ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
 /**
  * The System Controller (R-SC). Only the leader replica serves ops and copy RPCs;
  * a follower answers UNAVAILABLE with trailing metadata `understudy-leader-address`.
@@ -2862,6 +3260,38 @@ export const ControllerServiceService = {
     responseSerialize: (value: ReportFaultResponse): Buffer => Buffer.from(ReportFaultResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ReportFaultResponse => ReportFaultResponse.decode(value),
   },
+  /**
+   * The active copy of an RS stores its checkpoint (R-CKP-1) in the controller's store at the
+   * RS's epoch. FAILED_PRECONDITION (reason STALE_EPOCH) when the stored checkpoint is at a
+   * newer epoch: the caller was deposed and must not acknowledge what it checkpoints (R-HM-5).
+   */
+  saveCheckpoint: {
+    path: "/understudy.v1.ControllerService/SaveCheckpoint" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SaveCheckpointRequest): Buffer =>
+      Buffer.from(SaveCheckpointRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SaveCheckpointRequest => SaveCheckpointRequest.decode(value),
+    responseSerialize: (value: SaveCheckpointResponse): Buffer =>
+      Buffer.from(SaveCheckpointResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SaveCheckpointResponse => SaveCheckpointResponse.decode(value),
+  },
+  /**
+   * A newly activated copy takes an RS's checkpoint over: atomically raises the checkpoint's
+   * epoch to the caller's (every later SaveCheckpoint at an older epoch is refused) and returns
+   * it. FAILED_PRECONDITION (reason STALE_EPOCH) when the caller's epoch is itself stale.
+   */
+  fenceCheckpoint: {
+    path: "/understudy.v1.ControllerService/FenceCheckpoint" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: FenceCheckpointRequest): Buffer =>
+      Buffer.from(FenceCheckpointRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): FenceCheckpointRequest => FenceCheckpointRequest.decode(value),
+    responseSerialize: (value: FenceCheckpointResponse): Buffer =>
+      Buffer.from(FenceCheckpointResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): FenceCheckpointResponse => FenceCheckpointResponse.decode(value),
+  },
 } as const;
 
 export interface ControllerServiceServer extends UntypedServiceImplementation {
@@ -2888,6 +3318,18 @@ export interface ControllerServiceServer extends UntypedServiceImplementation {
    * duplicate reports from several fault managers do one recovery).
    */
   reportFault: handleUnaryCall<ReportFaultRequest, ReportFaultResponse>;
+  /**
+   * The active copy of an RS stores its checkpoint (R-CKP-1) in the controller's store at the
+   * RS's epoch. FAILED_PRECONDITION (reason STALE_EPOCH) when the stored checkpoint is at a
+   * newer epoch: the caller was deposed and must not acknowledge what it checkpoints (R-HM-5).
+   */
+  saveCheckpoint: handleUnaryCall<SaveCheckpointRequest, SaveCheckpointResponse>;
+  /**
+   * A newly activated copy takes an RS's checkpoint over: atomically raises the checkpoint's
+   * epoch to the caller's (every later SaveCheckpoint at an older epoch is refused) and returns
+   * it. FAILED_PRECONDITION (reason STALE_EPOCH) when the caller's epoch is itself stale.
+   */
+  fenceCheckpoint: handleUnaryCall<FenceCheckpointRequest, FenceCheckpointResponse>;
 }
 
 export interface ControllerServiceClient extends Client {
@@ -3045,6 +3487,46 @@ export interface ControllerServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ReportFaultResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * The active copy of an RS stores its checkpoint (R-CKP-1) in the controller's store at the
+   * RS's epoch. FAILED_PRECONDITION (reason STALE_EPOCH) when the stored checkpoint is at a
+   * newer epoch: the caller was deposed and must not acknowledge what it checkpoints (R-HM-5).
+   */
+  saveCheckpoint(
+    request: SaveCheckpointRequest,
+    callback: (error: ServiceError | null, response: SaveCheckpointResponse) => void,
+  ): ClientUnaryCall;
+  saveCheckpoint(
+    request: SaveCheckpointRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SaveCheckpointResponse) => void,
+  ): ClientUnaryCall;
+  saveCheckpoint(
+    request: SaveCheckpointRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SaveCheckpointResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * A newly activated copy takes an RS's checkpoint over: atomically raises the checkpoint's
+   * epoch to the caller's (every later SaveCheckpoint at an older epoch is refused) and returns
+   * it. FAILED_PRECONDITION (reason STALE_EPOCH) when the caller's epoch is itself stale.
+   */
+  fenceCheckpoint(
+    request: FenceCheckpointRequest,
+    callback: (error: ServiceError | null, response: FenceCheckpointResponse) => void,
+  ): ClientUnaryCall;
+  fenceCheckpoint(
+    request: FenceCheckpointRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: FenceCheckpointResponse) => void,
+  ): ClientUnaryCall;
+  fenceCheckpoint(
+    request: FenceCheckpointRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: FenceCheckpointResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const ControllerServiceClient = makeGenericClientConstructor(
@@ -3055,6 +3537,14 @@ export const ControllerServiceClient = makeGenericClientConstructor(
   service: typeof ControllerServiceService;
   serviceName: string;
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 
