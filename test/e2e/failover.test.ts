@@ -99,12 +99,22 @@ async function underLoad(cl: CounterCluster, scenario: (load: CounterLoad) => Pr
   await assertExact(load);
 }
 
-for (const mode of [Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, Mode.MODE_FAULT_TOLERANT]) {
+for (const mode of [Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, Mode.MODE_FAULT_TOLERANT, Mode.MODE_DISTRIBUTED]) {
   const name = Mode[mode]!.replace('MODE_', '');
+  // DISTRIBUTED: no standby; recovery restores from checkpoints written before each ack.
+  const standbys = mode === Mode.MODE_DISTRIBUTED ? 0 : 1;
   describe(`automatic failover, ${name}`, () => {
     let cl: CounterCluster;
     before(async () => {
-      cl = await startCounterCluster({ rsCount: RS, copies: 3, standbys: 1, mode, faultManagers: 2, detection: DETECTION });
+      cl = await startCounterCluster({
+        rsCount: RS,
+        copies: 3,
+        standbys,
+        mode,
+        faultManagers: 2,
+        detection: DETECTION,
+        copyEnv: mode === Mode.MODE_DISTRIBUTED ? { UNDERSTUDY_CHECKPOINT_BEFORE_ACK: 'true', UNDERSTUDY_CHECKPOINT_REDIS_URL: '', REDIS_URL: '' } : {},
+      });
     });
     after(async () => {
       await cl?.stop();
@@ -118,7 +128,7 @@ for (const mode of [Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, Mode.MODE_FAULT_TOLERA
           await recovered(cl, [victim]);
         });
         const victim = (await cl.status()).copies.find((c) => c.status === CopyStatus.COPY_STATUS_OUT_OF_SERVICE)!.copyId;
-        await rejoin(cl, victim, 1);
+        await rejoin(cl, victim, standbys);
       }
     });
 
@@ -140,7 +150,7 @@ for (const mode of [Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, Mode.MODE_FAULT_TOLERA
           });
           assert.equal(exit.code, FENCED_EXIT_CODE, `fenced copy exits with ${FENCED_EXIT_CODE}`);
         });
-        await rejoin(cl, victim, 1);
+        await rejoin(cl, victim, standbys);
       }
     });
 
@@ -154,7 +164,7 @@ for (const mode of [Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, Mode.MODE_FAULT_TOLERA
           await recovered(cl, [victim]);
         });
         await cl.copies.get(victim)!.kill();
-        await rejoin(cl, victim, 1);
+        await rejoin(cl, victim, standbys);
       }
     });
 
@@ -189,7 +199,7 @@ for (const mode of [Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, Mode.MODE_FAULT_TOLERA
           await recovered(cl, [victim]);
         });
         await cl.restartFaultManager(fm);
-        await rejoin(cl, victim, 1);
+        await rejoin(cl, victim, standbys);
       }
     });
   });

@@ -28,6 +28,8 @@ export interface ClusterOptions {
   readonly faultManagers?: number;
   /** Host id of copy `cN` (1-based). @default `host-cN` */
   readonly hostOf?: (copyId: string) => string;
+  /** Extra environment of every copy process (e.g. `UNDERSTUDY_CHECKPOINT_BEFORE_ACK`). */
+  readonly copyEnv?: Record<string, string>;
 }
 
 /** A running cluster. */
@@ -87,7 +89,7 @@ export async function startCounterCluster(o: ClusterOptions = {}): Promise<Count
   const faultManagers: (Proc | undefined)[] = await Promise.all(fmPorts.map((_, i) => startFm(i)));
   const copies = new Map<string, Proc>();
   const startCopy = (id: string): Promise<Proc> =>
-    startCounterCopy({ copyId: id, controllers: addresses, host: o.hostOf?.(id), faultManagers: faultManagerAddresses, env: { UNDERSTUDY_FAULT_INJECTION: '1' } });
+    startCounterCopy({ copyId: id, controllers: addresses, host: o.hostOf?.(id), faultManagers: faultManagerAddresses, env: { UNDERSTUDY_FAULT_INJECTION: '1', ...o.copyEnv } });
   await Promise.all(
     Array.from({ length: copyCount }, async (_, i) => {
       const id = `c${i + 1}`;
