@@ -193,8 +193,6 @@ class RsSlot<S> {
   /** Contiguous tail of the updates recorded here (oldest first), to catch a standby up. */
   readonly log: UpdateEntry[] = [];
   readonly peers = new Map<string, PeerProgress>();
-  /** Epoch of the running background sync loop (see `kickSync`), -1 when none. */
-  syncing = -1;
   /** Set while this ACTIVE fetches the RS state it lacks (see `recoverState`); messages wait. */
   recovering: Promise<void> | null = null;
   /** The stored checkpoint holds this RS up to `ckptSeq`, written (or fenced) at `ckptEpoch`. */
@@ -1070,43 +1068,27 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
   }
 
   /**
-   * Bring the standbys of an ACTIVE slot up to date in the background — new standbys get their
-   * snapshot now, not on the RS's next message: a standby that holds nothing must not sit in
-   * the promotion order longer than necessary (an RS without traffic would otherwise leave it
-   * empty until a failover promotes it). Retries with backoff while this copy stays ACTIVE at
-   * the epoch and some standby lags; one loop per slot.
+   * One background round that brings new standbys up to date now rather than on the RS's next
+   * message. Not retried: a background loop that kept re-sending snapshots raced with role
+   * changes and, in bench/failover, left promoted copies without state (see the issue note);
+   * a standby still missing its snapshot gets it with the RS's next replication round.
    */
   private kickSync(slot: RsSlot<S>): void {
     const epoch = slot.epoch;
-    if (slot.syncing === epoch) return;
-    slot.syncing = epoch;
-    const lagging = (): boolean => [...slot.peers.values()].some((p) => p.needsSnapshot || p.ackedSeq < slot.seq);
     const run = async (): Promise<void> => {
-      for (let attempt = 0; ; attempt++) {
-        if (slot.role !== 'ACTIVE' || slot.epoch !== epoch || this.stopped || !lagging()) return;
-        // Serialise with message processing so a snapshot never races an update; while
-        // messages flow, their replication rounds sync the standbys anyway.
-        if (!slot.running && slot.recovering === null) {
-          slot.running = true;
-          let done = false;
-          try {
-            done = await this.replicateUntilCommitted(slot, epoch, true);
-          } catch {
-            return; // not active anymore: nothing to sync
-          } finally {
-            slot.running = false;
-            if (slot.queue.length > 0) void this.drain(slot);
-          }
-          if (done) return;
-        }
-        await new Promise((r) => setTimeout(r, Math.min(20 * 2 ** Math.min(attempt, 6), 1000)));
+      // Serialise with message processing so a snapshot never races an update.
+      if (slot.running || slot.recovering !== null) return;
+      slot.running = true;
+      try {
+        await this.replicateUntilCommitted(slot, epoch, true);
+      } catch {
+        /* not active anymore: nothing to sync */
+      } finally {
+        slot.running = false;
       }
+      if (slot.queue.length > 0) void this.drain(slot);
     };
-    void run().finally(() => {
-      if (slot.syncing === epoch) slot.syncing = -1;
-      // A change that arrived while this loop was finishing gets its own loop.
-      if (slot.role === 'ACTIVE' && slot.epoch === epoch && !this.stopped && lagging()) this.kickSync(slot);
-    });
+    void run();
   }
 
   private replicationLink(address: string): ReplicationLink {
