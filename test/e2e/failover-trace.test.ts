@@ -113,7 +113,9 @@ test('one trace per failover: detect → isolate → promote → routes_publishe
   assert.ok(ms(detect) <= ms(failover));
   assert.ok(ms(isolate) <= ms(promote), 'isolate before promote');
   assert.ok(ms(promote) <= ms(routes), 'promote before routes_published');
-  assert.ok(isolate.endTime[0] * 1e3 + isolate.endTime[1] / 1e6 <= ms(promote), 'isolation (fenced persist) completes before any promotion is sent');
+  const isolateEnd = isolate.endTime[0] * 1e3 + isolate.endTime[1] / 1e6;
+  // Span start times can be millisecond-granular in the SDK while end times are not: allow 1 ms.
+  assert.ok(isolateEnd <= ms(promote) + 1, `isolation (fenced persist) completes before any promotion is sent: ends ${isolateEnd}, promote starts ${ms(promote)}`);
 
   // Attributes: copy, incarnation, kind; promoted RS and their new epochs.
   assert.equal(detect.attributes['understudy.copy_id'], victim);

@@ -713,7 +713,9 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       if (slot?.role === 'ACTIVE') return slot;
       const left = deadline - Date.now();
       if (!(routeEpoch > (slot?.epoch ?? 0)) || left <= 0 || this.stopped) return this.activeSlot(rs);
-      await Promise.race([this.roleSignal.promise, new Promise((r) => setTimeout(r, left))]);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.roleSignal.promise, new Promise((r) => (timer = setTimeout(r, left)))]);
+      clearTimeout(timer);
     }
   }
 
@@ -1277,6 +1279,8 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
   /** Hand this copy's state of an RS to a newly activated member (see `recoverState`). */
   private onFetchState(req: FetchStateRequest): FetchStateResponse {
     if (req.app !== this.appName) throw new NotFoundError(`application ${JSON.stringify(req.app)} is not served by this copy`);
+    if (!(req.epoch > 0)) throw new InvalidArgumentError('epoch must be > 0 (the requester\'s new epoch for the RS)');
+    if (!req.copyId) throw new InvalidArgumentError('copy_id is required (who is fetching the state)');
     const slot = this.slots.get(req.rs);
     if (!slot || !slot.hasState || slot.recovering !== null) return { hasState: false, stateEpoch: 0, seq: 0, state: Buffer.alloc(0), dedupe: [] };
     if (req.epoch <= slot.epoch && slot.role === 'ACTIVE') {

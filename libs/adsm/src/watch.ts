@@ -8,6 +8,7 @@
 import type { Logger } from 'pino';
 import type * as grpc from '@grpc/grpc-js';
 import { FaultManagerServiceClient, type AttachHello, type AttachRequest, type AttachResponse, type Health } from '@understudy/proto';
+import { keyToRs } from '@understudy/core';
 import { clientChannelOptions, ensureError, insecureCredentials } from '@understudy/runtime';
 
 /** Options of {@link FaultManagerLink}. */
@@ -27,22 +28,14 @@ export interface FaultManagerLinkOptions {
   readonly retryBackoffMs?: number;
 }
 
-/** FNV-1a 32-bit, for the rendezvous order (stable across processes and versions). */
-function fnv1a(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) {
-    h ^= s.charCodeAt(i);
-    h = Math.imul(h, 0x01000193) >>> 0;
-  }
-  return h >>> 0;
-}
-
 /**
  * Rendezvous (highest random weight) order of fault managers for `key`: the first one is this
  * key's home; removing an instance only moves the keys it was home for.
  */
 export function faultManagerOrder(key: string, addresses: readonly string[]): string[] {
-  return [...addresses].sort((a, b) => fnv1a(`${key}|${b}`) - fnv1a(`${key}|${a}`) || (a < b ? -1 : 1));
+  // The weight is the shared key hash (libs/core keyToRs: FNV-1a) over a large modulus.
+  const w = (a: string): number => keyToRs(`${key}|${a}`, 0x7fffffff);
+  return [...addresses].sort((a, b) => w(b) - w(a) || (a < b ? -1 : 1));
 }
 
 /** Keeps one Attach stream open to a live fault manager (see module doc). */

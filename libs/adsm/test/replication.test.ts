@@ -5,7 +5,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { AdsmServiceClient, Role, type DeliverStreamResponse, type Member } from '@understudy/proto';
-import { NotActiveError, StaleEpochError, clientChannelOptions, insecureCredentials, silentLogger, unaryCall } from '@understudy/runtime';
+import { InvalidArgumentError, NotActiveError, NotFoundError, StaleEpochError, clientChannelOptions, insecureCredentials, silentLogger, unaryCall } from '@understudy/runtime';
 import { decodeJson, encodeJson, startCopy, type CopyHandle } from '../src/index';
 import { counterApp } from '../../../examples/counter/src/counter';
 
@@ -183,6 +183,22 @@ describe('ADSM replication and fencing', () => {
     assert.deepEqual(await inc(b, 4, 'g', 'g3'), { value: replies[3]!.value, duplicate: true });
     await place(4, 3, 3, c, [a, b]);
     assert.equal(await query(c, 4, 'g'), n + 1);
+  });
+
+  test('a copy activated without the RS state fetches it from the member that has it (FetchState); bad FetchState input is refused', async () => {
+    const [a, b, c] = copies as [CopyHandle, CopyHandle, CopyHandle];
+    await place(11, 1, 1, a, [b]);
+    for (let i = 0; i < 3; i++) await inc(a, 11, 'fs', `fs-${i}`);
+    // c never held RS 11: it is made ACTIVE at epoch 2 with the old active as its standby.
+    await place(11, 2, 2, c, [a]);
+    assert.equal(await query(c, 11, 'fs'), 3, 'the new active serves the state it fetched, not the initial state');
+    const r = await inc(c, 11, 'fs', 'fs-0');
+    assert.equal(r.duplicate, true, 'the dedupe table came with the state');
+    assert.equal((await inc(c, 11, 'fs', 'fs-3')).value, 4);
+    const cl = client(b);
+    await assert.rejects(unaryCall(cl.fetchState.bind(cl), { app: APP, rs: 11, epoch: 0, copyId: 'x' }), (e: Error) => e instanceof InvalidArgumentError && /epoch must be > 0/.test(e.message));
+    await assert.rejects(unaryCall(cl.fetchState.bind(cl), { app: APP, rs: 11, epoch: 5, copyId: '' }), (e: Error) => e instanceof InvalidArgumentError && /copy_id is required/.test(e.message));
+    await assert.rejects(unaryCall(cl.fetchState.bind(cl), { app: 'nope', rs: 11, epoch: 5, copyId: 'x' }), (e: Error) => e instanceof NotFoundError);
   });
 
   test('DeliverStream: each request is a Deliver answered with its correlation id and its own status', async () => {
