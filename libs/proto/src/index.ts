@@ -98,6 +98,31 @@ export {
   type WatchedCopy,
 } from './gen/understudy/v1/fault_manager';
 export {
+  RouterServiceService,
+  RouterServiceClient,
+  type RouterServiceServer,
+  type SendRequest,
+  type SendResponse,
+  type SendItem,
+  type SendStreamRequest,
+  type SendResult,
+  type SendStreamResponse,
+  type GetRouterStatsRequest,
+  type GetRouterStatsResponse,
+  type HeldRs,
+} from './gen/understudy/v1/router';
+export {
+  AldmServiceService,
+  AldmServiceClient,
+  type AldmServiceServer,
+  type IngestRequest,
+  type IngestResponse,
+  type IngestItem,
+  type IngestStreamRequest,
+  type IngestResult,
+  type IngestStreamResponse,
+} from './gen/understudy/v1/aldm';
+export {
   roleName,
   roleFromName,
   modeName,
