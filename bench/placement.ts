@@ -30,7 +30,7 @@
 import { performance } from 'node:perf_hooks';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { checkInvariants, copyLoads, decide, emptyState, type ClusterState, type ControllerEvent, type Decision } from '../libs/core/src/index';
+import { checkInvariants, copyLoads, decide, emptyState, type ClusterState, type ControllerEvent, type Decision, type SyncedStandby } from '../libs/core/src/index';
 
 const RS = 100_000;
 const HOSTS = 50;
@@ -60,6 +60,20 @@ function must(d: Decision, what: string): ClusterState {
 function reg(i: number, app = 'bench'): ControllerEvent {
   const id = `c${String(i).padStart(4, '0')}`;
   return { type: 'CopyRegistered', copyId: id, app, host: `h${String(i % HOSTS).padStart(2, '0')}`, address: `10.0.${i >> 8}.${i & 255}:7000`, incarnation: 1 };
+}
+
+/**
+ * What the active copies do after a change (untimed): report every standby they have caught up
+ * (`StandbysSynced`), which makes it promotable and lets balancing go on.
+ */
+function catchUp(s: ClusterState, now: number): ClusterState {
+  const entries: SyncedStandby[] = [];
+  for (const [app, a] of Object.entries(s.apps)) {
+    for (const [r, e] of Object.entries(a.syncing ?? {})) {
+      for (const copyId of Object.keys(e)) entries.push({ app, rs: Number(r), copyId, incarnation: s.copies[copyId]!.incarnation, version: a.rs[Number(r)]!.version });
+    }
+  }
+  return entries.length === 0 ? s : must(decide(s, { type: 'StandbysSynced', entries }, now), 'catch-up report');
 }
 
 function timed(f: () => Decision): { ms: number; d: Decision } {
@@ -130,7 +144,8 @@ function benchFailHealthy(start: ClusterState, copies: number, label: string): {
     }
     console.log(`  ${label} run ${i + 1}/${WARMUP + RUNS}${i < WARMUP ? ' (warm-up)' : ''}: ${victim} with ${load.active} actives failed in ${r.ms.toFixed(2)} ms`);
     s = must(decide(s, { type: 'CopyRegistered', copyId: victim, app: 'bench', host: c.host, address: c.address, incarnation: c.incarnation + 1 }, now++), 'restart');
-    for (let t = 0; t < 5 && s.apps.bench!.balancePending === true; t++) s = must(decide(s, { type: 'Tick' }, now++), 'tick');
+    s = catchUp(s, now++);
+    for (let t = 0; t < 5 && s.apps.bench!.balancePending === true; t++) s = catchUp(must(decide(s, { type: 'Tick' }, now++), 'tick'), now++);
   }
   return { ms: median(times), actives: median(actives), state: s };
 }
@@ -154,7 +169,8 @@ function benchFail(start: ClusterState, label: string): { ms: number; state: Clu
     }
     const r = timed(() => decide(s, { type: 'CopyFailed', copyId: victim, incarnation: s.copies[victim]!.incarnation, reason: 'bench' }, 20_000 + 10 * i));
     s = must(r.d, 'fail');
-    for (let t = 1; t <= 5 && s.apps.bench!.balancePending === true; t++) s = must(decide(s, { type: 'Tick' }, 20_000 + 10 * i + t), 'tick');
+    s = catchUp(s, 20_000 + 10 * i);
+    for (let t = 1; t <= 5 && s.apps.bench!.balancePending === true; t++) s = catchUp(must(decide(s, { type: 'Tick' }, 20_000 + 10 * i + t), 'tick'), 20_000 + 10 * i + t);
     if (i >= WARMUP) {
       times.push(r.ms);
       activesFailed.push(best);

@@ -96,6 +96,8 @@ export function decide(state: ClusterState, event: ControllerEvent, nowMs: numbe
       return onEnabled(state, event.copyId, nowMs);
     case 'LeadershipAcquired':
       return onLeadership(state, event.passiveTimeoutMs, nowMs);
+    case 'StandbysSynced':
+      return onSynced(state, event, nowMs);
     case 'Tick':
       return onTick(state, nowMs);
     default:
@@ -163,6 +165,42 @@ function onLeadership(state: ClusterState, timeout: number, now: number): Decisi
   return tx.commit();
 }
 
+/** Upper bound of entries in one `StandbysSynced` report. */
+export const MAX_SYNCED_ENTRIES = 10_000;
+
+/**
+ * Clears catching-up marks. Reports about a replaced process, an older listing or a standby not
+ * catching up are ignored (a late or duplicate report is normal, not an error). No commands:
+ * nothing a copy holds changes; balancing picks the standby up on its next pass.
+ */
+function onSynced(state: ClusterState, e: ControllerEvent & { type: 'StandbysSynced' }, now: number): Decision {
+  if (!Array.isArray(e.entries)) return reject(state, 'INVALID_ARGUMENT', 'entries: must be a list');
+  if (e.entries.length > MAX_SYNCED_ENTRIES) return reject(state, 'INVALID_ARGUMENT', `entries: at most ${MAX_SYNCED_ENTRIES} per report (got ${e.entries.length})`);
+  for (let i = 0; i < e.entries.length; i++) {
+    const x = e.entries[i]!;
+    const at = `entries[${i}]`;
+    if (x === null || typeof x !== 'object') return reject(state, 'INVALID_ARGUMENT', `${at}: must be an object`);
+    if (!str(x.app)) return reject(state, 'INVALID_ARGUMENT', `${at}.app: must be a non-empty string`);
+    if (!str(x.copyId)) return reject(state, 'INVALID_ARGUMENT', `${at}.copyId: must be a non-empty string`);
+    for (const f of ['rs', 'incarnation', 'version'] as const) {
+      if (!Number.isSafeInteger(x[f]) || x[f] < 0) return reject(state, 'INVALID_ARGUMENT', `${at}.${f}: must be a non-negative integer (got ${String(x[f])})`);
+    }
+    const app = own(state.apps, x.app);
+    if (app === undefined) return reject(state, 'NOT_FOUND', `${at}.app: application ${x.app} is not declared`);
+    if (x.rs >= app.spec.rsCount) return reject(state, 'INVALID_ARGUMENT', `${at}.rs: ${x.rs} is out of range for ${x.app} (rs_count ${app.spec.rsCount})`);
+  }
+  const tx = new Tx(state, now);
+  let cleared = 0;
+  for (const x of e.entries) {
+    const c = own(state.copies, x.copyId);
+    if (c === undefined || c.incarnation !== x.incarnation || c.app !== x.app) continue;
+    if (tx.app(x.app)!.markSynced(x.rs, x.copyId, x.version)) cleared++;
+  }
+  if (cleared === 0) return noop(state, `no standby newly caught up (${e.entries.length} reported)`);
+  tx.notes.push(`${cleared} standby entr${cleared === 1 ? 'y' : 'ies'} caught up`);
+  return tx.commit();
+}
+
 function onTick(state: ClusterState, now: number): Decision {
   const tx = new Tx(state, now);
   if (state.leader.passive) {
@@ -174,6 +212,17 @@ function onTick(state: ClusterState, now: number): Decision {
 
 // ---------------------------------------------------------------------------------------------
 // Topology
+
+/** True when two specs map keys to RS the same way (absent partitioning is HASH). */
+function samePartitioning(x: AppSpec, y: AppSpec): boolean {
+  if ((x.partitioning ?? 'HASH') !== (y.partitioning ?? 'HASH')) return false;
+  const [a, b] = [x.rangeStarts ?? [], y.rangeStarts ?? []];
+  return a.length === b.length && a.every((s, i) => s === b[i]);
+}
+
+function partitioningLabel(a: AppSpec): string {
+  return a.partitioning === 'RANGE' ? `RANGE (${a.rangeStarts?.length ?? 0} range starts)` : 'HASH';
+}
 
 function onTopology(state: ClusterState, t: Topology, now: number): Decision {
   if (state.leader.passive) return passive(state, 'ApplyTopology');
@@ -188,15 +237,20 @@ function onTopology(state: ClusterState, t: Topology, now: number): Decision {
     if (ex.spec.rsCount !== a.rsCount) {
       return reject(state, 'FAILED_PRECONDITION', `app "${a.name}": changing rsCount ${ex.spec.rsCount} -> ${a.rsCount} is not supported on a declared app; declare a new app instead`);
     }
+    // A different key → RS mapping would strand every key's state on its old RS.
+    if (!samePartitioning(ex.spec, a)) {
+      return reject(state, 'FAILED_PRECONDITION', `app "${a.name}": changing partitioning ${partitioningLabel(ex.spec)} -> ${partitioningLabel(a)} is not supported on a declared app; declare a new app instead`);
+    }
   }
   const tx = new Tx(state, now);
   const balanceSet = new Set<string>();
   for (const a of t.apps) {
     const detection = a.detection === undefined ? undefined : { ...compileDetectionPolicy(a.detection) };
-    const spec: AppSpec =
+    const base: AppSpec =
       detection === undefined
         ? { name: a.name, mode: a.mode, rsCount: a.rsCount, standbys: a.standbys, minCopies: a.minCopies }
         : { name: a.name, mode: a.mode, rsCount: a.rsCount, standbys: a.standbys, minCopies: a.minCopies, detection };
+    const spec: AppSpec = a.partitioning === 'RANGE' ? { ...base, partitioning: 'RANGE', rangeStarts: [...(a.rangeStarts ?? [])] } : base;
     const ex = own(state.apps, a.name);
     if (ex === undefined) {
       tx.createApp(spec);
@@ -406,6 +460,14 @@ function onSwitchover(state: ClusterState, e: ControllerEvent & { type: 'Switcho
       state,
       'FAILED_PRECONDITION',
       `copy ${e.toCopyId} is not a STANDBY of ${where} (${role === null ? 'not a member' : 'it is OUT_OF_SERVICE there'}); only a standby that holds the state can take over`,
+    );
+  }
+  const catchingUp = Object.entries(app.syncing ?? {}).filter(([r, m]) => (app.spec.mode === 'FAULT_TOLERANT' || Number(r) === e.rs) && own(m, e.toCopyId) !== undefined);
+  if (catchingUp.length > 0) {
+    return reject(
+      state,
+      'FAILED_PRECONDITION',
+      `copy ${e.toCopyId} is a STANDBY of ${where} but still catching up (RS ${catchingUp.map(([r]) => r).slice(0, 5).join(', ')}); retry once the active has sent it the state`,
     );
   }
   const tx = new Tx(state, now);

@@ -22,8 +22,24 @@ export type ControllerEvent =
   | { readonly type: 'CopyRemoved'; readonly copyId: string }
   /** This replica became leader: enter the passive phase (R-HM-3). */
   | { readonly type: 'LeadershipAcquired'; readonly passiveTimeoutMs: number }
+  /**
+   * The active of each listed RS has brought the named STANDBY up to date (snapshot, then the
+   * update stream): it may be promoted from now on. `version` = the assignment version of the
+   * member list the active replicates to; a report older than the standby's listing is ignored.
+   */
+  | { readonly type: 'StandbysSynced'; readonly entries: readonly SyncedStandby[] }
   /** Periodic: ends the passive phase on timeout, retries pending work. */
   | { readonly type: 'Tick' };
+
+/** One caught-up standby, as an active copy reports it. */
+export interface SyncedStandby {
+  readonly app: string;
+  readonly rs: number;
+  readonly copyId: string;
+  /** The standby's incarnation the active replicated to (a different one is a stale report). */
+  readonly incarnation: number;
+  readonly version: number;
+}
 
 /** A copy and address as commands carry them, so the shell needs no lookups. */
 export interface MemberView {

@@ -12,7 +12,8 @@ const LIMIT = 50;
  * - roles: DRAINED copies are listed nowhere; when not passive, ACTIVE/STANDBY only on UP copies;
  * - liveness (not passive): every RS of an activated app has an ACTIVE when the app has an UP
  *   copy, and as many standbys as the spec asks and UP copies allow;
- * - FAULT_TOLERANT: all RS of the app have the same member list.
+ * - FAULT_TOLERANT: all RS of the app have the same member list;
+ * - catching-up marks name STANDBYs of existing RS, at versions the RS has reached.
  * Balance is separate ({@link checkBalance}): a switchover may legitimately unbalance an app.
  */
 export function checkInvariants(state: ClusterState): string[] {
@@ -39,6 +40,17 @@ export function checkInvariants(state: ClusterState): string[] {
     const k = spec.mode === 'DISTRIBUTED' ? 0 : spec.standbys;
     let up = 0;
     for (const c of Object.values(state.copies)) if (c.app === name && c.status === 'UP') up++;
+    for (const [r, e] of Object.entries(app.syncing ?? {})) {
+      const a = app.rs[Number(r)];
+      if (a === undefined) {
+        add(`${name}/${r}: catching-up marks for an RS that does not exist`);
+        continue;
+      }
+      for (const [id, since] of Object.entries(e)) {
+        if (!a.members.some((m) => m.copyId === id && m.role === 'STANDBY')) add(`${name}/${r}: ${id} marked catching up but is not a STANDBY there`);
+        if (!Number.isSafeInteger(since) || since > a.version) add(`${name}/${r}: ${id} catching up since version ${since}, beyond the RS version ${a.version}`);
+      }
+    }
     const ft0 = app.rs[0]?.members;
     for (let r = 0; r < app.rs.length; r++) {
       const a = app.rs[r]!;

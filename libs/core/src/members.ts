@@ -175,7 +175,7 @@ export function roleOf(members: readonly Member[], copyId: string): Role | null 
  * Own property of a record, or undefined: ids like "constructor" must never resolve to
  * Object.prototype members.
  */
-export function own<T>(rec: Readonly<Record<string, T>>, key: string): T | undefined {
+export function own<T>(rec: Readonly<Record<string, T>>, key: string | number): T | undefined {
   return Object.prototype.hasOwnProperty.call(rec, key) ? rec[key] : undefined;
 }
 

@@ -7,6 +7,7 @@
 export type Role = 'ACTIVE' | 'STANDBY' | 'OUT_OF_SERVICE';
 
 import type { DetectionPolicy } from './detection';
+import type { PartitioningName } from './partition';
 
 /** Redundancy mode of an application (see SPEC vocabulary). */
 export type Mode = 'DISTRIBUTED' | 'FAULT_TOLERANT' | 'DISTRIBUTED_FAULT_TOLERANT';
@@ -29,6 +30,14 @@ export interface AppSpec {
   readonly minCopies: number;
   /** How the fault manager watches the app's copies (absent: defaults). */
   readonly detection?: DetectionPolicy;
+  /** How keys map to RS (see `rsOfKey`). Absent: `HASH`. Fixed once the app is declared. */
+  readonly partitioning?: PartitioningName;
+  /**
+   * RANGE only: `rsCount - 1` split keys, strictly increasing by code point; RS 0 takes the keys
+   * below the first, RS i the keys from `rangeStarts[i-1]` up to (excluding) `rangeStarts[i]`.
+   * Absent (or empty) for HASH.
+   */
+  readonly rangeStarts?: readonly string[];
 }
 
 /** A data-flow map edge (R-DFM-1). */
@@ -98,6 +107,16 @@ export interface AppState {
    * otherwise.
    */
   readonly balancePending?: boolean;
+  /**
+   * STANDBYs still catching up, per RS id: copy id → the assignment version that listed it
+   * (absent when none). A standby added to an RS that already served (epoch ≥ 1), or a replaced
+   * process re-listed, holds none of the RS state until the active has sent it a snapshot and
+   * reported it caught up (`StandbysSynced`). Until then it is promoted only when no caught-up
+   * standby is left, and balancing never swaps an active onto it. Once caught up a standby stays
+   * caught up while it stays listed: the active acknowledges nothing before every listed
+   * standby applied it.
+   */
+  readonly syncing?: Readonly<Record<string, Readonly<Record<string, number>>>>;
 }
 
 /** Leadership phase of the controller replica that owns this state (R-HM-3). */

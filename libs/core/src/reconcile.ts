@@ -65,11 +65,17 @@ function reconcileApp(tx: Tx, at: AppTx): void {
     return;
   }
   const k = at.spec.mode === 'DISTRIBUTED' ? 0 : at.spec.standbys;
-  const repair: Repair = { board, k, live: [], sbs: new MemberBuf(), out: new MemberBuf(), activate: false };
+  const repair: Repair = { board, k, live: [], sbs: new MemberBuf(), out: new MemberBuf(), activate: false, at, r: -1, unsynced: 0 };
   // Fused with the demotion when it can be (see `demote`); otherwise repairs follow it here.
   if (!demote(tx, at, false, repair)) {
     const todo = sortedDeficient(at);
     for (let i = 0; i < todo.length; i++) repairRs(tx, at, todo[i]!, repair);
+  }
+  if (repair.unsynced > 0) {
+    tx.notes.push(
+      `app ${at.name}: ${repair.unsynced} RS had no caught-up standby left; promoted one still catching up ` +
+        `(it recovers the state from the RS's other members or its checkpoint)`,
+    );
   }
   if (tx.balance === 'all' || tx.balance.has(at.name) || at.balancePending) balance(tx, at, board, k);
 }
@@ -170,6 +176,7 @@ function demote(tx: Tx, at: AppTx, fencedOnly: boolean, repair: Repair | null): 
         else if (what === 'demote') demoted.push(m);
       }
       appendOos(tx.pool, live, cur, cur.length, demoted, removed);
+      if (fuse) repair!.r = r;
       if (fuse && repairList(tx, live.items, live.n, repair!)) {
         at.put(r, repair!.out.take(), repair!.activate);
         next = EMPTY_LIST;
@@ -203,11 +210,17 @@ interface Repair {
   readonly out: MemberBuf;
   /** Whether the repaired list activates a member (new epoch). */
   activate: boolean;
+  readonly at: AppTx;
+  /** The RS being repaired. */
+  r: number;
+  /** Promotions of a standby still catching up (no caught-up one was left), for the notes. */
+  unsynced: number;
 }
 
 /** Step 3 for one DISTRIBUTED / DISTRIBUTED_FAULT_TOLERANT RS. */
 function repairRs(tx: Tx, at: AppTx, r: number, repair: Repair): void {
   const cur = at.get(r).members;
+  repair.r = r;
   if (repairList(tx, cur, cur.length, repair)) at.put(r, repair.out.take(), repair.activate);
 }
 
@@ -228,8 +241,22 @@ function repairList(tx: Tx, cur: readonly Member[], curLen: number, repair: Repa
   let first = 0; // standbys are sbs[first..n): the first one may be promoted
   let activate = false;
   if (active === null) {
-    // R-DFM-4: first healthy backup becomes primary.
-    if (sbs.n > 0) active = tx.pool.get(sbs.at(first++).copyId, 'ACTIVE');
+    // R-DFM-4: first healthy backup becomes primary — healthy meaning caught up too: a standby
+    // still catching up lacks acknowledged updates. Only when none is caught up does the first
+    // one take over (the state then has to come from another member or the checkpoint).
+    if (sbs.n > 0) {
+      let pick = 0;
+      while (pick < sbs.n && repair.at.isSyncing(repair.r, sbs.at(pick).copyId)) pick++;
+      if (pick === sbs.n) {
+        pick = 0;
+        repair.unsynced++;
+      }
+      const chosen = sbs.at(pick);
+      // Keep the others' promotion order: shift the ones before the pick down by one.
+      for (let i = pick; i > 0; i--) (sbs.items as Member[])[i] = sbs.at(i - 1);
+      first = 1;
+      active = tx.pool.get(chosen.copyId, 'ACTIVE');
+    }
     else if (board.n > 0) active = tx.pool.get(board.ids[board.pickActive([])]!, 'ACTIVE');
     activate = active !== null;
   }
@@ -270,7 +297,12 @@ function repairFaultTolerant(tx: Tx, at: AppTx, board: Board): void {
   const sbs = [...p.standbys];
   let activate = false;
   if (active === null) {
-    if (sbs.length > 0) active = sbs.shift()!;
+    // One list for every RS: the standby copy catching up in the fewest RS (none, normally;
+    // see `repairList`), the first in promotion order among equals.
+    const behind = at.syncingCounts();
+    let pick = 0;
+    for (let i = 1; i < sbs.length; i++) if ((behind.get(sbs[i]!) ?? 0) < (behind.get(sbs[pick]!) ?? 0)) pick = i;
+    if (sbs.length > 0) active = sbs.splice(pick, 1)[0]!;
     else if (board.n > 0) active = board.ids[0]!; // first eligible copy by id
     activate = active !== null;
   }
@@ -355,7 +387,8 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
     return -1;
   };
   /** May the copy at position p be promoted in RS r by balancing? (see rules above) */
-  const promotable = (r: number, p: number): boolean => !at.failedOver(r) && !tx.fenced.has(ids[p]!) && at.hadState(r, ids[p]!);
+  const promotable = (r: number, p: number): boolean =>
+    !at.failedOver(r) && !tx.fenced.has(ids[p]!) && at.hadState(r, ids[p]!) && !at.isSyncing(r, ids[p]!);
   const swap = (r: number, to: number): void => {
     // `to` (a STANDBY) becomes ACTIVE; the old active takes its place in the promotion order.
     const p = parseMembers(at.get(r).members);
@@ -504,7 +537,7 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
     }
     // No promotable swap left. New standbys (from this decision) become promotable at the next
     // Tick; if there are none, prepare swaps by moving standbys next to heavy actives.
-    let waiting = at.addedStandbys;
+    let waiting = at.addedStandbys || at.hasSyncing(); // catching up: promotable once reported
     for (const id of tx.fenced) if (tx.copy(id)?.app === at.name) waiting = true; // a restarted process
     if (waiting) at.balancePending = true;
     else {

@@ -11,6 +11,10 @@ import { applyChange, buildIndex, listedRs, peekIndex, setStandbyTarget, storeIn
 import { cmpStr, MemberPool, own, roleOf, sameMembers } from './members';
 
 const EMPTY: readonly Member[] = Object.freeze([]);
+const NO_FENCED: ReadonlySet<string> = new Set();
+
+/** `AppState.syncing` as a working copy. */
+type Syncing = Record<string, Record<string, number>>;
 
 /** Working copy of one application. */
 export class AppTx {
@@ -34,11 +38,17 @@ export class AppTx {
    * scattered ids, where a holey JS array turns into a dictionary and allocates per write.
    */
   private flags: Uint8Array | null = null;
+  /** Working copy of `AppState.syncing` (null: still the base one). */
+  private syncingW: Syncing | null = null;
 
+  /**
+   * @param fenced the decision's replaced processes (re-listed ones hold no state: catching up).
+   */
   constructor(
     readonly name: string,
     readonly base: AppState | undefined,
     spec: AppSpec,
+    private readonly fenced: ReadonlySet<string> = NO_FENCED,
   ) {
     this.spec = spec;
     this.activated = base?.activated ?? false;
@@ -103,14 +113,75 @@ export class AppTx {
     const epoch = (f & 1) !== 0 ? base.epoch + 1 : base.epoch;
     this.rsArr[r] = { app: this.name, rs: r, epoch, version: base.version + 1, members };
     applyChange(idx, r, cur.members, members, this.rsArr);
-    if (!this.addedStandbys) {
-      for (let i = 0; i < members.length; i++) {
-        const m = members[i]!;
-        if (m.role !== 'STANDBY') continue;
+    this.trackSyncing(r, base, members);
+  }
+
+  /**
+   * Recomputes which STANDBYs of RS r are catching up (see `AppState.syncing`), relative to the
+   * decision's start so repeated writes of one RS agree: still listed and catching up at the
+   * start, or new to the RS (or a replaced process) in an RS that has served before (epoch ≥ 1:
+   * at epoch 0 nothing was ever acknowledged, so every member holds the whole state).
+   */
+  private trackSyncing(r: number, base: RsAssignment, members: readonly Member[]): void {
+    const start = own(this.base?.syncing ?? NO_SYNCING, r);
+    let next: Record<string, number> | null = null;
+    for (let i = 0; i < members.length; i++) {
+      const m = members[i]!;
+      if (m.role !== 'STANDBY') continue;
+      let since = start === undefined ? undefined : own(start, m.copyId);
+      if (since === undefined) {
         const was = roleOf(base.members, m.copyId);
+        const fresh = (was !== 'STANDBY' && was !== 'ACTIVE') || this.fenced.has(m.copyId);
+        if (!fresh) continue;
         if (was !== 'STANDBY' && was !== 'ACTIVE') this.addedStandbys = true;
+        if (base.epoch === 0) continue;
+        since = base.version + 1;
       }
+      (next ??= {})[m.copyId] = since;
     }
+    const cur = own((this.syncingW ?? this.base?.syncing ?? NO_SYNCING) as Syncing, r);
+    if (next === null ? cur === undefined : cur !== undefined && sameSince(cur, next)) return;
+    this.syncingW ??= cloneSyncing(this.base?.syncing);
+    if (next === null) delete this.syncingW[r];
+    else this.syncingW[r] = next;
+  }
+
+  /** True when `copyId` is a STANDBY of RS r that is still catching up. */
+  isSyncing(r: number, copyId: string): boolean {
+    const e = own((this.syncingW ?? this.base?.syncing ?? NO_SYNCING) as Syncing, r);
+    return e !== undefined && own(e, copyId) !== undefined;
+  }
+
+  /** True when some STANDBY of this app is still catching up. */
+  hasSyncing(): boolean {
+    const all = (this.syncingW ?? this.base?.syncing ?? NO_SYNCING) as Syncing;
+    for (const _ in all) return true;
+    return false;
+  }
+
+  /** Per copy: the number of RS it is catching up in (copies caught up everywhere are absent). */
+  syncingCounts(): Map<string, number> {
+    const out = new Map<string, number>();
+    const all = (this.syncingW ?? this.base?.syncing ?? NO_SYNCING) as Syncing;
+    for (const r in all) for (const id in all[r]) out.set(id, (out.get(id) ?? 0) + 1);
+    return out;
+  }
+
+  /**
+   * The active of RS r reported `copyId` caught up, replicating to the member list of assignment
+   * `version`. True when that cleared a catching-up mark (a report about an older listing, or
+   * about a standby already caught up, changes nothing).
+   */
+  markSynced(r: number, copyId: string, version: number): boolean {
+    const e = own((this.syncingW ?? this.base?.syncing ?? NO_SYNCING) as Syncing, r);
+    const since = e === undefined ? undefined : own(e, copyId);
+    if (since === undefined || version < since) return false;
+    this.syncingW ??= cloneSyncing(this.base?.syncing);
+    const next = { ...this.syncingW[r]! };
+    delete next[copyId];
+    if (Object.keys(next).length === 0) delete this.syncingW[r];
+    else this.syncingW[r] = next;
+    return true;
   }
 
   /**
@@ -172,11 +243,39 @@ export class AppTx {
     const rs = changedRs.length === 0 && b !== undefined ? b.rs : this.rsArr;
     let app: AppState;
     const pending = this.balancePending;
-    if (b !== undefined && rs === b.rs && b.spec === this.spec && b.activated === this.activated && (b.balancePending === true) === pending) app = b;
-    else app = pending ? { spec: this.spec, activated: this.activated, rs, balancePending: true } : { spec: this.spec, activated: this.activated, rs };
+    const syncing = this.syncingW === null ? b?.syncing : finishSyncing(this.syncingW, rs.length);
+    if (b !== undefined && rs === b.rs && b.spec === this.spec && b.activated === this.activated && (b.balancePending === true) === pending && syncing === b.syncing) app = b;
+    else {
+      app = pending ? { spec: this.spec, activated: this.activated, rs, balancePending: true } : { spec: this.spec, activated: this.activated, rs };
+      if (syncing !== undefined) app = { ...app, syncing };
+    }
     if (this.index !== null) storeIndex(app.rs, this.index);
     return { app, changedRs };
   }
+}
+
+const NO_SYNCING: Readonly<Record<string, Readonly<Record<string, number>>>> = Object.freeze({});
+
+function cloneSyncing(s: AppState['syncing']): Syncing {
+  const out: Syncing = {};
+  if (s !== undefined) for (const r in s) out[r] = s[r] as Record<string, number>;
+  return out;
+}
+
+/**
+ * The syncing record to store (a working copy exists only when a mark changed): RS ids beyond
+ * `rsCount` dropped (a topology update shrank the app), undefined when empty. Costs O(marks):
+ * marks live only until the actives report their standbys caught up, milliseconds normally.
+ */
+function finishSyncing(w: Syncing, rsCount: number): AppState['syncing'] {
+  let out: Syncing | undefined;
+  for (const r in w) if (Number(r) < rsCount) (out ??= {})[r] = w[r]!;
+  return out;
+}
+
+function sameSince(a: Readonly<Record<string, number>>, b: Readonly<Record<string, number>>): boolean {
+  const ka = Object.keys(a);
+  return ka.length === Object.keys(b).length && ka.every((k) => a[k] === b[k]);
 }
 
 /** A StopCopy command as the transaction collects it. */
@@ -254,14 +353,14 @@ export class Tx {
     if (a === undefined) {
       const b = Object.prototype.hasOwnProperty.call(this.base.apps, name) ? this.base.apps[name] : undefined;
       if (b === undefined) return undefined;
-      a = new AppTx(name, b, b.spec);
+      a = new AppTx(name, b, b.spec, this.fenced);
       this.appTxs.set(name, a);
     }
     return a;
   }
   /** Declares a new app (empty, not activated). */
   createApp(spec: AppSpec): AppTx {
-    const a = new AppTx(spec.name, undefined, spec);
+    const a = new AppTx(spec.name, undefined, spec, this.fenced);
     this.appTxs.set(spec.name, a);
     return a;
   }

@@ -2,6 +2,7 @@
 import type { Mode, Topology } from './model';
 import type { Rejection } from './events';
 import { validateDetectionPolicy } from './detection';
+import { validatePartitioning } from './partition';
 
 /** Application names: lower-case identifier, 1–63 characters. */
 export const APP_NAME_RE = /^[a-z][a-z0-9_-]{0,62}$/;
@@ -56,6 +57,8 @@ export function validateTopology(t: Topology, existingApps: Iterable<string> = [
     }
     const bad = validateDetectionPolicy(a.detection, `${at}.detection (${app})`);
     if (bad !== null) return bad;
+    const badPartitioning = validatePartitioning(a, at, app);
+    if (badPartitioning !== null) return invalid(badPartitioning);
   }
   const known = new Set(names);
   for (const n of existingApps) known.add(n);

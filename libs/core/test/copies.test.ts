@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyLoads, decide, emptyState, fullRoleSet, MAX_OOS_ENTRIES } from '../src/index';
-import { T0, activeOf, cluster, counts, members, ok, reg, rejected, routes, settle, setRoles, spec, spread, topo } from './helpers';
+import { T0, activeOf, cluster, counts, members, ok, reg, rejected, routes, settle, setRoles, spec, spread, syncedReport, topo } from './helpers';
 
 const DFT = spec('dft', 'DISTRIBUTED_FAULT_TOLERANT', 8, 1);
 
@@ -291,7 +291,15 @@ test('adding a copy to a running app gives it its share (balanced within 1)', ()
   const d = ok(s, reg('c5', 'dft', 'h2'));
   assert.match(d.notes.join('\n'), /balanced dft: moved_standby=24 moved_active=0 swapped_active=0 \(more swaps wait/);
   assert.equal(counts(d.state, 'dft').get('c5')!.t, 24, 'its share of standbys at once');
-  const t = ok(d.state, { type: 'Tick' }, T0 + 1);
+  assert.equal(Object.values(d.state.apps.dft!.syncing ?? {}).reduce((n, e) => n + Object.keys(e).length, 0), 24, 'every moved standby is catching up');
+  // Until the actives report them caught up, no active is swapped onto them, however often it ticks.
+  const early = ok(d.state, { type: 'Tick' }, T0 + 1);
+  assert.equal(counts(early.state, 'dft').get('c5')!.a, 0, 'no active on standbys still catching up');
+  assert.equal(early.state.apps.dft!.balancePending, true);
+  const synced = ok(early.state, syncedReport(early.state)!, T0 + 2);
+  assert.equal(synced.state.apps.dft!.syncing, undefined, 'all caught up');
+  assert.deepEqual(synced.commands, [], 'a catch-up report changes no roles by itself');
+  const t = ok(synced.state, { type: 'Tick' }, T0 + 3);
   assert.match(t.notes.join('\n'), /balanced dft: moved_standby=0 moved_active=0 swapped_active=\d+/);
   s = t.state;
   const c5 = counts(s, 'dft').get('c5')!;

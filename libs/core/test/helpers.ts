@@ -1,7 +1,7 @@
 /** Shared helpers for the core unit tests. */
 import assert from 'node:assert/strict';
 import { checkInvariants, decide, emptyState } from '../src/index';
-import type { AppSpec, ClusterState, ControllerCommand, ControllerEvent, Decision, Mode, Rejection } from '../src/index';
+import type { AppSpec, ClusterState, ControllerCommand, ControllerEvent, Decision, Mode, Rejection, SyncedStandby } from '../src/index';
 
 export const T0 = 1_000;
 
@@ -46,9 +46,33 @@ export function cluster(s: AppSpec, copies: string[]): ClusterState {
   return settle(st);
 }
 
-/** Ticks until no balancing is pending (new standbys have become promotable). */
+/**
+ * What the active copies report once they have caught their new standbys up: every catching-up
+ * mark of `st`, at the current incarnation and version (null when there is none).
+ */
+export function syncedReport(st: ClusterState): ControllerEvent | null {
+  const entries: SyncedStandby[] = [];
+  for (const [app, a] of Object.entries(st.apps)) {
+    for (const [r, e] of Object.entries(a.syncing ?? {})) {
+      for (const copyId of Object.keys(e)) {
+        entries.push({ app, rs: Number(r), copyId, incarnation: st.copies[copyId]!.incarnation, version: a.rs[Number(r)]!.version });
+      }
+    }
+  }
+  return entries.length === 0 ? null : { type: 'StandbysSynced', entries };
+}
+
+/**
+ * Lets the actives catch every new standby up (`StandbysSynced`), then ticks until no balancing
+ * is pending (caught-up standbys have become promotable).
+ */
 export function settle(st: ClusterState, now = T0 + 1): ClusterState {
-  for (let i = 0; i < 5 && Object.values(st.apps).some((a) => a.balancePending === true); i++) st = ok(st, { type: 'Tick' }, now + i).state;
+  for (let i = 0; i < 5; i++) {
+    const rep = syncedReport(st);
+    if (rep !== null) st = ok(st, rep, now + i).state;
+    if (!Object.values(st.apps).some((a) => a.balancePending === true)) break;
+    st = ok(st, { type: 'Tick' }, now + i).state;
+  }
   assert.ok(!Object.values(st.apps).some((a) => a.balancePending === true), 'balancing still pending after 5 ticks');
   return st;
 }

@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { checkBalance, checkInvariants, decide, emptyState, routesOf } from '../src/index';
 import type { AppSpec, ClusterState, ControllerCommand, ControllerEvent, Decision, Mode, Topology } from '../src/index';
+import { syncedReport } from './helpers';
 
 /** mulberry32: small, fast, seedable PRNG (tests only; the core never draws randomness). */
 export function prng(seed: number): () => number {
@@ -101,6 +102,13 @@ export function runSeed(seed: number, opts: SimOptions): { steps: number; reject
         const na = a.members[0]?.role === 'ACTIVE' ? a.members[0].copyId : null;
         const ba = b.members[0]?.role === 'ACTIVE' ? b.members[0].copyId : null;
         if (na !== null && na !== ba && a.epoch <= b.epoch) fail(`${name}/${r}: active ${ba} -> ${na} without a new epoch`);
+        // Promotion never picks a standby still catching up over one that holds the state.
+        const wasSyncing = (id: string): boolean => before.syncing?.[String(r)]?.[id] !== undefined;
+        // (Not for FAULT_TOLERANT: one list for all RS, the copy behind in the fewest RS wins.)
+        if (na !== null && na !== ba && wasSyncing(na) && app.spec.mode !== 'FAULT_TOLERANT') {
+          const better = a.members.find((m) => m.role === 'STANDBY' && !wasSyncing(m.copyId) && b.members.some((x) => x.copyId === m.copyId && x.role === 'STANDBY'));
+          if (better !== undefined) fail(`${name}/${r}: promoted ${na} (catching up) although ${better.copyId} held the state`);
+        }
       }
     }
     // Process model: what copies and routers learned from the commands.
@@ -131,6 +139,13 @@ export function runSeed(seed: number, opts: SimOptions): { steps: number; reject
       if (pending.length > 0 && opts.pendingCheck) {
         let side = state;
         for (let t = 0; t < 3 && pending.some((a) => side.apps[a]!.balancePending === true); t++) {
+          // The actives catch their new standbys up meanwhile.
+          const rep = syncedReport(side);
+          if (rep !== null) {
+            const d1 = decide(side, rep, now + 1 + t);
+            if (d1.rejection !== undefined) fail(`catch-up report rejected: ${d1.rejection.message}`);
+            side = d1.state;
+          }
           const d2 = decide(side, { type: 'Tick' }, now + 1 + t);
           for (const v of checkInvariants(d2.state)) fail(`after pending tick: ${v}`);
           side = d2.state;
@@ -233,6 +248,14 @@ export function runSeed(seed: number, opts: SimOptions): { steps: number; reject
       if (chance(0.7) && sbs.length > 0) ev = { type: 'SwitchoverRequested', app: app.name, rs, toCopyId: pick(sbs).copyId };
       else ev = { type: 'SwitchoverRequested', app: chance(0.9) ? app.name : 'nope', rs: chance(0.9) ? rs : app.rsCount + int(0, 3), toCopyId: anyCopy() };
     } else if (x < 0.73) ev = { type: 'LeadershipAcquired', passiveTimeoutMs: int(0, 3000) };
+    else if (x < 0.79) {
+      // Catch-up reports: some entries, some stale (older listing, replaced process), some garbage.
+      const full = syncedReport(state);
+      const entries = full === null || full.type !== 'StandbysSynced' ? [] : full.entries.filter(() => chance(0.6));
+      const noisy = entries.map((e) => (chance(0.1) ? { ...e, version: e.version - 1 } : chance(0.05) ? { ...e, incarnation: e.incarnation + 1 } : e));
+      if (chance(0.05)) noisy.push({ app: 'nope', rs: 0, copyId: 'c0', incarnation: 1, version: 1 });
+      ev = { type: 'StandbysSynced', entries: noisy };
+    }
     else if (x < 0.85) {
       const awaiting = state.leader.awaiting;
       const id = awaiting.length > 0 && chance(0.8) ? pick(awaiting) : anyCopy();
