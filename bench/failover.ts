@@ -111,6 +111,17 @@ async function measure(load: Load, t0: number, victim: string, rs: number[]): Pr
 }
 
 async function settle(cl: CounterCluster, victim: string): Promise<void> {
+  await settleOnce(cl, victim).catch(async (e: unknown) => {
+    // What the cluster looked like when it did not settle (catching-up standbys are starred).
+    const st = await cl.status(true);
+    console.log(`  not settled: ${JSON.stringify(st.copies.map((c) => [c.copyId, CopyStatus[c.status], c.activeCount, c.standbyCount, c.incarnation]))}`);
+    for (const a of st.assignments) console.log(`    rs ${a.rs} epoch ${a.epoch} v${a.version}: ${a.members.map((m) => `${m.copyId}:${Role[m.role]}${m.catchingUp ? '*' : ''}`).join(' ')}`);
+    for (const [id, p] of cl.copies) for (const l of p.output().split('\n').filter((x) => /"level":(40|50)/.test(x)).slice(-5)) console.log(`    ${id}: ${l.slice(0, 300)}`);
+    throw e;
+  });
+}
+
+async function settleOnce(cl: CounterCluster, victim: string): Promise<void> {
   await waitFor(
     async () => {
       const s = await cl.status(true);

@@ -305,7 +305,7 @@ async function startCluster(): Promise<{
   await ctl.withLeader((c) =>
     unaryCall(c.applyTopology.bind(c), {
       topology: {
-        apps: [{ name: APP, mode: Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, rsCount: RS, standbys: 2, minCopies: 3, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined }],
+        apps: [{ name: APP, mode: Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, rsCount: RS, standbys: 2, minCopies: 3, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined, rangeStarts: [] }],
         edges: [],
       },
     }),

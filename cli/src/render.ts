@@ -101,7 +101,8 @@ export function renderCopies(copies: readonly CopyState[], nowMs: number): strin
 }
 
 function membersWith(members: readonly Member[], role: Role): string {
-  const ids = members.filter((m) => m.role === role).map((m) => m.copyId);
+  // A standby still catching up (no state yet) is marked: it is not a failover target yet.
+  const ids = members.filter((m) => m.role === role).map((m) => (m.catchingUp ? `${m.copyId} (catching up)` : m.copyId));
   return ids.length === 0 ? '-' : ids.join(', ');
 }
 
@@ -169,7 +170,7 @@ export function renderEnable(copyId: string, r: EnableCopyResponse): string {
   return `enabled ${copyId}: status ${statusLabel(r.status)}\n`;
 }
 
-const PARTITIONING_NAMES: Record<number, string> = { [Partitioning.PARTITIONING_HASH]: 'HASH' };
+const PARTITIONING_NAMES: Record<number, string> = { [Partitioning.PARTITIONING_HASH]: 'HASH', [Partitioning.PARTITIONING_RANGE]: 'RANGE' };
 
 /** Enum-valued fields of the controller's messages, by field name. */
 const ENUM_FIELDS: Record<string, (v: number) => string> = {

@@ -5,6 +5,7 @@
  * apps:
  *   - { name: collector, mode: DISTRIBUTED, rsCount: 8, minCopies: 2 }
  *   - { name: aggregator, mode: DISTRIBUTED_FAULT_TOLERANT, rsCount: 16, standbys: 1, minCopies: 3 }
+ *   - { name: ledger, mode: DISTRIBUTED, rsCount: 3, partitioning: range, rangeStarts: [g, p] }
  * edges:
  *   - { from: collector, to: aggregator, keyField: subscriber }
  * ```
@@ -16,11 +17,18 @@
 import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { Mode, Partitioning, modeFromName, modeName, type AppSpec, type DetectionPolicy, type Edge, type Topology } from '@understudy/proto';
+import { validatePartitioning } from '@understudy/core';
 import { parseDocument } from 'yaml';
 import { UsageError } from './errors';
 
 /** Keys allowed in one `apps[]` entry. */
-export const APP_KEYS = ['name', 'mode', 'rsCount', 'standbys', 'minCopies', 'detection'] as const;
+export const APP_KEYS = ['name', 'mode', 'rsCount', 'standbys', 'minCopies', 'partitioning', 'rangeStarts', 'detection'] as const;
+/**
+ * Partitioning names accepted in a file (case-insensitive; a `PARTITIONING_` prefix is accepted
+ * too). Absent: hash. `range` needs `rangeStarts`: rsCount - 1 split keys, strictly increasing by
+ * code point; RS 0 takes the keys below the first, RS i the keys from start i-1 up to start i.
+ */
+export const PARTITIONING_NAMES = ['hash', 'range'] as const;
 /** Keys allowed in an app's `detection` mapping (numbers; ranges are the controller's call). */
 export const DETECTION_KEYS = [
   'heartbeatIntervalMs',
@@ -172,8 +180,50 @@ function appFromData(raw: unknown, i: number, problems: string[]): AppSpec | und
   const standbys = integer(raw, 'standbys', label, { min: 0, required: false }, problems) ?? 0;
   const minCopies = integer(raw, 'minCopies', label, { min: 1, required: false }, problems) ?? 1;
   const detection = detectionFromData(raw.detection, label, problems);
-  if (problems.length > before || name === undefined || rsCount === undefined) return undefined;
-  return { name, mode, rsCount, standbys, minCopies, partitioning: Partitioning.PARTITIONING_HASH, detection };
+  const partitioning = partitioningFromData(raw, label, rsCount, problems);
+  if (problems.length > before || name === undefined || rsCount === undefined || partitioning === undefined) return undefined;
+  return { name, mode, rsCount, standbys, minCopies, partitioning: partitioning.partitioning, detection, rangeStarts: partitioning.rangeStarts };
+}
+
+/** `partitioning` (hash | range) and `rangeStarts` of one app; undefined after a problem. */
+function partitioningFromData(
+  raw: Record<string, unknown>,
+  label: string,
+  rsCount: number | undefined,
+  problems: string[],
+): { partitioning: Partitioning; rangeStarts: string[] } | undefined {
+  let kind: 'HASH' | 'RANGE' = 'HASH';
+  const p = raw.partitioning;
+  if (p !== undefined && p !== null) {
+    const norm = typeof p === 'string' ? p.trim().toUpperCase().replace(/^PARTITIONING_/, '') : undefined;
+    if (norm !== 'HASH' && norm !== 'RANGE') {
+      problems.push(`${label}.partitioning: expected one of ${PARTITIONING_NAMES.join(', ')}, got ${describe(p)}`);
+      return undefined;
+    }
+    kind = norm;
+  }
+  const rs = raw.rangeStarts;
+  let rangeStarts: string[] = [];
+  if (rs !== undefined && rs !== null) {
+    if (!Array.isArray(rs)) {
+      problems.push(`${label}.rangeStarts: expected a list of strings, got ${describe(rs)}`);
+      return undefined;
+    }
+    const bad = rs.findIndex((v) => typeof v !== 'string');
+    if (bad >= 0) {
+      // YAML reads `[10, 20]` as numbers: say so, since the keys are compared as strings.
+      problems.push(`${label}.rangeStarts[${bad}]: expected a string (quote numbers: '10'), got ${describe(rs[bad])}`);
+      return undefined;
+    }
+    rangeStarts = rs as string[];
+  }
+  if (rsCount === undefined) return undefined;
+  const problem = validatePartitioning({ partitioning: kind, rsCount, rangeStarts }, label);
+  if (problem !== null) {
+    problems.push(problem);
+    return undefined;
+  }
+  return { partitioning: kind === 'RANGE' ? Partitioning.PARTITIONING_RANGE : Partitioning.PARTITIONING_HASH, rangeStarts };
 }
 
 function detectionFromData(raw: unknown, label: string, problems: string[]): DetectionPolicy | undefined {

@@ -37,10 +37,10 @@ const assignment: RsAssignment = {
   epoch: 12,
   version: 30,
   members: [
-    { copyId: 'c2', address: '127.0.0.1:9002', role: Role.ROLE_ACTIVE, incarnation: 1 },
-    { copyId: 'c3', address: '127.0.0.1:9003', role: Role.ROLE_STANDBY, incarnation: 1 },
-    { copyId: 'c4', address: '127.0.0.1:9004', role: Role.ROLE_STANDBY, incarnation: 1 },
-    { copyId: 'c1', address: '127.0.0.1:9001', role: Role.ROLE_OUT_OF_SERVICE, incarnation: 1 },
+    { copyId: 'c2', address: '127.0.0.1:9002', role: Role.ROLE_ACTIVE, incarnation: 1, catchingUp: false },
+    { copyId: 'c3', address: '127.0.0.1:9003', role: Role.ROLE_STANDBY, incarnation: 1, catchingUp: false },
+    { copyId: 'c4', address: '127.0.0.1:9004', role: Role.ROLE_STANDBY, incarnation: 1, catchingUp: false },
+    { copyId: 'c1', address: '127.0.0.1:9001', role: Role.ROLE_OUT_OF_SERVICE, incarnation: 1, catchingUp: false },
   ],
 };
 
@@ -53,13 +53,13 @@ const status: GetStatusResponse = {
   stateVersion: 99,
   apps: [
     {
-      spec: { name: 'counter', mode: Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, rsCount: 8, standbys: 2, minCopies: 3, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined },
+      spec: { name: 'counter', mode: Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, rsCount: 8, standbys: 2, minCopies: 3, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined, rangeStarts: [] },
       activated: true,
       rsWithActive: 8,
       rsFullyReplicated: 6,
     },
     {
-      spec: { name: 'ingest', mode: Mode.MODE_DISTRIBUTED, rsCount: 4, standbys: 0, minCopies: 1, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined },
+      spec: { name: 'ingest', mode: Mode.MODE_DISTRIBUTED, rsCount: 4, standbys: 0, minCopies: 1, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined, rangeStarts: [] },
       activated: false,
       rsWithActive: 0,
       rsFullyReplicated: 0,
@@ -110,8 +110,14 @@ describe('renderStatus', () => {
     assertRow(withA, ['counter', '5', '12', 'c2', 'c3, c4', 'c1']);
   });
 
+  it('a standby still catching up is marked', () => {
+    const syncing: RsAssignment = { ...assignment, members: assignment.members.map((m) => (m.copyId === 'c4' ? { ...m, catchingUp: true } : m)) };
+    const t = renderStatus({ ...status, assignments: [syncing] }, { nowMs: NOW, assignments: true });
+    assertRow(t, ['counter', '5', '12', 'c2', 'c3, c4 (catching up)', 'c1']);
+  });
+
   it('an RS without an active copy says so', () => {
-    const orphan: RsAssignment = { ...assignment, rs: 6, members: [{ copyId: 'c1', address: 'x:1', role: Role.ROLE_OUT_OF_SERVICE, incarnation: 1 }] };
+    const orphan: RsAssignment = { ...assignment, rs: 6, members: [{ copyId: 'c1', address: 'x:1', role: Role.ROLE_OUT_OF_SERVICE, incarnation: 1, catchingUp: false }] };
     const t = renderStatus({ ...status, assignments: [orphan] }, { nowMs: NOW, assignments: true });
     assertRow(t, ['counter', '6', '12', '(none)', '-', 'c1']);
   });

@@ -52,9 +52,9 @@ describe('topology file: valid input', () => {
   it('parses YAML with defaults, case-insensitive modes and a MODE_ prefix', () => {
     const t = parseTopologyText(VALID_YAML, 'topo.yaml');
     assert.deepEqual(t.apps, [
-      { name: 'collector', mode: Mode.MODE_DISTRIBUTED, rsCount: 8, standbys: 0, minCopies: 2, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined },
-      { name: 'aggregator', mode: Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, rsCount: 16, standbys: 1, minCopies: 3, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined },
-      { name: 'enhancer', mode: Mode.MODE_FAULT_TOLERANT, rsCount: 1, standbys: 2, minCopies: 1, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined },
+      { name: 'collector', mode: Mode.MODE_DISTRIBUTED, rsCount: 8, standbys: 0, minCopies: 2, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined, rangeStarts: [] },
+      { name: 'aggregator', mode: Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, rsCount: 16, standbys: 1, minCopies: 3, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined, rangeStarts: [] },
+      { name: 'enhancer', mode: Mode.MODE_FAULT_TOLERANT, rsCount: 1, standbys: 2, minCopies: 1, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined, rangeStarts: [] },
     ]);
     assert.deepEqual(t.edges, [{ from: 'collector', to: 'aggregator', keyField: 'subscriber' }]);
   });
@@ -160,5 +160,40 @@ describe('loadTopologyFile', () => {
 
   it('a directory is a TopologyFileError', async () => {
     await assert.rejects(loadTopologyFile(dir), /cannot read the file: is a directory/);
+  });
+});
+
+describe('topology file: partitioning', () => {
+  it('accepts partitioning hash|range (any case, PARTITIONING_ prefix) with rangeStarts', () => {
+    const t = parseTopologyText(
+      `apps:
+  - { name: ledger, mode: DISTRIBUTED, rsCount: 3, partitioning: range, rangeStarts: [g, p] }
+  - { name: counts, mode: DISTRIBUTED, rsCount: 2, partitioning: HASH }
+  - { name: other, mode: DISTRIBUTED, rsCount: 2, partitioning: PARTITIONING_RANGE, rangeStarts: ['10'] }
+`,
+      'topo.yaml',
+    );
+    assert.deepEqual(
+      t.apps.map((a) => [a.name, a.partitioning, a.rangeStarts]),
+      [
+        ['ledger', Partitioning.PARTITIONING_RANGE, ['g', 'p']],
+        ['counts', Partitioning.PARTITIONING_HASH, []],
+        ['other', Partitioning.PARTITIONING_RANGE, ['10']],
+      ],
+    );
+    const j = parseTopologyText(JSON.stringify({ apps: [{ name: 'ledger', mode: 'DISTRIBUTED', rsCount: 2, partitioning: 'range', rangeStarts: ['m'] }] }), 't.json');
+    assert.deepEqual(j.apps[0]!.rangeStarts, ['m']);
+  });
+
+  it('rejects bad partitioning and range starts, naming the field', () => {
+    const app = (extra: string): string => `apps:\n  - { name: ledger, mode: DISTRIBUTED, rsCount: 3, ${extra} }\n`;
+    assertProblem(app('partitioning: zones'), /apps\[0\] \(ledger\)\.partitioning: expected one of hash, range, got the string "zones"/);
+    assertProblem(app('partitioning: range, rangeStarts: [g]'), /apps\[0\] \(ledger\)\.rangeStarts: RANGE partitioning with rsCount 3 needs exactly 2 range starts/);
+    assertProblem(app('partitioning: range'), /needs exactly 2 range starts .*got 0/);
+    assertProblem(app('partitioning: range, rangeStarts: [p, g]'), /apps\[0\] \(ledger\)\.rangeStarts\[1\]: "g" must sort strictly after "p"/);
+    assertProblem(app('partitioning: range, rangeStarts: [10, 20]'), /rangeStarts\[0\]: expected a string \(quote numbers/);
+    assertProblem(app('partitioning: range, rangeStarts: g'), /rangeStarts: expected a list of strings/);
+    assertProblem(app('rangeStarts: [g, p]'), /apps\[0\] \(ledger\)\.rangeStarts: HASH partitioning takes no range starts/);
+    assertProblem(app('range_starts: [g, p]'), /unknown key 'range_starts' \(did you mean 'rangeStarts'\?\)/);
   });
 });

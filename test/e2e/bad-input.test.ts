@@ -114,7 +114,7 @@ async function startStandInCopy(): Promise<{ address: string; received: SetRoles
 }
 
 function app(name: string, mode: Mode, rsCount: number, standbys: number, minCopies: number): AppSpec {
-  return { name, mode, rsCount, standbys, minCopies, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined };
+  return { name, mode, rsCount, standbys, minCopies, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined, rangeStarts: [] };
 }
 
 /** The declared topology of the suite (applied once; bad topologies must leave it intact). */
@@ -413,6 +413,7 @@ const SEEDS: Record<MethodName, Buffer> = {
   watchRoutes: ControllerServiceService.watchRoutes.requestSerialize({ app: 'fz-app' }),
   saveCheckpoint: ControllerServiceService.saveCheckpoint.requestSerialize({ app: 'fz-app', rs: 0, epoch: 1, checkpoint: Buffer.from('fuzz') }),
   fenceCheckpoint: ControllerServiceService.fenceCheckpoint.requestSerialize({ app: 'fz-app', rs: 0, epoch: 1 }),
+  reportSynced: ControllerServiceService.reportSynced.requestSerialize({ copyId: 'fz-copy', incarnation: 7, standbys: [{ app: 'fz-app', rs: 0, standbyCopyId: 'fz-b', standbyIncarnation: 3, version: 2 }] }),
 };
 
 /** Random bytes: half pure noise, half mutations (flips, truncations, splices) of a valid request. */

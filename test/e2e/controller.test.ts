@@ -101,7 +101,10 @@ describe('controller + 3 counter copies, embedded store', () => {
       return c.activeCount + c.standbyCount > 0;
     }, { what: 'enabled c3 gets work back' });
     const balanced = await balancedStatus(cl);
-    assert.ok(balanced.copies.find((x) => x.copyId === 'c3')!.activeCount > 0, 'c3 gets actives back once its standbys exist');
+    // Balancing only promotes caught-up standbys: c3's actives prove the actives reported its
+    // new standbys caught up (ReportSynced), and no mark is left once they all have.
+    assert.ok(balanced.copies.find((x) => x.copyId === 'c3')!.activeCount > 0, 'c3 gets actives back once its standbys caught up');
+    await waitFor(async () => (await cl.status(true)).assignments.every((a) => a.members.every((m) => !m.catchingUp)), { what: 'every standby reported caught up' });
   });
 
   test('kill -9 of the controller and restart keeps all assignments; copies serve meanwhile', async () => {

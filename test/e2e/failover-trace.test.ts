@@ -51,6 +51,7 @@ test('one trace per failover: detect → isolate → promote → routes_publishe
             standbys: 1,
             minCopies: 3,
             partitioning: proto.Partitioning.PARTITIONING_HASH,
+            rangeStarts: [],
             detection: { heartbeatIntervalMs: 100, missedHeartbeats: 5, maxEventLoopLagMs: 0, maxCpuPercent: 0, maxRssBytes: 0, maxQueueDepth: 0, breachSamples: 0, probeIntervalMs: 0, probeTimeoutMs: 0 },
           },
         ],

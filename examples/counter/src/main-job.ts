@@ -69,7 +69,7 @@ async function main(): Promise<void> {
   await ctl.withLeader((c) =>
     unaryCall(c.applyTopology.bind(c), {
       topology: {
-        apps: [{ name: 'counter', mode: Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, rsCount: RS_COUNT, standbys: 1, minCopies: 3, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined }],
+        apps: [{ name: 'counter', mode: Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, rsCount: RS_COUNT, standbys: 1, minCopies: 3, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined, rangeStarts: [] }],
         edges: [],
       },
     }),

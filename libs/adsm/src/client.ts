@@ -2,8 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import * as grpc from '@grpc/grpc-js';
-import { AdsmServiceClient, modeName, type AppSpec, type Route, type WatchRoutesResponse } from '@understudy/proto';
-import { keyToRs } from '@understudy/core';
+import { AdsmServiceClient, modeName, Partitioning, type AppSpec, type Route, type WatchRoutesResponse } from '@understudy/proto';
+import { rsOfKey, type KeyPartition } from '@understudy/core';
 import {
   DeadlineExceededError,
   InvalidArgumentError,
@@ -33,6 +33,8 @@ export interface RouteInfo {
 interface AppTable {
   rsCount: number;
   mode: string;
+  /** Key → RS mapping the application declared (hash or ranges). */
+  partition: KeyPartition;
   routes: Map<number, RouteInfo>;
 }
 
@@ -75,6 +77,10 @@ export class RoutingClient {
   private closed = false;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private tableVersion = 0;
+  /** A full snapshot arrived at least once (before that, an unknown app may just be not loaded yet). */
+  private synced = false;
+  /** The controller's state version of the last routing message. */
+  private stateVersion = 0;
   private readonly deliverDeadlineMs: number;
   private readonly attemptTimeoutMs: number;
 
@@ -92,16 +98,27 @@ export class RoutingClient {
     return this.tables.get(app)?.routes.get(rs);
   }
 
+  /**
+   * What the table holds: `synced` once the controller's first full snapshot arrived (until
+   * then an application missing from it may simply not be loaded yet), the controller's state
+   * version of the last update, and how many RS have an active copy.
+   */
+  tableInfo(): { synced: boolean; stateVersion: number; updates: number; routes: number } {
+    let routes = 0;
+    for (const t of this.tables.values()) for (const r of t.routes.values()) if (r.activeAddress) routes++;
+    return { synced: this.synced, stateVersion: this.stateVersion, updates: this.tableVersion, routes };
+  }
+
   /** Number of RS of an application, if known. */
   rsCount(app: string): number | undefined {
     return this.tables.get(app)?.rsCount;
   }
 
-  /** RS a key maps to (hash partitioning). Throws NOT_FOUND for an unknown application. */
+  /** RS a key maps to, as the application declares (hash or ranges). Throws NOT_FOUND for an unknown application. */
   rsForKey(app: string, key: string): number {
     const t = this.tables.get(app);
     if (!t) throw new NotFoundError(`application ${JSON.stringify(app)} is unknown to the routing table`);
-    return keyToRs(key, t.rsCount);
+    return rsOfKey(t.partition, key);
   }
 
   /** Resolve once every RS of `app` has an active copy (or reject at the deadline). */
@@ -166,7 +183,7 @@ export class RoutingClient {
         await this.nextChange(Math.min(left, 200));
         continue;
       }
-      const rs = rsOrNull ?? keyToRs(key, t.rsCount);
+      const rs = rsOrNull ?? rsOfKey(t.partition, key);
       if (rs < 0 || rs >= t.rsCount || !Number.isInteger(rs)) {
         throw new InvalidArgumentError(`rs ${rs} out of range for ${app} (rs_count ${t.rsCount})`);
       }
@@ -287,14 +304,23 @@ export class RoutingClient {
       t.routes.set(r.rs, { app: r.app, rs: r.rs, epoch: r.epoch, activeCopyId: r.activeCopyId, activeAddress: r.activeAddress });
     }
     this.tableVersion++;
+    if (msg.full) this.synced = true;
+    this.stateVersion = msg.stateVersion;
     this.events.emit('routes', msg.routes, msg.full);
     this.events.emit('change');
   }
 
   private ensureApp(spec: AppSpec): void {
     const t = this.tables.get(spec.name);
-    if (t && t.rsCount === spec.rsCount) return;
-    this.tables.set(spec.name, { rsCount: spec.rsCount, mode: modeName(spec.mode) ?? 'UNKNOWN', routes: new Map() });
+    const partition: KeyPartition =
+      spec.partitioning === Partitioning.PARTITIONING_RANGE
+        ? { partitioning: 'RANGE', rsCount: spec.rsCount, rangeStarts: spec.rangeStarts }
+        : { partitioning: 'HASH', rsCount: spec.rsCount };
+    if (t && t.rsCount === spec.rsCount) {
+      t.partition = partition;
+      return;
+    }
+    this.tables.set(spec.name, { rsCount: spec.rsCount, mode: modeName(spec.mode) ?? 'UNKNOWN', partition, routes: new Map() });
   }
 
   /** Stop watching and close channels. */

@@ -16,6 +16,7 @@ import {
   type InstallSnapshotRequest,
   type InstallSnapshotResponse,
   type Member as PbMember,
+  type PbSyncedStandby,
   type QueryRequest,
   type QueryResponse,
   type ReplicateRequest,
@@ -156,6 +157,8 @@ interface PeerProgress {
   incarnation: number;
   ackedSeq: number;
   needsSnapshot: boolean;
+  /** The controller has been told (or a report is queued) that this standby is caught up. */
+  reported: boolean;
 }
 
 interface DeliverOutcome {
@@ -444,6 +447,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
           return;
         }
         if (!res.known) this.registered = false;
+        this.resyncIdle();
       } catch (e) {
         const err = ensureError(e);
         // A controller that forgot us (NOT_FOUND / stale) wants a fresh registration.
@@ -567,7 +571,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         // A new incarnation under the same id is a restarted process holding nothing: it
         // starts over with a snapshot, whatever the previous process had acknowledged.
         if (!peer || peer.incarnation !== m.incarnation) {
-          slot.peers.set(m.copyId, { address: m.address, incarnation: m.incarnation, ackedSeq: -1, needsSnapshot: true });
+          slot.peers.set(m.copyId, { address: m.address, incarnation: m.incarnation, ackedSeq: -1, needsSnapshot: true, reported: false });
         } else peer.address = m.address;
       }
       // Bring new standbys up to date now rather than on the next message, so they are
@@ -857,7 +861,10 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       }
       if (this.stopped) throw new UnavailableError(`copy ${this.copyId} is stopping`);
       let fenced = false;
-      const results = await Promise.all(peers.map(([id, p]) => this.syncPeer(slot, id, p, target, epoch).then(() => true, (e) => {
+      const results = await Promise.all(peers.map(([id, p]) => this.syncPeer(slot, id, p, target, epoch).then(() => {
+        this.peerCaughtUp(slot, epoch, id, p);
+        return true;
+      }, (e) => {
         if (e instanceof StaleEpochError) fenced = true;
         this.log.debug({ rs: slot.rs, epoch, peer: id, err: ensureError(e).message }, 'replication to standby failed');
         return false;
@@ -1066,6 +1073,67 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     if (peer.ackedSeq < target) {
       peer.needsSnapshot = true;
       throw new UnavailableError(`standby ${peerId} at seq ${peer.ackedSeq}, needs ${target}`);
+    }
+  }
+
+  /**
+   * `peer` holds everything this active recorded for the RS (so every acknowledged update, and
+   * it is in the commit set from now on): tell the controller once, so it may promote the
+   * standby (failover prefers caught-up standbys, balancing promotes no other). Reports are
+   * batched per copy; the map is keyed by RS and standby, so it is bounded by the roles held.
+   */
+  private peerCaughtUp(slot: RsSlot<S>, epoch: number, peerId: string, peer: PeerProgress): void {
+    if (peer.reported || slot.role !== 'ACTIVE' || slot.epoch !== epoch || slot.peers.get(peerId) !== peer) return;
+    peer.reported = true;
+    this.syncedQueue.set(`${slot.rs}/${peerId}`, { app: this.appName, rs: slot.rs, standbyCopyId: peerId, standbyIncarnation: peer.incarnation, version: slot.version });
+    this.flushSynced();
+  }
+
+  private readonly syncedQueue = new Map<string, PbSyncedStandby>();
+  private syncedFlushing = false;
+
+  /** Sends queued caught-up reports to the controller leader; retries (bounded backoff) while it is unreachable. */
+  private flushSynced(): void {
+    if (this.syncedFlushing || this.stopped) return;
+    this.syncedFlushing = true;
+    void (async () => {
+      let backoffMs = 50;
+      while (this.syncedQueue.size > 0 && !this.stopped) {
+        // A tick's worth of reports per call (a failover catches many standbys up at once).
+        await new Promise((r) => setImmediate(r));
+        const batch = [...this.syncedQueue.entries()].slice(0, 1000);
+        for (const [k] of batch) this.syncedQueue.delete(k);
+        try {
+          await this.controller.withLeader((c) =>
+            unaryCall(c.reportSynced.bind(c), { copyId: this.copyId, incarnation: this.incarnation, standbys: batch.map(([, v]) => v) }, { deadlineMs: 2000 }),
+          );
+          backoffMs = 50;
+        } catch (e) {
+          const err = ensureError(e);
+          this.log.debug({ err: err.message, entries: batch.length }, 'caught-up report failed; retrying');
+          // Re-queue unless a newer report for the same standby is already waiting.
+          for (const [k, v] of batch) if (!this.syncedQueue.has(k)) this.syncedQueue.set(k, v);
+          await new Promise((r) => setTimeout(r, backoffMs));
+          backoffMs = Math.min(backoffMs * 2, 2000);
+        }
+      }
+      this.syncedFlushing = false;
+    })();
+  }
+
+  /**
+   * Standbys not yet caught up on an idle RS would wait for its next message: the heartbeat
+   * tick gives them another background round.
+   */
+  private resyncIdle(): void {
+    for (const slot of this.slots.values()) {
+      if (slot.role !== 'ACTIVE' || !slot.hasState || slot.running || slot.recovering !== null || slot.queue.length > 0) continue;
+      for (const p of slot.peers.values()) {
+        if (!p.reported) {
+          this.kickSync(slot);
+          break;
+        }
+      }
     }
   }
 

@@ -28,8 +28,8 @@ describe('ADSM replication and fencing', () => {
     return cl;
   };
   const members = (active: CopyHandle, standbys: CopyHandle[]): Member[] => [
-    { copyId: active.copyId, address: active.address, role: Role.ROLE_ACTIVE, incarnation: active.incarnation },
-    ...standbys.map((s) => ({ copyId: s.copyId, address: s.address, role: Role.ROLE_STANDBY, incarnation: s.incarnation })),
+    { copyId: active.copyId, address: active.address, role: Role.ROLE_ACTIVE, incarnation: active.incarnation, catchingUp: false },
+    ...standbys.map((s) => ({ copyId: s.copyId, address: s.address, role: Role.ROLE_STANDBY, incarnation: s.incarnation, catchingUp: false })),
   ];
   const setRole = async (c: CopyHandle, rs: number, role: Role, epoch: number, version: number, m: Member[]): Promise<void> => {
     const cl = client(c);

@@ -51,6 +51,9 @@ export {
   type SaveCheckpointResponse,
   type FenceCheckpointRequest,
   type FenceCheckpointResponse,
+  type SyncedStandby as PbSyncedStandby,
+  type ReportSyncedRequest,
+  type ReportSyncedResponse,
 } from './gen/understudy/v1/controller';
 export {
   AdsmServiceService,

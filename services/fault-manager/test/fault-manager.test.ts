@@ -204,7 +204,7 @@ describe('fault manager (real controller + fault manager processes)', () => {
     controller = await startControllerProc({ id: 'ctl-fm', port: ctlPort, dataDir, passiveTimeoutMs: 300 });
     ctl = new ControllerClient({ addresses: [controller.address], callTimeoutMs: 10_000 });
     const app = (name: string, detection: DetectionPolicy) => ({
-      name, mode: Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, rsCount: 2, standbys: 1, minCopies: 1000, partitioning: Partitioning.PARTITIONING_HASH, detection,
+      name, mode: Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, rsCount: 2, standbys: 1, minCopies: 1000, partitioning: Partitioning.PARTITIONING_HASH, detection, rangeStarts: [],
     });
     await ctl.withLeader((c) =>
       unaryCall(c.applyTopology.bind(c), {

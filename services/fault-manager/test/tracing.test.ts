@@ -36,7 +36,7 @@ test('fault.detect span → ReportFault client span → controller server span, 
   cleanup.push(() => ctl.close());
   await ctl.withLeader((c) =>
     unaryCall(c.applyTopology.bind(c), {
-      topology: { apps: [{ name: 'traced', mode: proto.Mode.MODE_DISTRIBUTED, rsCount: 1, standbys: 0, minCopies: 100, partitioning: proto.Partitioning.PARTITIONING_HASH, detection: undefined }], edges: [] },
+      topology: { apps: [{ name: 'traced', mode: proto.Mode.MODE_DISTRIBUTED, rsCount: 1, standbys: 0, minCopies: 100, partitioning: proto.Partitioning.PARTITIONING_HASH, detection: undefined, rangeStarts: [] }], edges: [] },
     }),
   );
   const incarnation = Date.now();

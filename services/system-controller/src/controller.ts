@@ -25,6 +25,8 @@ import {
   type FaultResult,
   type ReportFaultRequest,
   type ReportFaultResponse,
+  type ReportSyncedRequest,
+  type ReportSyncedResponse,
   type GetStatusRequest,
   type GetStatusResponse,
   type RegisterCopyRequest,
@@ -37,6 +39,8 @@ import {
 import {
   copyLoads,
   decide,
+  MAX_SYNCED_ENTRIES,
+  type SyncedStandby,
   emptyState,
   fullRoleSet,
   routesOf,
@@ -49,6 +53,7 @@ import {
 import {
   FencedError,
   InvalidArgumentError,
+  FailedPreconditionError,
   NotFoundError,
   ResourceExhaustedError,
   UnavailableError,
@@ -212,6 +217,7 @@ class ControllerNode implements ControllerHandle {
       reportFault: unaryHandler('ReportFault', this.log, (r: ReportFaultRequest) => this.reportFault(r)),
       saveCheckpoint: unaryHandler('SaveCheckpoint', this.log, (r: SaveCheckpointRequest) => this.saveCheckpoint(r)),
       fenceCheckpoint: unaryHandler('FenceCheckpoint', this.log, (r: FenceCheckpointRequest) => this.fenceCheckpoint(r)),
+      reportSynced: unaryHandler('ReportSynced', this.log, (r: ReportSyncedRequest) => this.reportSynced(r)),
     };
     this.server = await startGrpcServer({
       address: this.listenAddress,
@@ -620,6 +626,41 @@ class ControllerNode implements ControllerHandle {
     }
     this.log.warn({ ...where, results: results.map((x) => `${x.copyId}:${FaultOutcome[x.outcome]}`) }, 'fault report handled');
     return { results };
+  }
+
+  /**
+   * An active copy reports standbys it caught up. Only the RS's current active may clear a mark
+   * (a deposed active's word proves nothing about the new member list); the core ignores late or
+   * duplicate entries.
+   */
+  private async reportSynced(r: ReportSyncedRequest): Promise<ReportSyncedResponse> {
+    if (!COPY_ID_RE.test(r.copyId)) throw new InvalidArgumentError(`copy_id must match ${COPY_ID_RE}, got ${JSON.stringify(r.copyId)}`);
+    if (r.standbys.length === 0) throw new InvalidArgumentError('standbys: at least one entry is required');
+    if (r.standbys.length > MAX_SYNCED_ENTRIES) throw new InvalidArgumentError(`standbys: at most ${MAX_SYNCED_ENTRIES} per report (got ${r.standbys.length})`);
+    const state = this.requireLeader();
+    const reporter = state.copies[r.copyId];
+    if (!reporter) throw new NotFoundError(`copy ${r.copyId} is not registered`);
+    if (reporter.incarnation !== r.incarnation) {
+      throw new FailedPreconditionError(`copy ${r.copyId}: incarnation ${r.incarnation} is not the registered one (${reporter.incarnation})`);
+    }
+    const entries: SyncedStandby[] = [];
+    for (const [i, x] of r.standbys.entries()) {
+      if (!x.app) throw new InvalidArgumentError(`standbys[${i}].app is required`);
+      if (!COPY_ID_RE.test(x.standbyCopyId)) throw new InvalidArgumentError(`standbys[${i}].standby_copy_id must match ${COPY_ID_RE}`);
+      const a = state.apps[x.app]?.rs[x.rs];
+      if (!a) throw new NotFoundError(`standbys[${i}]: ${x.app}/${x.rs} does not exist`);
+      // Reports from an active that is no longer the RS's active are dropped silently: normal
+      // after a failover raced the report.
+      if (a.members[0]?.role !== 'ACTIVE' || a.members[0].copyId !== r.copyId) continue;
+      entries.push({ app: x.app, rs: x.rs, copyId: x.standbyCopyId, incarnation: x.standbyIncarnation, version: x.version });
+    }
+    if (entries.length === 0) return { cleared: 0 };
+    const d = await this.submit({ type: 'StandbysSynced', entries });
+    const marked = (st: ClusterState, e: SyncedStandby): boolean => st.apps[e.app]?.syncing?.[e.rs]?.[e.copyId] !== undefined;
+    let cleared = 0;
+    for (const e of entries) if (marked(state, e) && !marked(d.state, e)) cleared++;
+    if (cleared > 0) this.log.debug({ copy: r.copyId, cleared }, 'standbys caught up');
+    return { cleared };
   }
 
   // ---- checkpoints (R-CKP-1, R-HM-5) -----------------------------------------------------------

@@ -17,7 +17,7 @@ import {
   type RsAssignment as PbRsAssignment,
   type Topology as PbTopology,
 } from '@understudy/proto';
-import type { AppSpec, ClusterState, MemberView, Rejection, RouteChange, RsAssignment, Topology } from '@understudy/core';
+import type { AppSpec, ClusterState, MemberView, PartitioningName, Rejection, RouteChange, RsAssignment, Topology } from '@understudy/core';
 import { compileDetectionPolicy } from '@understudy/core';
 import {
   FailedPreconditionError,
@@ -27,6 +27,13 @@ import {
   type UnderstudyError,
 } from '@understudy/runtime';
 
+/** Wire partitioning → core name (UNSPECIFIED is HASH); unknown numbers are absent. */
+const PARTITIONING_NAMES: Partial<Record<number, PartitioningName>> = {
+  [Partitioning.PARTITIONING_UNSPECIFIED]: 'HASH',
+  [Partitioning.PARTITIONING_HASH]: 'HASH',
+  [Partitioning.PARTITIONING_RANGE]: 'RANGE',
+};
+
 /** Wire topology → core topology (structure only; the core validates the content). */
 export function topologyFromPb(t: PbTopology | undefined): Topology {
   if (!t) throw new InvalidArgumentError('topology is required');
@@ -35,10 +42,15 @@ export function topologyFromPb(t: PbTopology | undefined): Topology {
     if (!mode) {
       throw new InvalidArgumentError(`apps[${i}] (${a.name || 'unnamed'}): mode is required: DISTRIBUTED, FAULT_TOLERANT or DISTRIBUTED_FAULT_TOLERANT`);
     }
-    if (a.partitioning !== Partitioning.PARTITIONING_UNSPECIFIED && a.partitioning !== Partitioning.PARTITIONING_HASH) {
-      throw new InvalidArgumentError(`apps[${i}] (${a.name}): unknown partitioning ${a.partitioning}`);
+    const partitioning = PARTITIONING_NAMES[a.partitioning];
+    if (partitioning === undefined) {
+      throw new InvalidArgumentError(`apps[${i}] (${a.name}): unknown partitioning ${a.partitioning}; expected PARTITIONING_HASH or PARTITIONING_RANGE`);
     }
-    const spec: AppSpec = { name: a.name, mode, rsCount: a.rsCount, standbys: a.standbys, minCopies: a.minCopies === 0 ? 1 : a.minCopies };
+    let spec: AppSpec = { name: a.name, mode, rsCount: a.rsCount, standbys: a.standbys, minCopies: a.minCopies === 0 ? 1 : a.minCopies };
+    // HASH stays implicit in the core (absent = HASH); range starts are passed on whatever the
+    // partitioning so that the core rejects starts on a HASH app instead of dropping them.
+    if (partitioning === 'RANGE') spec = { ...spec, partitioning };
+    if (a.rangeStarts.length > 0) spec = { ...spec, rangeStarts: [...a.rangeStarts] };
     return a.detection === undefined ? spec : { ...spec, detection: { ...a.detection } };
   });
   const edges = t.edges.map((e) => ({ from: e.from, to: e.to, keyField: e.keyField }));
@@ -53,8 +65,9 @@ export function appSpecToPb(s: AppSpec): PbAppSpec {
     rsCount: s.rsCount,
     standbys: s.standbys,
     minCopies: s.minCopies,
-    partitioning: Partitioning.PARTITIONING_HASH,
+    partitioning: s.partitioning === 'RANGE' ? Partitioning.PARTITIONING_RANGE : Partitioning.PARTITIONING_HASH,
     detection: { ...compileDetectionPolicy(s.detection) },
+    rangeStarts: [...(s.rangeStarts ?? [])],
   };
 }
 
@@ -64,7 +77,7 @@ export function edgeToPb(e: { from: string; to: string; keyField: string }): PbE
 }
 
 function memberToPb(m: MemberView): PbMember {
-  return { copyId: m.copyId, address: m.address, role: roleFromName(m.role), incarnation: m.incarnation };
+  return { copyId: m.copyId, address: m.address, role: roleFromName(m.role), incarnation: m.incarnation, catchingUp: false };
 }
 
 /** Core assignment → wire, with addresses. */
@@ -79,6 +92,7 @@ export function assignmentToPb(state: ClusterState, a: RsAssignment): PbRsAssign
       address: state.copies[m.copyId]?.address ?? '',
       role: roleFromName(m.role),
       incarnation: state.copies[m.copyId]?.incarnation ?? 0,
+      catchingUp: state.apps[a.app]?.syncing?.[a.rs]?.[m.copyId] !== undefined,
     })),
   };
 }

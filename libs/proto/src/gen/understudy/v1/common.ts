@@ -166,6 +166,8 @@ export enum Partitioning {
   PARTITIONING_UNSPECIFIED = 0,
   /** PARTITIONING_HASH - rs = fnv1a32(key) mod rs_count. */
   PARTITIONING_HASH = 1,
+  /** PARTITIONING_RANGE - Ordered key ranges split at AppSpec.range_starts (see there). */
+  PARTITIONING_RANGE = 2,
   UNRECOGNIZED = -1,
 }
 
@@ -177,6 +179,9 @@ export function partitioningFromJSON(object: any): Partitioning {
     case 1:
     case "PARTITIONING_HASH":
       return Partitioning.PARTITIONING_HASH;
+    case 2:
+    case "PARTITIONING_RANGE":
+      return Partitioning.PARTITIONING_RANGE;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -190,6 +195,8 @@ export function partitioningToJSON(object: Partitioning): string {
       return "PARTITIONING_UNSPECIFIED";
     case Partitioning.PARTITIONING_HASH:
       return "PARTITIONING_HASH";
+    case Partitioning.PARTITIONING_RANGE:
+      return "PARTITIONING_RANGE";
     case Partitioning.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -283,6 +290,11 @@ export interface Member {
    * restarted standby (same id, new process, no state) that must get a snapshot.
    */
   incarnation: number;
+  /**
+   * A STANDBY still catching up: listed, but the active has not yet reported it holds the
+   * state (GetStatus only).
+   */
+  catchingUp: boolean;
 }
 
 /**
@@ -336,7 +348,18 @@ export interface AppSpec {
   minCopies: number;
   partitioning: Partitioning;
   /** How the fault manager watches this application's copies (unset: defaults). */
-  detection: DetectionPolicy | undefined;
+  detection:
+    | DetectionPolicy
+    | undefined;
+  /**
+   * PARTITIONING_RANGE only (empty otherwise): the split keys, sorted and strictly
+   * increasing, rs_count - 1 of them, none empty. RS 0 takes keys < range_starts[0], RS i
+   * takes range_starts[i-1] <= key < range_starts[i], the last RS takes
+   * key >= range_starts[rs_count-2]. Keys compare by Unicode code point, which is the
+   * byte-wise order of their UTF-8 encodings (a lone UTF-16 surrogate in a key counts as
+   * U+FFFD, as in the hash). With rs_count 1 the list is empty and every key is RS 0.
+   */
+  rangeStarts: string[];
 }
 
 /**
@@ -460,7 +483,7 @@ export const RsRef: MessageFns<RsRef> = {
 };
 
 function createBaseMember(): Member {
-  return { copyId: "", address: "", role: 0, incarnation: 0 };
+  return { copyId: "", address: "", role: 0, incarnation: 0, catchingUp: false };
 }
 
 export const Member: MessageFns<Member> = {
@@ -476,6 +499,9 @@ export const Member: MessageFns<Member> = {
     }
     if (message.incarnation !== 0) {
       writer.uint32(32).uint64(message.incarnation);
+    }
+    if (message.catchingUp !== false) {
+      writer.uint32(40).bool(message.catchingUp);
     }
     return writer;
   },
@@ -525,6 +551,14 @@ export const Member: MessageFns<Member> = {
             message.incarnation = longToNumber(reader.uint64());
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.catchingUp = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -547,6 +581,11 @@ export const Member: MessageFns<Member> = {
       address: isSet(object.address) ? globalThis.String(object.address) : "",
       role: isSet(object.role) ? roleFromJSON(object.role) : 0,
       incarnation: isSet(object.incarnation) ? globalThis.Number(object.incarnation) : 0,
+      catchingUp: isSet(object.catchingUp)
+        ? globalThis.Boolean(object.catchingUp)
+        : isSet(object.catching_up)
+        ? globalThis.Boolean(object.catching_up)
+        : false,
     };
   },
 
@@ -564,6 +603,9 @@ export const Member: MessageFns<Member> = {
     if (message.incarnation !== 0) {
       obj.incarnation = Math.round(message.incarnation);
     }
+    if (message.catchingUp !== false) {
+      obj.catchingUp = message.catchingUp;
+    }
     return obj;
   },
 
@@ -576,6 +618,7 @@ export const Member: MessageFns<Member> = {
     message.address = object.address ?? "";
     message.role = object.role ?? 0;
     message.incarnation = object.incarnation ?? 0;
+    message.catchingUp = object.catchingUp ?? false;
     return message;
   },
 };
@@ -1095,7 +1138,16 @@ export const Route: MessageFns<Route> = {
 };
 
 function createBaseAppSpec(): AppSpec {
-  return { name: "", mode: 0, rsCount: 0, standbys: 0, minCopies: 0, partitioning: 0, detection: undefined };
+  return {
+    name: "",
+    mode: 0,
+    rsCount: 0,
+    standbys: 0,
+    minCopies: 0,
+    partitioning: 0,
+    detection: undefined,
+    rangeStarts: [],
+  };
 }
 
 export const AppSpec: MessageFns<AppSpec> = {
@@ -1120,6 +1172,9 @@ export const AppSpec: MessageFns<AppSpec> = {
     }
     if (message.detection !== undefined) {
       DetectionPolicy.encode(message.detection, writer.uint32(58).fork()).join();
+    }
+    for (const v of message.rangeStarts) {
+      writer.uint32(66).string(v!);
     }
     return writer;
   },
@@ -1193,6 +1248,14 @@ export const AppSpec: MessageFns<AppSpec> = {
             message.detection = DetectionPolicy.decode(reader, reader.uint32());
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.rangeStarts.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1222,6 +1285,11 @@ export const AppSpec: MessageFns<AppSpec> = {
         : 0,
       partitioning: isSet(object.partitioning) ? partitioningFromJSON(object.partitioning) : 0,
       detection: isSet(object.detection) ? DetectionPolicy.fromJSON(object.detection) : undefined,
+      rangeStarts: globalThis.Array.isArray(object?.rangeStarts)
+        ? object.rangeStarts.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.range_starts)
+        ? object.range_starts.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -1248,6 +1316,9 @@ export const AppSpec: MessageFns<AppSpec> = {
     if (message.detection !== undefined) {
       obj.detection = DetectionPolicy.toJSON(message.detection);
     }
+    if (message.rangeStarts?.length) {
+      obj.rangeStarts = message.rangeStarts;
+    }
     return obj;
   },
 
@@ -1265,6 +1336,7 @@ export const AppSpec: MessageFns<AppSpec> = {
     message.detection = (object.detection !== undefined && object.detection !== null)
       ? DetectionPolicy.fromPartial(object.detection)
       : undefined;
+    message.rangeStarts = object.rangeStarts?.map((e) => e) || [];
     return message;
   },
 };

@@ -278,6 +278,29 @@ export interface FenceCheckpointResponse {
   checkpoint: Buffer;
 }
 
+/** One standby an active has caught up. */
+export interface SyncedStandby {
+  app: string;
+  rs: number;
+  standbyCopyId: string;
+  /** The standby's incarnation the active replicated to. */
+  standbyIncarnation: number;
+  /** Assignment version of the member list the active replicates to. */
+  version: number;
+}
+
+export interface ReportSyncedRequest {
+  /** The reporting (active) copy. */
+  copyId: string;
+  incarnation: number;
+  standbys: SyncedStandby[];
+}
+
+export interface ReportSyncedResponse {
+  /** Entries that cleared a catching-up mark (the rest were already caught up or stale). */
+  cleared: number;
+}
+
 function createBaseRegisterCopyRequest(): RegisterCopyRequest {
   return { copyId: "", app: "", host: "", address: "", incarnation: 0 };
 }
@@ -3148,6 +3171,321 @@ export const FenceCheckpointResponse: MessageFns<FenceCheckpointResponse> = {
   },
 };
 
+function createBaseSyncedStandby(): SyncedStandby {
+  return { app: "", rs: 0, standbyCopyId: "", standbyIncarnation: 0, version: 0 };
+}
+
+export const SyncedStandby: MessageFns<SyncedStandby> = {
+  encode(message: SyncedStandby, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.app !== "") {
+      writer.uint32(10).string(message.app);
+    }
+    if (message.rs !== 0) {
+      writer.uint32(16).uint32(message.rs);
+    }
+    if (message.standbyCopyId !== "") {
+      writer.uint32(26).string(message.standbyCopyId);
+    }
+    if (message.standbyIncarnation !== 0) {
+      writer.uint32(32).uint64(message.standbyIncarnation);
+    }
+    if (message.version !== 0) {
+      writer.uint32(40).uint64(message.version);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SyncedStandby {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSyncedStandby();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.app = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.rs = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.standbyCopyId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.standbyIncarnation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.version = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SyncedStandby {
+    return {
+      app: isSet(object.app) ? globalThis.String(object.app) : "",
+      rs: isSet(object.rs) ? globalThis.Number(object.rs) : 0,
+      standbyCopyId: isSet(object.standbyCopyId)
+        ? globalThis.String(object.standbyCopyId)
+        : isSet(object.standby_copy_id)
+        ? globalThis.String(object.standby_copy_id)
+        : "",
+      standbyIncarnation: isSet(object.standbyIncarnation)
+        ? globalThis.Number(object.standbyIncarnation)
+        : isSet(object.standby_incarnation)
+        ? globalThis.Number(object.standby_incarnation)
+        : 0,
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+    };
+  },
+
+  toJSON(message: SyncedStandby): unknown {
+    const obj: any = {};
+    if (message.app !== "") {
+      obj.app = message.app;
+    }
+    if (message.rs !== 0) {
+      obj.rs = Math.round(message.rs);
+    }
+    if (message.standbyCopyId !== "") {
+      obj.standbyCopyId = message.standbyCopyId;
+    }
+    if (message.standbyIncarnation !== 0) {
+      obj.standbyIncarnation = Math.round(message.standbyIncarnation);
+    }
+    if (message.version !== 0) {
+      obj.version = Math.round(message.version);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SyncedStandby>, I>>(base?: I): SyncedStandby {
+    return SyncedStandby.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SyncedStandby>, I>>(object: I): SyncedStandby {
+    const message = createBaseSyncedStandby();
+    message.app = object.app ?? "";
+    message.rs = object.rs ?? 0;
+    message.standbyCopyId = object.standbyCopyId ?? "";
+    message.standbyIncarnation = object.standbyIncarnation ?? 0;
+    message.version = object.version ?? 0;
+    return message;
+  },
+};
+
+function createBaseReportSyncedRequest(): ReportSyncedRequest {
+  return { copyId: "", incarnation: 0, standbys: [] };
+}
+
+export const ReportSyncedRequest: MessageFns<ReportSyncedRequest> = {
+  encode(message: ReportSyncedRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.copyId !== "") {
+      writer.uint32(10).string(message.copyId);
+    }
+    if (message.incarnation !== 0) {
+      writer.uint32(16).uint64(message.incarnation);
+    }
+    for (const v of message.standbys) {
+      SyncedStandby.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportSyncedRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportSyncedRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.copyId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.incarnation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.standbys.push(SyncedStandby.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReportSyncedRequest {
+    return {
+      copyId: isSet(object.copyId)
+        ? globalThis.String(object.copyId)
+        : isSet(object.copy_id)
+        ? globalThis.String(object.copy_id)
+        : "",
+      incarnation: isSet(object.incarnation) ? globalThis.Number(object.incarnation) : 0,
+      standbys: globalThis.Array.isArray(object?.standbys)
+        ? object.standbys.map((e: any) => SyncedStandby.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ReportSyncedRequest): unknown {
+    const obj: any = {};
+    if (message.copyId !== "") {
+      obj.copyId = message.copyId;
+    }
+    if (message.incarnation !== 0) {
+      obj.incarnation = Math.round(message.incarnation);
+    }
+    if (message.standbys?.length) {
+      obj.standbys = message.standbys.map((e) => SyncedStandby.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportSyncedRequest>, I>>(base?: I): ReportSyncedRequest {
+    return ReportSyncedRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportSyncedRequest>, I>>(object: I): ReportSyncedRequest {
+    const message = createBaseReportSyncedRequest();
+    message.copyId = object.copyId ?? "";
+    message.incarnation = object.incarnation ?? 0;
+    message.standbys = object.standbys?.map((e) => SyncedStandby.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseReportSyncedResponse(): ReportSyncedResponse {
+  return { cleared: 0 };
+}
+
+export const ReportSyncedResponse: MessageFns<ReportSyncedResponse> = {
+  encode(message: ReportSyncedResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cleared !== 0) {
+      writer.uint32(8).uint32(message.cleared);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportSyncedResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportSyncedResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cleared = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReportSyncedResponse {
+    return { cleared: isSet(object.cleared) ? globalThis.Number(object.cleared) : 0 };
+  },
+
+  toJSON(message: ReportSyncedResponse): unknown {
+    const obj: any = {};
+    if (message.cleared !== 0) {
+      obj.cleared = Math.round(message.cleared);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportSyncedResponse>, I>>(base?: I): ReportSyncedResponse {
+    return ReportSyncedResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportSyncedResponse>, I>>(object: I): ReportSyncedResponse {
+    const message = createBaseReportSyncedResponse();
+    message.cleared = object.cleared ?? 0;
+    return message;
+  },
+};
+
 /**
  * The System Controller (R-SC). Only the leader replica serves ops and copy RPCs;
  * a follower answers UNAVAILABLE with trailing metadata `understudy-leader-address`.
@@ -3292,6 +3630,22 @@ export const ControllerServiceService = {
       Buffer.from(FenceCheckpointResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): FenceCheckpointResponse => FenceCheckpointResponse.decode(value),
   },
+  /**
+   * The active copy of RS reports standbys it has brought up to date (snapshot, then the
+   * update stream). Until then a new or restarted standby counts as catching up: failover
+   * prefers a caught-up standby and balancing never promotes one catching up. Late and
+   * duplicate reports are ignored.
+   */
+  reportSynced: {
+    path: "/understudy.v1.ControllerService/ReportSynced" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReportSyncedRequest): Buffer => Buffer.from(ReportSyncedRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReportSyncedRequest => ReportSyncedRequest.decode(value),
+    responseSerialize: (value: ReportSyncedResponse): Buffer =>
+      Buffer.from(ReportSyncedResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReportSyncedResponse => ReportSyncedResponse.decode(value),
+  },
 } as const;
 
 export interface ControllerServiceServer extends UntypedServiceImplementation {
@@ -3330,6 +3684,13 @@ export interface ControllerServiceServer extends UntypedServiceImplementation {
    * it. FAILED_PRECONDITION (reason STALE_EPOCH) when the caller's epoch is itself stale.
    */
   fenceCheckpoint: handleUnaryCall<FenceCheckpointRequest, FenceCheckpointResponse>;
+  /**
+   * The active copy of RS reports standbys it has brought up to date (snapshot, then the
+   * update stream). Until then a new or restarted standby counts as catching up: failover
+   * prefers a caught-up standby and balancing never promotes one catching up. Late and
+   * duplicate reports are ignored.
+   */
+  reportSynced: handleUnaryCall<ReportSyncedRequest, ReportSyncedResponse>;
 }
 
 export interface ControllerServiceClient extends Client {
@@ -3526,6 +3887,27 @@ export interface ControllerServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: FenceCheckpointResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The active copy of RS reports standbys it has brought up to date (snapshot, then the
+   * update stream). Until then a new or restarted standby counts as catching up: failover
+   * prefers a caught-up standby and balancing never promotes one catching up. Late and
+   * duplicate reports are ignored.
+   */
+  reportSynced(
+    request: ReportSyncedRequest,
+    callback: (error: ServiceError | null, response: ReportSyncedResponse) => void,
+  ): ClientUnaryCall;
+  reportSynced(
+    request: ReportSyncedRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReportSyncedResponse) => void,
+  ): ClientUnaryCall;
+  reportSynced(
+    request: ReportSyncedRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReportSyncedResponse) => void,
   ): ClientUnaryCall;
 }
 
