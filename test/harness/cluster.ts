@@ -30,6 +30,8 @@ export interface ClusterOptions {
   readonly hostOf?: (copyId: string) => string;
   /** Extra environment of every copy process (e.g. `UNDERSTUDY_CHECKPOINT_BEFORE_ACK`). */
   readonly copyEnv?: Record<string, string>;
+  /** Declare the app with RANGE partitioning split at these keys (rsCount - 1 of them). @default hash partitioning */
+  readonly rangeStarts?: readonly string[];
 }
 
 /** A running cluster. */
@@ -78,7 +80,7 @@ export async function startCounterCluster(o: ClusterOptions = {}): Promise<Count
   await ctl.withLeader((c) =>
     unaryCall(c.applyTopology.bind(c), {
       topology: {
-        apps: [{ name: 'counter', mode, rsCount, standbys: o.standbys ?? (mode === Mode.MODE_DISTRIBUTED ? 0 : 1), minCopies: copyCount, partitioning: Partitioning.PARTITIONING_HASH, detection: detectionPb(o.detection) }],
+        apps: [{ name: 'counter', mode, rsCount, standbys: o.standbys ?? (mode === Mode.MODE_DISTRIBUTED ? 0 : 1), minCopies: copyCount, partitioning: o.rangeStarts ? Partitioning.PARTITIONING_RANGE : Partitioning.PARTITIONING_HASH, rangeStarts: [...(o.rangeStarts ?? [])], detection: detectionPb(o.detection) }],
         edges: [],
       },
     }),

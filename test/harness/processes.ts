@@ -109,3 +109,100 @@ export function startFaultManagerProc(o: FaultManagerProcOptions): Promise<Proc>
     readyMsg: 'fault manager listening',
   });
 }
+
+/** Options for a router process. */
+export interface RouterProcOptions {
+  readonly id: string;
+  /** 0 = any free port (read it back from the Proc's address). */
+  readonly port?: number;
+  readonly controllers: readonly string[];
+  readonly faultManagers?: readonly string[];
+  readonly maxHeldPerRs?: number;
+  readonly maxHeldTotal?: number;
+  readonly holdDeadlineMs?: number;
+  readonly maxPayloadBytes?: number;
+  readonly maxInflightPerRs?: number;
+  readonly attemptTimeoutMs?: number;
+  /** LOG_LEVEL of the process (default: TEST_LOG_LEVEL or warn). */
+  readonly logLevel?: string;
+  /** Every output line (e.g. to read its JSON log). */
+  readonly onLine?: (line: string) => void;
+  readonly env?: Record<string, string>;
+}
+
+/** Start `services/router/src/main.ts`. */
+export function startRouterProc(o: RouterProcOptions): Promise<Proc> {
+  const opt = (flag: string, v: number | undefined): string[] => (v === undefined ? [] : [`--${flag}`, String(v)]);
+  return startProcess({
+    name: `router ${o.id}`,
+    script: 'services/router/src/main.ts',
+    args: [
+      '--id', o.id,
+      '--listen', `127.0.0.1:${o.port ?? 0}`,
+      '--controllers', o.controllers.join(','),
+      ...(o.faultManagers && o.faultManagers.length > 0 ? ['--fault-managers', o.faultManagers.join(',')] : []),
+      ...opt('max-held-per-rs', o.maxHeldPerRs),
+      ...opt('max-held-total', o.maxHeldTotal),
+      ...opt('hold-deadline-ms', o.holdDeadlineMs),
+      ...opt('max-payload-bytes', o.maxPayloadBytes),
+      ...opt('max-inflight-per-rs', o.maxInflightPerRs),
+      ...opt('attempt-timeout-ms', o.attemptTimeoutMs),
+    ],
+    env: { ...(o.logLevel ? { LOG_LEVEL: o.logLevel } : {}), ...o.env },
+    onLine: o.onLine,
+    readyMsg: 'router listening',
+  });
+}
+
+/** Options for an ALDM process. */
+export interface AldmProcOptions {
+  readonly id: string;
+  /** Controllers (direct delivery); used when `routers` is empty. */
+  readonly controllers?: readonly string[];
+  /** Routers to forward through. */
+  readonly routers?: readonly string[];
+  /** `--max-in-flight`. */
+  readonly maxInFlight?: number;
+  /** `--max-payload-bytes`. */
+  readonly maxPayloadBytes?: number;
+  /** `--deadline-ms`. */
+  readonly deadlineMs?: number;
+  /** LOG_LEVEL of the process (default: TEST_LOG_LEVEL or warn). */
+  readonly logLevel?: string;
+}
+
+/** A running ALDM process: `address` is its gRPC host:port, `httpAddress` its HTTP one. */
+export interface AldmProc extends Proc {
+  readonly httpAddress: string;
+}
+
+/** Start `services/aldm/src/main.ts` on free ports (gRPC and HTTP). */
+export async function startAldmProc(o: AldmProcOptions): Promise<AldmProc> {
+  let httpAddress = '';
+  const proc = await startProcess({
+    name: `aldm ${o.id}`,
+    script: 'services/aldm/src/main.ts',
+    args: [
+      '--id', o.id,
+      '--listen', '127.0.0.1:0',
+      '--http-listen', '127.0.0.1:0',
+      ...(o.controllers && o.controllers.length > 0 ? ['--controllers', o.controllers.join(',')] : []),
+      ...(o.routers && o.routers.length > 0 ? ['--routers', o.routers.join(',')] : []),
+      ...(o.maxInFlight !== undefined ? ['--max-in-flight', String(o.maxInFlight)] : []),
+      ...(o.maxPayloadBytes !== undefined ? ['--max-payload-bytes', String(o.maxPayloadBytes)] : []),
+      ...(o.deadlineMs !== undefined ? ['--deadline-ms', String(o.deadlineMs)] : []),
+    ],
+    env: o.logLevel ? { LOG_LEVEL: o.logLevel } : {},
+    onLine: (line) => {
+      if (!line.startsWith('{') || !line.includes('"aldm listening"')) return;
+      try {
+        httpAddress = (JSON.parse(line) as { httpAddress?: string }).httpAddress ?? '';
+      } catch {
+        // not the ready line
+      }
+    },
+    readyMsg: 'aldm listening',
+  });
+  if (!httpAddress) throw new Error(`aldm ${o.id}: ready line without httpAddress:\n${proc.output()}`);
+  return Object.assign(proc, { httpAddress });
+}
