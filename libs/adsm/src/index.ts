@@ -10,6 +10,18 @@ export {
   type RsCheckpoint,
 } from './checkpoint';
 export { RoutingClient, type RoutingClientOptions, type RouteInfo, type Delivered } from './client';
+export {
+  Forwarder,
+  DeliverLink,
+  type ForwarderOptions,
+  type ForwarderStats,
+  type ForwardRequest,
+  type ForwardCallback,
+  type Forwarded,
+  type UnreachableCopy,
+  type DeliverLinkHandler,
+  type DeliverLinkOptions,
+} from './forwarder';
 export { ControllerClient, LEADER_ADDRESS_KEY, leaderAddressOf, type ControllerClientOptions } from './controller-client';
 export { encodeJson, decodeJson } from './codec';
 export { runCopyProcess, copyProcessConfig, FENCED_EXIT_CODE } from './process';
