@@ -447,7 +447,6 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
           return;
         }
         if (!res.known) this.registered = false;
-        this.resyncIdle();
       } catch (e) {
         const err = ensureError(e);
         // A controller that forgot us (NOT_FOUND / stale) wants a fresh registration.
@@ -1119,22 +1118,6 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       }
       this.syncedFlushing = false;
     })();
-  }
-
-  /**
-   * Standbys not yet caught up on an idle RS would wait for its next message: the heartbeat
-   * tick gives them another background round.
-   */
-  private resyncIdle(): void {
-    for (const slot of this.slots.values()) {
-      if (slot.role !== 'ACTIVE' || !slot.hasState || slot.running || slot.recovering !== null || slot.queue.length > 0) continue;
-      for (const p of slot.peers.values()) {
-        if (!p.reported) {
-          this.kickSync(slot);
-          break;
-        }
-      }
-    }
   }
 
   /**
