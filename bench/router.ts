@@ -300,7 +300,6 @@ async function main(): Promise<void> {
     return (l) => out.write(`${l}\n`);
   };
   const env: Record<string, string> = { LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn', REDIS_URL: '' };
-  const routerEnv: Record<string, string> = process.env.BENCH_ROUTER_NODE_OPTIONS ? { ...env, NODE_OPTIONS: process.env.BENCH_ROUTER_NODE_OPTIONS } : env;
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'understudy-bench-router-'));
   const procs: Proc[] = [];
   const stopAll = async (): Promise<void> => {
@@ -356,7 +355,7 @@ async function main(): Promise<void> {
       cwd: ROOT,
       script: 'services/router/src/main.ts',
       args: ['--id', 'router-1', '--listen', '127.0.0.1:0', '--controllers', controllers.join(',')],
-      env: routerEnv,
+      env,
       readyMsg: 'router listening',
       onLine: logTo('router'),
     });

@@ -161,7 +161,7 @@ describe('router, DISTRIBUTED_FAULT_TOLERANT (3 copies, 1 standby per RS)', () =
       controllers: cl.addresses,
       faultManagers: cl.faultManagerAddresses,
       maxPayloadBytes: 4096,
-      attemptTimeoutMs: 1000,
+      attemptTimeoutMs: 2000,
     });
     client = new RouterServiceClient(router.address, insecureCredentials());
   });

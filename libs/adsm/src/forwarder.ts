@@ -100,8 +100,11 @@ export class DeliverLink<T> {
   private chunk: Buffer | undefined;
   private used = 0;
   private flushScheduled = false;
-  /** Unparsed tail of the response bytes (a frame split across DATA frames). */
-  private rest: Buffer | undefined;
+  /** Response bytes not parsed yet (a frame split across DATA frames), and their length. */
+  private rest: Buffer[] = [];
+  private restBytes = 0;
+  /** Bytes the frame at the head of `rest` needs before it can be parsed. */
+  private restNeed = 5;
   private pingTimer: NodeJS.Timeout | undefined;
   private readonly keepaliveTimeMs: number;
   private readonly keepaliveTimeoutMs: number;
@@ -131,7 +134,14 @@ export class DeliverLink<T> {
       queueMicrotask(() => this.handler(tag, new UnavailableError(`DeliverStream to ${this.address} is closed`), undefined, false));
       return correlationId;
     }
-    this.open();
+    try {
+      this.open();
+    } catch (e) {
+      // e.g. an address http2 cannot parse: as unreachable as a refused connection.
+      const err = new UnavailableError(`cannot open a DeliverStream to ${this.address}: ${ensureError(e).message}`);
+      queueMicrotask(() => this.handler(tag, err, undefined, true));
+      return correlationId;
+    }
     this.waiting.set(correlationId, tag);
     this.append(correlationId, request);
     if (!this.flushScheduled) {
@@ -261,7 +271,7 @@ export class DeliverLink<T> {
       { endStream: false },
     );
     this.stream = stream;
-    this.rest = undefined;
+    this.resetRest();
     let status: number | undefined;
     let statusMessage = '';
     const noteStatus = (h: http2.IncomingHttpHeaders): void => {
@@ -291,7 +301,15 @@ export class DeliverLink<T> {
 
   private onData(stream: http2.ClientHttp2Stream, chunk: Buffer): void {
     if (this.stream !== stream) return;
-    const buf = this.rest ? Buffer.concat([this.rest, chunk]) : chunk;
+    let buf = chunk;
+    if (this.restBytes > 0) {
+      // Gather the pieces of a split frame and join them once, when it is complete.
+      this.rest.push(chunk);
+      this.restBytes += chunk.length;
+      if (this.restBytes < this.restNeed) return;
+      buf = Buffer.concat(this.rest, this.restBytes);
+      this.resetRest();
+    }
     let off = 0;
     while (buf.length - off >= 5) {
       const len = buf.readUInt32BE(off + 1);
@@ -299,7 +317,10 @@ export class DeliverLink<T> {
         this.streamLost(stream, new UnavailableError(`DeliverStream from ${this.address}: ${buf[off] !== 0 ? 'compressed' : `${len}-byte`} message not accepted`), true);
         return;
       }
-      if (buf.length - off < 5 + len) break;
+      if (buf.length - off < 5 + len) {
+        this.restNeed = 5 + len;
+        break;
+      }
       let m: DeliverStreamResponse;
       try {
         m = decodeResponse(buf.subarray(off + 5, off + 5 + len));
@@ -315,7 +336,18 @@ export class DeliverLink<T> {
       else this.handler(tag, streamStatusError(m), undefined, false);
       if (this.stream !== stream) return; // a handler reset the link
     }
-    this.rest = off < buf.length ? Buffer.from(buf.subarray(off)) : undefined;
+    if (off < buf.length) {
+      // Copied: the chunk's memory is not ours to keep.
+      this.rest = [Buffer.from(buf.subarray(off))];
+      this.restBytes = buf.length - off;
+      if (this.restBytes < 5) this.restNeed = 5;
+    }
+  }
+
+  private resetRest(): void {
+    this.rest = [];
+    this.restBytes = 0;
+    this.restNeed = 5;
   }
 
   private startKeepalive(session: http2.ClientHttp2Session): void {
@@ -344,7 +376,7 @@ export class DeliverLink<T> {
   private streamLost(stream: http2.ClientHttp2Stream, err: Error, broken: boolean): void {
     if (this.stream !== stream) return;
     this.stream = undefined;
-    this.rest = undefined;
+    this.resetRest();
     this.chunks = [];
     this.used = 0;
     if (!stream.destroyed) stream.destroy();
@@ -356,7 +388,7 @@ export class DeliverLink<T> {
     const stream = this.stream;
     this.session = undefined;
     this.stream = undefined;
-    this.rest = undefined;
+    this.resetRest();
     this.chunks = [];
     this.used = 0;
     if (this.pingTimer) clearInterval(this.pingTimer);
@@ -642,6 +674,7 @@ export class Forwarder {
    */
   forward(req: ForwardRequest, cb: ForwardCallback): number {
     if (this.closed) throw new UnavailableError('the forwarder is closed');
+    if (req.messageId === '') throw new InvalidArgumentError('a message id is required (the copy dedupes resends by it)');
     const rs = this.resolveRs(req.app, req.key, req.rs);
     const lane = this.lane(req.app, rs);
     const bytes = req.payload.length;

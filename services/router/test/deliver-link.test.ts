@@ -143,6 +143,13 @@ describe('DeliverLink against a grpc-js AdsmService', () => {
     await until(() => ans2.length === 2, 'the refused answer');
     assert.equal(ans2[1]!.broken, true);
     l2.close();
+    // An address http2 cannot even parse is as unreachable as a refused connection.
+    const { l: l3, answers: ans3 } = link('not an address');
+    l3.send({ app: 'counter', rs: 0, messageId: 'nowhere', payload: Buffer.from('ok'), key: '', routeEpoch: 0 }, 9);
+    await until(() => ans3.length === 1, 'the answer for a bad address');
+    assert.equal(ans3[0]!.broken, true);
+    assert.ok(ans3[0]!.err instanceof UnavailableError);
+    l3.close();
     l.close();
     for (const h of copy.held.splice(0)) h();
   });
