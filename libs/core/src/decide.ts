@@ -194,6 +194,10 @@ function onSynced(state: ClusterState, e: ControllerEvent & { type: 'StandbysSyn
   for (const x of e.entries) {
     const c = own(state.copies, x.copyId);
     if (c === undefined || c.incarnation !== x.incarnation || c.app !== x.app) continue;
+    if (x.reportedBy !== undefined) {
+      const head = state.apps[x.app]!.rs[x.rs]!.members[0];
+      if (head === undefined || head.role !== 'ACTIVE' || head.copyId !== x.reportedBy) continue;
+    }
     if (tx.app(x.app)!.markSynced(x.rs, x.copyId, x.version)) cleared++;
   }
   if (cleared === 0) return noop(state, `no standby newly caught up (${e.entries.length} reported)`);

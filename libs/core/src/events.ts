@@ -39,6 +39,11 @@ export interface SyncedStandby {
   /** The standby's incarnation the active replicated to (a different one is a stale report). */
   readonly incarnation: number;
   readonly version: number;
+  /**
+   * The reporting copy. Only the RS's current ACTIVE may clear a mark: a deposed active's word
+   * says nothing about the current member list. Absent: not checked (tests of the core only).
+   */
+  readonly reportedBy?: string;
 }
 
 /** A copy and address as commands carry them, so the shell needs no lookups. */

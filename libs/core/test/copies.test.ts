@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyLoads, decide, emptyState, fullRoleSet, MAX_OOS_ENTRIES } from '../src/index';
+import { copyLoads, decide, emptyState, fullRoleSet, MAX_OOS_ENTRIES, type ControllerEvent } from '../src/index';
 import { T0, activeOf, cluster, counts, members, ok, reg, rejected, routes, settle, setRoles, spec, spread, syncedReport, topo } from './helpers';
 
 const DFT = spec('dft', 'DISTRIBUTED_FAULT_TOLERANT', 8, 1);
@@ -296,7 +296,11 @@ test('adding a copy to a running app gives it its share (balanced within 1)', ()
   const early = ok(d.state, { type: 'Tick' }, T0 + 1);
   assert.equal(counts(early.state, 'dft').get('c5')!.a, 0, 'no active on standbys still catching up');
   assert.equal(early.state.apps.dft!.balancePending, true);
-  const synced = ok(early.state, syncedReport(early.state)!, T0 + 2);
+  const rep = syncedReport(early.state)! as Extract<ControllerEvent, { type: 'StandbysSynced' }>;
+  // A copy that is not the RS's active cannot vouch for its standbys.
+  const wrong = decide(early.state, { type: 'StandbysSynced', entries: rep.entries.map((e) => ({ ...e, reportedBy: e.copyId })) }, T0 + 2);
+  assert.equal(wrong.state, early.state, 'reports from a non-active copy change nothing');
+  const synced = ok(early.state, { type: 'StandbysSynced', entries: rep.entries.map((e) => ({ ...e, reportedBy: activeOf(early.state, 'dft', e.rs)! })) }, T0 + 2);
   assert.equal(synced.state.apps.dft!.syncing, undefined, 'all caught up');
   assert.deepEqual(synced.commands, [], 'a catch-up report changes no roles by itself');
   const t = ok(synced.state, { type: 'Tick' }, T0 + 3);

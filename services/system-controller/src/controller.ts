@@ -647,14 +647,11 @@ class ControllerNode implements ControllerHandle {
     for (const [i, x] of r.standbys.entries()) {
       if (!x.app) throw new InvalidArgumentError(`standbys[${i}].app is required`);
       if (!COPY_ID_RE.test(x.standbyCopyId)) throw new InvalidArgumentError(`standbys[${i}].standby_copy_id must match ${COPY_ID_RE}`);
-      const a = state.apps[x.app]?.rs[x.rs];
-      if (!a) throw new NotFoundError(`standbys[${i}]: ${x.app}/${x.rs} does not exist`);
-      // Reports from an active that is no longer the RS's active are dropped silently: normal
-      // after a failover raced the report.
-      if (a.members[0]?.role !== 'ACTIVE' || a.members[0].copyId !== r.copyId) continue;
-      entries.push({ app: x.app, rs: x.rs, copyId: x.standbyCopyId, incarnation: x.standbyIncarnation, version: x.version });
+      if (!state.apps[x.app]?.rs[x.rs]) throw new NotFoundError(`standbys[${i}]: ${x.app}/${x.rs} does not exist`);
+      // The core drops entries from a copy that is no longer the RS's active (normal after a
+      // failover raced the report).
+      entries.push({ app: x.app, rs: x.rs, copyId: x.standbyCopyId, incarnation: x.standbyIncarnation, version: x.version, reportedBy: r.copyId });
     }
-    if (entries.length === 0) return { cleared: 0 };
     const d = await this.submit({ type: 'StandbysSynced', entries });
     const marked = (st: ClusterState, e: SyncedStandby): boolean => st.apps[e.app]?.syncing?.[e.rs]?.[e.copyId] !== undefined;
     let cleared = 0;
