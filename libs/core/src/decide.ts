@@ -5,7 +5,7 @@
 import { compileDetectionPolicy } from './detection';
 import type { AppSpec, ClusterState, CopyInfo, Edge, Topology } from './model';
 import type { ControllerCommand, ControllerEvent, Decision, Rejection } from './events';
-import { Tx } from './tx';
+import { Tx, type AppTx } from './tx';
 import { reconcile } from './reconcile';
 import { validateTopology } from './validate';
 import { listedRs, peekIndex } from './derived';
@@ -86,6 +86,8 @@ export function decide(state: ClusterState, event: ControllerEvent, nowMs: numbe
       return onFailed(state, event, nowMs);
     case 'SwitchoverRequested':
       return onSwitchover(state, event, nowMs);
+    case 'MoveRequested':
+      return onMove(state, event, nowMs);
     case 'DrainRequested':
       return onDrainOrRemove(state, event.copyId, nowMs, false);
     case 'CopyRemoved':
@@ -198,7 +200,11 @@ function onSynced(state: ClusterState, e: ControllerEvent & { type: 'StandbysSyn
       const head = state.apps[x.app]!.rs[x.rs]!.members[0];
       if (head === undefined || head.role !== 'ACTIVE' || head.copyId !== x.reportedBy) continue;
     }
-    if (tx.app(x.app)!.markSynced(x.rs, x.copyId, x.version)) cleared++;
+    const at = tx.app(x.app)!;
+    if (!at.markSynced(x.rs, x.copyId, x.version)) continue;
+    cleared++;
+    const mv = at.moveOf(x.rs);
+    if (mv !== undefined && mv.toCopyId === x.copyId) completeMove(tx, at, x.rs);
   }
   if (cleared === 0) return noop(state, `no standby newly caught up (${e.entries.length} reported)`);
   tx.notes.push(`${cleared} standby entr${cleared === 1 ? 'y' : 'ies'} caught up`);
@@ -210,8 +216,32 @@ function onTick(state: ClusterState, now: number): Decision {
   if (state.leader.passive) {
     if (now < state.leader.passiveUntilMs) return { state, commands: [], notes: [] };
     endPassive(tx, 'timeout');
-  } else reconcile(tx);
+  } else {
+    abandonStaleMoves(tx);
+    reconcile(tx);
+  }
   return tx.commit();
+}
+
+/**
+ * Moves whose target has not caught up within {@link MOVE_CATCH_UP_TIMEOUT_MS} are abandoned:
+ * the target leaves the RS again (the active stays where it is). Cheap: moves are few.
+ */
+function abandonStaleMoves(tx: Tx): void {
+  for (const name of Object.keys(tx.base.apps)) {
+    const base = tx.base.apps[name]!;
+    if (base.moves === undefined) continue;
+    const at = tx.app(name)!;
+    for (const key of Object.keys(base.moves)) {
+      const r = Number(key);
+      const mv = at.moveOf(r);
+      if (mv === undefined || tx.now - mv.sinceMs < MOVE_CATCH_UP_TIMEOUT_MS) continue;
+      const p = parseMembers(at.get(r).members);
+      at.put(r, buildMembers(tx.pool, p.active, p.standbys.filter((x) => x !== mv.toCopyId), p.oos), false);
+      at.setMove(r, undefined);
+      tx.notes.push(`move ${name}/${r} ${mv.fromCopyId} -> ${mv.toCopyId} abandoned: the target did not catch up within ${MOVE_CATCH_UP_TIMEOUT_MS} ms`);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -245,6 +275,11 @@ function onTopology(state: ClusterState, t: Topology, now: number): Decision {
     if (!samePartitioning(ex.spec, a)) {
       return reject(state, 'FAILED_PRECONDITION', `app "${a.name}": changing partitioning ${partitioningLabel(ex.spec)} -> ${partitioningLabel(a)} is not supported on a declared app; declare a new app instead`);
     }
+    // Every copy's view of the shared data is the master RS's state at its epoch and sequence
+    // number: another RS (or none) would hand them a different state under the same positions.
+    if (ex.spec.sharedMasterRs !== a.sharedMasterRs) {
+      return reject(state, 'FAILED_PRECONDITION', `app "${a.name}": changing sharedMasterRs ${ex.spec.sharedMasterRs ?? 'none'} -> ${a.sharedMasterRs ?? 'none'} is not supported on a declared app; declare a new app instead`);
+    }
   }
   const tx = new Tx(state, now);
   const balanceSet = new Set<string>();
@@ -254,7 +289,8 @@ function onTopology(state: ClusterState, t: Topology, now: number): Decision {
       detection === undefined
         ? { name: a.name, mode: a.mode, rsCount: a.rsCount, standbys: a.standbys, minCopies: a.minCopies }
         : { name: a.name, mode: a.mode, rsCount: a.rsCount, standbys: a.standbys, minCopies: a.minCopies, detection };
-    const spec: AppSpec = a.partitioning === 'RANGE' ? { ...base, partitioning: 'RANGE', rangeStarts: [...(a.rangeStarts ?? [])] } : base;
+    const partitioned: AppSpec = a.partitioning === 'RANGE' ? { ...base, partitioning: 'RANGE', rangeStarts: [...(a.rangeStarts ?? [])] } : base;
+    const spec: AppSpec = a.sharedMasterRs === undefined ? partitioned : { ...partitioned, sharedMasterRs: a.sharedMasterRs };
     const ex = own(state.apps, a.name);
     if (ex === undefined) {
       tx.createApp(spec);
@@ -466,6 +502,10 @@ function onSwitchover(state: ClusterState, e: ControllerEvent & { type: 'Switcho
       `copy ${e.toCopyId} is not a STANDBY of ${where} (${role === null ? 'not a member' : 'it is OUT_OF_SERVICE there'}); only a standby that holds the state can take over`,
     );
   }
+  const moving = Object.entries(app.moves ?? {}).find(([r]) => app.spec.mode === 'FAULT_TOLERANT' || Number(r) === e.rs);
+  if (moving !== undefined) {
+    return reject(state, 'FAILED_PRECONDITION', `${e.app}/${moving[0]} is moving ${moving[1].fromCopyId} -> ${moving[1].toCopyId}; retry once that move completes`);
+  }
   const catchingUp = Object.entries(app.syncing ?? {}).filter(([r, m]) => (app.spec.mode === 'FAULT_TOLERANT' || Number(r) === e.rs) && own(m, e.toCopyId) !== undefined);
   if (catchingUp.length > 0) {
     return reject(
@@ -488,6 +528,91 @@ function onSwitchover(state: ClusterState, e: ControllerEvent & { type: 'Switcho
   const scope = app.spec.mode === 'FAULT_TOLERANT' ? `${e.app} (all ${at.rsCount} RS, FAULT_TOLERANT)` : where;
   tx.notes.push(`switchover ${scope}: ${from ?? 'none'} -> ${e.toCopyId}, epoch ${at.get(e.rs).epoch}`);
   return tx.commit();
+}
+
+/** How long a pending move waits for its target to catch up before it is abandoned (on a Tick). */
+export const MOVE_CATCH_UP_TIMEOUT_MS = 60_000;
+
+/**
+ * Live move of one RS's ACTIVE role (issue 5; see the `MoveRequested` event). No repairs or
+ * balancing run with it (balancing would count the move's extra standby as a surplus and undo
+ * the operator); a pending move is finished by `StandbysSynced` (see {@link completeMove}).
+ * Asking again for the same pending move changes nothing; a different move of the same RS is
+ * refused until the pending one completes or is abandoned.
+ */
+function onMove(state: ClusterState, e: ControllerEvent & { type: 'MoveRequested' }, now: number): Decision {
+  if (state.leader.passive) return passive(state, 'MoveRs');
+  if (!str(e.app)) return reject(state, 'INVALID_ARGUMENT', 'app: must be a non-empty string');
+  if (!str(e.toCopyId)) return reject(state, 'INVALID_ARGUMENT', 'toCopyId: must be a non-empty string');
+  if (!Number.isSafeInteger(e.rs) || e.rs < 0) return reject(state, 'INVALID_ARGUMENT', `rs: must be a non-negative integer (got ${String(e.rs)})`);
+  if (e.reason !== undefined && (typeof e.reason !== 'string' || e.reason.length > MAX_ID_LENGTH)) {
+    return reject(state, 'INVALID_ARGUMENT', `reason: must be a string of at most ${MAX_ID_LENGTH} characters`);
+  }
+  const app = own(state.apps, e.app);
+  if (app === undefined) return reject(state, 'NOT_FOUND', `app "${e.app}" not found`);
+  if (e.rs >= app.spec.rsCount) {
+    return reject(state, 'NOT_FOUND', `app "${e.app}" has no RS ${e.rs}: rsCount is ${app.spec.rsCount} (RS 0..${app.spec.rsCount - 1})`);
+  }
+  const c = own(state.copies, e.toCopyId);
+  if (c === undefined || c.app !== e.app) return reject(state, 'NOT_FOUND', `copy ${e.toCopyId} not found in app "${e.app}"`);
+  if (!app.activated) {
+    return reject(state, 'FAILED_PRECONDITION', `app "${e.app}" is not activated yet (it needs ${app.spec.minCopies} UP copies)`);
+  }
+  if (app.spec.mode === 'FAULT_TOLERANT') {
+    return reject(state, 'FAILED_PRECONDITION', `app "${e.app}" is FAULT_TOLERANT: all its RS share one active copy and cannot move one by one; use switchover`);
+  }
+  const where = `${e.app}/${e.rs}`;
+  if (c.status !== 'UP' || c.failed === true) {
+    return reject(state, 'FAILED_PRECONDITION', `copy ${e.toCopyId} is ${c.status}${c.failed === true ? ' (failed)' : ''}, not UP; an RS can only move to a healthy, enabled copy`);
+  }
+  const members = app.rs[e.rs]!.members;
+  const p = parseMembers(members);
+  if (p.active === e.toCopyId) return reject(state, 'FAILED_PRECONDITION', `copy ${e.toCopyId} is already ACTIVE for ${where}`);
+  if (p.active === null) return reject(state, 'FAILED_PRECONDITION', `${where} has no ACTIVE copy right now (failover in progress); retry once it has one`);
+  const pending = own(app.moves ?? {}, e.rs);
+  if (pending !== undefined) {
+    if (pending.toCopyId === e.toCopyId) return noop(state, `move ${where} -> ${e.toCopyId} is already in progress (target catching up)`);
+    return reject(state, 'FAILED_PRECONDITION', `${where} is already moving ${pending.fromCopyId} -> ${pending.toCopyId}; retry once that move completes`);
+  }
+  const tx = new Tx(state, now);
+  const at = tx.app(e.app)!;
+  const from = p.active;
+  const why = e.reason !== undefined && e.reason.length > 0 ? ` (${e.reason})` : '';
+  if (app.spec.mode === 'DISTRIBUTED' || at.spec.standbys === 0) {
+    // No standby holds the state: the target restores from the RS's checkpoint (the shell asks
+    // the old active to write a final one first).
+    at.put(e.rs, buildMembers(tx.pool, e.toCopyId, p.standbys.filter((x) => x !== e.toCopyId), p.oos), true);
+    tx.notes.push(`move ${where}${why}: ${from} -> ${e.toCopyId}, epoch ${at.get(e.rs).epoch} (restores from checkpoint)`);
+    return tx.commit();
+  }
+  if (p.standbys.includes(e.toCopyId) && !at.isSyncing(e.rs, e.toCopyId)) {
+    // A caught-up standby: a switchover of this RS.
+    at.put(e.rs, buildMembers(tx.pool, e.toCopyId, p.standbys.map((x) => (x === e.toCopyId ? from : x)), p.oos), true);
+    tx.notes.push(`move ${where}${why}: ${from} -> ${e.toCopyId}, epoch ${at.get(e.rs).epoch} (promoted a caught-up standby)`);
+    return tx.commit();
+  }
+  if (!p.standbys.includes(e.toCopyId)) at.put(e.rs, buildMembers(tx.pool, from, [...p.standbys, e.toCopyId], p.oos), false);
+  at.setMove(e.rs, { toCopyId: e.toCopyId, fromCopyId: from, sinceMs: now, ...(e.reason ? { reason: e.reason } : {}) });
+  // At epoch 0 nothing was ever acknowledged: the new standby holds the whole state already.
+  if (!at.isSyncing(e.rs, e.toCopyId)) completeMove(tx, at, e.rs);
+  else tx.notes.push(`move ${where}${why}: ${from} -> ${e.toCopyId} started: ${e.toCopyId} joins as standby and takes over once caught up`);
+  return tx.commit();
+}
+
+/**
+ * Finishes the pending move of RS r (its target is caught up): the target becomes ACTIVE
+ * (epoch+1), the source takes the target's place among the standbys and then, when that is one
+ * standby too many, leaves the RS.
+ */
+function completeMove(tx: Tx, at: AppTx, r: number): void {
+  const mv = at.moveOf(r)!;
+  const p = parseMembers(at.get(r).members);
+  at.setMove(r, undefined);
+  if (p.active !== mv.fromCopyId || !p.standbys.includes(mv.toCopyId)) return; // no longer holds
+  let sbs = p.standbys.map((x) => (x === mv.toCopyId ? mv.fromCopyId : x));
+  if (sbs.length > at.spec.standbys) sbs = sbs.filter((x) => x !== mv.fromCopyId);
+  at.put(r, buildMembers(tx.pool, mv.toCopyId, sbs, p.oos), true);
+  tx.notes.push(`move ${at.name}/${r}: ${mv.fromCopyId} -> ${mv.toCopyId}, epoch ${at.get(r).epoch} (target caught up)`);
 }
 
 /**

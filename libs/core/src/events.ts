@@ -15,6 +15,14 @@ export type ControllerEvent =
   /** A copy (or one incarnation of it) is declared failed (crash, hang, unknown state: R-HM-4). */
   | { readonly type: 'CopyFailed'; readonly copyId: string; readonly incarnation: number; readonly reason: string }
   | { readonly type: 'SwitchoverRequested'; readonly app: string; readonly rs: number; readonly toCopyId: string }
+  /**
+   * Live move of one RS's ACTIVE role to `toCopyId` (operator `understudy move`, load manager).
+   * A caught-up STANDBY target is promoted at once (epoch+1, the old active takes its place);
+   * another target first joins as an extra STANDBY and is promoted, with the source leaving the
+   * RS, once the active reports it caught up (make-before-break, `AppState.moves`). DISTRIBUTED:
+   * the target becomes ACTIVE at once and restores from the RS's checkpoint.
+   */
+  | { readonly type: 'MoveRequested'; readonly app: string; readonly rs: number; readonly toCopyId: string; readonly reason?: string }
   | { readonly type: 'DrainRequested'; readonly copyId: string }
   | { readonly type: 'CopyDisabled'; readonly copyId: string }
   | { readonly type: 'CopyEnabled'; readonly copyId: string }

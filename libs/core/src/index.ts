@@ -2,9 +2,9 @@
  * @understudy/core — the pure decision core of the System Controller (DESIGN §3): cluster
  * model, `decide(state, event, now)`, placement, and read-side helpers. No I/O, no clock.
  */
-export type { AppSpec, AppState, ClusterState, CopyInfo, CopyStatus, Edge, LeaderPhase, Member, Mode, Role, RsAssignment, Topology } from './model';
+export type { AppSpec, AppState, ClusterState, CopyInfo, CopyStatus, Edge, LeaderPhase, Member, Mode, PendingMove, Role, RsAssignment, Topology } from './model';
 export type { ControllerCommand, ControllerEvent, Decision, MemberView, Rejection, RoleEntry, RouteChange, SyncedStandby } from './events';
-export { decide, MAX_SYNCED_ENTRIES } from './decide';
+export { decide, MAX_SYNCED_ENTRIES, MOVE_CATCH_UP_TIMEOUT_MS } from './decide';
 export { validateTopology, APP_NAME_RE, MAX_RS_COUNT, MAX_STANDBYS } from './validate';
 export { keyToRs } from './hash';
 export { rsOfKey, compareKeys, validatePartitioning, PARTITIONINGS, MAX_RANGE_START_LENGTH, type KeyPartition, type PartitioningName } from './partition';

@@ -1,6 +1,7 @@
 /** Checks of the safety and shape invariants of a state (used by tests and the simulation). */
 import type { ClusterState } from './model';
 import { own } from './members';
+import { moveHolds } from './tx';
 
 const LIMIT = 50;
 
@@ -51,6 +52,14 @@ export function checkInvariants(state: ClusterState): string[] {
         if (!Number.isSafeInteger(since) || since > a.version) add(`${name}/${r}: ${id} catching up since version ${since}, beyond the RS version ${a.version}`);
       }
     }
+    for (const [r, mv] of Object.entries(app.moves ?? {})) {
+      const a = app.rs[Number(r)];
+      if (spec.mode !== 'DISTRIBUTED_FAULT_TOLERANT') add(`${name}/${r}: pending move in a ${spec.mode} app (moves complete at once there)`);
+      if (a === undefined || !moveHolds(mv, a.members)) add(`${name}/${r}: pending move ${mv.fromCopyId} -> ${mv.toCopyId} does not hold (source not ACTIVE or target not STANDBY)`);
+      else if (!a.members.some((m) => m.copyId === mv.toCopyId && own(app.syncing?.[r] ?? {}, m.copyId) !== undefined)) {
+        add(`${name}/${r}: pending move to ${mv.toCopyId}, which is not catching up (the move should have completed)`);
+      }
+    }
     const ft0 = app.rs[0]?.members;
     for (let r = 0; r < app.rs.length; r++) {
       const a = app.rs[r]!;
@@ -91,7 +100,10 @@ export function checkInvariants(state: ClusterState): string[] {
       }
       if (actives > 1) add(`${at}: ${actives} ACTIVE members`);
       if (actives === 1 && a.epoch < 1) add(`${at}: ACTIVE with epoch ${a.epoch}`);
-      if (sbs > k) add(`${at}: ${sbs} standbys, spec allows ${k}`);
+      // A pending move's target (make-before-break); while passive, a move just abandoned by a
+      // fenced source keeps its target until the repairs resume.
+      const extra = app.moves?.[r] !== undefined || passive ? 1 : 0;
+      if (sbs > k + extra) add(`${at}: ${sbs} standbys, spec allows ${k}${extra ? ' (+1 moving in)' : ''}`);
       if (oos > 2) add(`${at}: ${oos} OUT_OF_SERVICE entries (max 2)`);
       if (!passive && up > 0) {
         if (actives === 0) add(`${at}: no ACTIVE although ${up} UP copies exist`);

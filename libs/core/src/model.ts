@@ -38,6 +38,12 @@ export interface AppSpec {
    * Absent (or empty) for HASH.
    */
   readonly rangeStarts?: readonly string[];
+  /**
+   * Shared data (R-ADSM): the RS whose committed state every copy of the app follows and hands
+   * to its handlers read-only (`ctx.shared`), e.g. a rate table. An integer in `0..rsCount-1`;
+   * absent: the app shares nothing. Fixed once the app is declared.
+   */
+  readonly sharedMasterRs?: number;
 }
 
 /** A data-flow map edge (R-DFM-1). */
@@ -117,6 +123,25 @@ export interface AppState {
    * standby applied it.
    */
   readonly syncing?: Readonly<Record<string, Readonly<Record<string, number>>>>;
+  /**
+   * Live moves of an RS's ACTIVE role (`MoveRequested`, issue 5) waiting for their target to
+   * catch up, per RS id (absent when none). Make-before-break: the target is listed as an extra
+   * STANDBY (one above the replication factor) until the active reports it caught up; then it
+   * is promoted and the source copy leaves the RS. Balancing leaves such an RS alone.
+   */
+  readonly moves?: Readonly<Record<string, PendingMove>>;
+}
+
+/** One RS move waiting for its target to catch up (see `AppState.moves`). */
+export interface PendingMove {
+  /** The copy that becomes ACTIVE (listed as STANDBY meanwhile). */
+  readonly toCopyId: string;
+  /** The ACTIVE copy the RS moves away from. */
+  readonly fromCopyId: string;
+  /** Decision time the move started (a move that never completes is abandoned on a Tick). */
+  readonly sinceMs: number;
+  /** Why (operator, load manager, drain), for status and logs. */
+  readonly reason?: string;
 }
 
 /** Leadership phase of the controller replica that owns this state (R-HM-3). */

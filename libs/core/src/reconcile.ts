@@ -261,18 +261,41 @@ function repairList(tx: Tx, cur: readonly Member[], curLen: number, repair: Repa
     activate = active !== null;
   }
   let changed = activate;
-  if (sbs.n - first > k) {
-    sbs.n = first + k; // spec lowered: drop the last in promotion order.
+  // A pending move lists its target as one standby above the factor until it is caught up.
+  let kk = k;
+  if (active !== null && !activate && repair.r >= 0) {
+    const mv = repair.at.moveOf(repair.r);
+    if (mv !== undefined && mv.fromCopyId === active.copyId) {
+      let at = -1;
+      for (let i = first; i < sbs.n; i++) if (sbs.at(i).copyId === mv.toCopyId) at = i;
+      if (at >= 0) {
+        kk = k + 1;
+        // The spec lowered mid-move: trim the others, keep the target (it goes last).
+        if (sbs.n - first > kk) {
+          const target = sbs.at(at);
+          const items = sbs.items as Member[];
+          let w = first; // in place: w never passes the read position
+          for (let i = first; i < sbs.n && w < first + k; i++) if (items[i] !== target) items[w++] = items[i]!;
+          items[w++] = target;
+          sbs.n = w;
+          board.totalsDecreased();
+          changed = true;
+        }
+      }
+    }
+  }
+  if (sbs.n - first > kk) {
+    sbs.n = first + kk; // spec lowered (or a move abandoned): drop the last in promotion order.
     board.totalsDecreased();
     changed = true;
   }
-  if (active !== null && sbs.n - first < k) {
+  if (active !== null && sbs.n - first < kk) {
     // Indexed writes into reused scratch (`length = 0` would drop its storage).
     const live = repair.live;
     let n = 0;
     live[n++] = board.posOf.get(active.copyId)!;
     for (let i = first; i < sbs.n; i++) live[n++] = board.posOf.get(sbs.at(i).copyId)!;
-    while (sbs.n - first < k && n < board.n) {
+    while (sbs.n - first < kk && n < board.n) {
       const pos = board.pickStandby(live, n);
       if (pos < 0) break;
       live[n++] = pos;
@@ -387,8 +410,11 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
     return -1;
   };
   /** May the copy at position p be promoted in RS r by balancing? (see rules above) */
+  // RS with a pending move (issue 5) keep their members until the move completes or is abandoned.
+  const moving = at.hasMoves();
+  const still = (r: number): boolean => !moving || at.moveOf(r) === undefined;
   const promotable = (r: number, p: number): boolean =>
-    !at.failedOver(r) && !tx.fenced.has(ids[p]!) && at.hadState(r, ids[p]!) && !at.isSyncing(r, ids[p]!);
+    still(r) && !at.failedOver(r) && !tx.fenced.has(ids[p]!) && at.hadState(r, ids[p]!) && !at.isSyncing(r, ids[p]!);
   const swap = (r: number, to: number): void => {
     // `to` (a STANDBY) becomes ACTIVE; the old active takes its place in the promotion order.
     const p = parseMembers(at.get(r).members);
@@ -410,7 +436,7 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
       for (let q = 0; q < len; q++) {
         const r = list[(s0 + q) % len]!;
         const m = at.get(r).members;
-        if (roleOf(m, ids[h]!) !== wanted) continue;
+        if (roleOf(m, ids[h]!) !== wanted || !still(r)) continue;
         const l = firstLight(m, h, light, strict);
         if (l >= 0) {
           bestR = r;
@@ -557,7 +583,7 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
     for (const h of heavy) {
       for (const r of sortedRs(idx, board.slot[h]!)) {
         const m = at.get(r).members;
-        if (roleOf(m, ids[h]!) !== 'ACTIVE') continue;
+        if (roleOf(m, ids[h]!) !== 'ACTIVE' || !still(r)) continue;
         const l = firstLight(m, h, light, false);
         if (l < 0) continue;
         const p = parseMembers(m);
@@ -733,7 +759,7 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
   function prepareSwap(h: number, light: readonly number[]): boolean {
     for (const r of sortedRs(idx, board.slot[h]!)) {
       const m = at.get(r).members;
-      if (m.length < 2 || m[0]!.copyId !== ids[h] || m[0]!.role !== 'ACTIVE' || at.failedOver(r)) continue;
+      if (m.length < 2 || m[0]!.copyId !== ids[h] || m[0]!.role !== 'ACTIVE' || at.failedOver(r) || !still(r)) continue;
       const others = live(m, h);
       const p = parseMembers(m);
       for (const l of light) {

@@ -5,7 +5,7 @@
  * from the diff (instead of emitting them step by step) is what keeps them minimal and always in
  * agreement with the persisted state.
  */
-import type { AppSpec, AppState, ClusterState, CopyInfo, Edge, LeaderPhase, Member, Role, RsAssignment } from './model';
+import type { AppSpec, AppState, ClusterState, CopyInfo, Edge, LeaderPhase, Member, PendingMove, Role, RsAssignment } from './model';
 import type { ControllerCommand, Decision, MemberView, RoleEntry, RouteChange } from './events';
 import { applyChange, buildIndex, listedRs, peekIndex, setStandbyTarget, storeIndex, takeIndex, type AppIndex } from './derived';
 import { cmpStr, MemberPool, own, roleOf, sameMembers } from './members';
@@ -40,6 +40,8 @@ export class AppTx {
   private flags: Uint8Array | null = null;
   /** Working copy of `AppState.syncing` (null: still the base one). */
   private syncingW: Syncing | null = null;
+  /** Working copy of `AppState.moves` (null: still the base one). */
+  private movesW: Record<string, PendingMove> | null = null;
 
   /**
    * @param fenced the decision's replaced processes (re-listed ones hold no state: catching up).
@@ -167,6 +169,30 @@ export class AppTx {
     return out;
   }
 
+  /** The pending move of RS r (see `AppState.moves`). */
+  moveOf(r: number): PendingMove | undefined {
+    return own((this.movesW ?? this.base?.moves ?? NO_MOVES) as Record<string, PendingMove>, r);
+  }
+
+  /** True when some RS of this app has a pending move. */
+  hasMoves(): boolean {
+    for (const _ in this.movesW ?? this.base?.moves ?? NO_MOVES) return true;
+    return false;
+  }
+
+  /** Pending moves by RS id (read-only view). */
+  moves(): Readonly<Record<string, PendingMove>> {
+    return this.movesW ?? this.base?.moves ?? NO_MOVES;
+  }
+
+  /** Records (or, with undefined, forgets) the pending move of RS r. */
+  setMove(r: number, m: PendingMove | undefined): void {
+    if (m === undefined && this.moveOf(r) === undefined) return;
+    this.movesW ??= { ...(this.base?.moves ?? NO_MOVES) };
+    if (m === undefined) delete this.movesW[r];
+    else this.movesW[r] = m;
+  }
+
   /**
    * The active of RS r reported `copyId` caught up, replicating to the member list of assignment
    * `version`. True when that cleared a catching-up mark (a report about an older listing, or
@@ -182,6 +208,24 @@ export class AppTx {
     if (Object.keys(next).length === 0) delete this.syncingW[r];
     else this.syncingW[r] = next;
     return true;
+  }
+
+  /**
+   * The moves to store: those that still hold in the final assignments (see {@link moveHolds});
+   * the base record itself when nothing changed, undefined when none is left.
+   */
+  private finishMoves(rs: readonly RsAssignment[]): AppState['moves'] {
+    const cur = this.movesW ?? this.base?.moves;
+    if (cur === undefined) return undefined;
+    let out: Record<string, PendingMove> | undefined;
+    let dropped = false;
+    for (const r in cur) {
+      const m = cur[r]!;
+      if (moveHolds(m, rs[Number(r)]?.members)) (out ??= {})[r] = m;
+      else dropped = true;
+    }
+    if (this.movesW === null && !dropped) return this.base?.moves;
+    return out;
   }
 
   /**
@@ -244,10 +288,21 @@ export class AppTx {
     let app: AppState;
     const pending = this.balancePending;
     const syncing = this.syncingW === null ? b?.syncing : finishSyncing(this.syncingW, rs.length);
-    if (b !== undefined && rs === b.rs && b.spec === this.spec && b.activated === this.activated && (b.balancePending === true) === pending && syncing === b.syncing) app = b;
+    const moves = this.finishMoves(rs);
+    if (
+      b !== undefined &&
+      rs === b.rs &&
+      b.spec === this.spec &&
+      b.activated === this.activated &&
+      (b.balancePending === true) === pending &&
+      syncing === b.syncing &&
+      moves === b.moves
+    )
+      app = b;
     else {
       app = pending ? { spec: this.spec, activated: this.activated, rs, balancePending: true } : { spec: this.spec, activated: this.activated, rs };
       if (syncing !== undefined) app = { ...app, syncing };
+      if (moves !== undefined) app = { ...app, moves };
     }
     if (this.index !== null) storeIndex(app.rs, this.index);
     return { app, changedRs };
@@ -255,6 +310,18 @@ export class AppTx {
 }
 
 const NO_SYNCING: Readonly<Record<string, Readonly<Record<string, number>>>> = Object.freeze({});
+const NO_MOVES: Readonly<Record<string, PendingMove>> = Object.freeze({});
+
+/**
+ * True while a pending move still holds in `members`: its source is the ACTIVE and its target a
+ * STANDBY. Anything else (the source failed over, the target failed or was dropped, the RS was
+ * shrunk away) abandons the move: the RS is then an ordinary RS again.
+ */
+export function moveHolds(m: PendingMove, members: readonly Member[] | undefined): boolean {
+  if (members === undefined || members.length === 0) return false;
+  const head = members[0]!;
+  return head.role === 'ACTIVE' && head.copyId === m.fromCopyId && roleOf(members, m.toCopyId) === 'STANDBY';
+}
 
 function cloneSyncing(s: AppState['syncing']): Syncing {
   const out: Syncing = {};

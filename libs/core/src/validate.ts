@@ -59,6 +59,9 @@ export function validateTopology(t: Topology, existingApps: Iterable<string> = [
     if (bad !== null) return bad;
     const badPartitioning = validatePartitioning(a, at, app);
     if (badPartitioning !== null) return invalid(badPartitioning);
+    if (a.sharedMasterRs !== undefined && (!isInt(a.sharedMasterRs) || a.sharedMasterRs < 0 || a.sharedMasterRs >= a.rsCount)) {
+      return invalid(`${at}.sharedMasterRs: ${app} has sharedMasterRs ${String(a.sharedMasterRs)}; must be an RS id in 0..${a.rsCount - 1} (or absent: no shared data)`);
+    }
   }
   const known = new Set(names);
   for (const n of existingApps) known.add(n);
@@ -76,9 +79,61 @@ export function validateTopology(t: Topology, existingApps: Iterable<string> = [
     if (typeof e.keyField !== 'string' || e.keyField.trim() === '') {
       return invalid(`${at}.keyField: edge ${e.from} -> ${e.to} needs a non-empty keyField`);
     }
+    if (e.keyField.length > MAX_KEY_FIELD_LENGTH) {
+      return invalid(`${at}.keyField: edge ${e.from} -> ${e.to} has a keyField of ${e.keyField.length} characters; at most ${MAX_KEY_FIELD_LENGTH}`);
+    }
+    if (e.from === e.to) return invalid(`${at}: edge ${e.from} -> ${e.to} points at its own app; the data-flow map is a directed acyclic graph`);
     const key = `${e.from}\u0000${e.to}`;
     if (pairs.has(key)) return invalid(`${at}: duplicate edge ${e.from} -> ${e.to} (one edge per pair of apps)`);
     pairs.add(key);
+  }
+  const cycle = findCycle(t.edges);
+  if (cycle !== null) return invalid(`edges: the data-flow map has a cycle ${cycle.join(' -> ')}; it must be a directed acyclic graph`);
+  return null;
+}
+
+/** Longest `keyField` of an edge, in UTF-16 code units. */
+export const MAX_KEY_FIELD_LENGTH = 256;
+
+/**
+ * A cycle of the edge graph as its app names (first = last), or null. Cycles are refused because
+ * a copy whose outbox is full stops taking input (back-pressure): around a cycle, full outboxes
+ * would wait on each other for ever.
+ */
+function findCycle(edges: readonly { readonly from: string; readonly to: string }[]): string[] | null {
+  const out = new Map<string, string[]>();
+  for (const e of edges) {
+    const l = out.get(e.from);
+    if (l) l.push(e.to);
+    else out.set(e.from, [e.to]);
+  }
+  // Iterative DFS (no recursion limit on long chains): 1 = on the current path, 2 = done.
+  const mark = new Map<string, 1 | 2>();
+  for (const start of out.keys()) {
+    if (mark.has(start)) continue;
+    const path: string[] = [start];
+    const next: number[] = [0];
+    mark.set(start, 1);
+    while (path.length > 0) {
+      const at = path[path.length - 1]!;
+      const succ = out.get(at) ?? [];
+      const i = next[next.length - 1]!;
+      if (i >= succ.length) {
+        mark.set(at, 2);
+        path.pop();
+        next.pop();
+        continue;
+      }
+      next[next.length - 1] = i + 1;
+      const to = succ[i]!;
+      const m = mark.get(to);
+      if (m === 1) return [...path.slice(path.indexOf(to)), to];
+      if (m === undefined) {
+        mark.set(to, 1);
+        path.push(to);
+        next.push(0);
+      }
+    }
   }
   return null;
 }

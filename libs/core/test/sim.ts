@@ -68,7 +68,17 @@ export function runSeed(seed: number, opts: SimOptions): { steps: number; reject
     } catch (e) {
       throw new Error(`${where}: decide threw ${(e as Error).stack}`);
     }
-    const fail = (msg: string): never => assert.fail(`${where}: violation: ${msg}\nnotes: ${d.notes.join(' | ')}`);
+    const fail = (msg: string): never => {
+      if (process.env.SIM_DEBUG === '1') {
+        for (const [n, a] of Object.entries(prev.apps)) console.error(`before ${n}: moves=${JSON.stringify(a.moves)} syncing=${JSON.stringify(a.syncing)}`);
+        const m = /(app\d+)\/(\d+)/.exec(msg);
+        if (m !== null) {
+          console.error(`before ${m[0]}: ${JSON.stringify(prev.apps[m[1]!]?.rs[Number(m[2])])}`);
+          console.error(`after  ${m[0]}: ${JSON.stringify(d.state.apps[m[1]!]?.rs[Number(m[2])])} moves=${JSON.stringify(d.state.apps[m[1]!]?.moves)}`);
+        }
+      }
+      return assert.fail(`${where}: violation: ${msg}\nnotes: ${d.notes.join(' | ')}`);
+    };
     if (opts.coldCheckEvery > 0 && i % opts.coldCheckEvery === 0) {
       const cold = decide(structuredClone(prev), ev, now);
       try {
@@ -105,7 +115,9 @@ export function runSeed(seed: number, opts: SimOptions): { steps: number; reject
         // Promotion never picks a standby still catching up over one that holds the state.
         const wasSyncing = (id: string): boolean => before.syncing?.[String(r)]?.[id] !== undefined;
         // (Not for FAULT_TOLERANT: one list for all RS, the copy behind in the fewest RS wins.)
-        if (na !== null && na !== ba && wasSyncing(na) && app.spec.mode !== 'FAULT_TOLERANT') {
+        // (Nor for a completed move: its report cleared the target's mark in this very decision.)
+        const moveDone = ev.type === 'StandbysSynced' && before.moves?.[String(r)]?.toCopyId === na;
+        if (na !== null && na !== ba && wasSyncing(na) && app.spec.mode !== 'FAULT_TOLERANT' && !moveDone) {
           const better = a.members.find((m) => m.role === 'STANDBY' && !wasSyncing(m.copyId) && b.members.some((x) => x.copyId === m.copyId && x.role === 'STANDBY'));
           if (better !== undefined) fail(`${name}/${r}: promoted ${na} (catching up) although ${better.copyId} held the state`);
         }
@@ -119,7 +131,9 @@ export function runSeed(seed: number, opts: SimOptions): { steps: number; reject
     if (ev.type === 'CopyRemoved' && d.rejection === undefined) views.delete(ev.copyId);
     applyCommands(d.commands, fail);
     if (d.rejection === undefined && state !== prev) {
-      if (ev.type === 'SwitchoverRequested') dirty.add(ev.app);
+      if (ev.type === 'SwitchoverRequested' || ev.type === 'MoveRequested') dirty.add(ev.app);
+      // A move completing (its target reported caught up) is the operator's move taking effect.
+      for (const [name, a] of Object.entries(prev.apps)) if (a.moves !== undefined && state.apps[name]?.moves !== a.moves) dirty.add(name);
       if (prev.leader.passive && !state.leader.passive) dirty.clear();
       const appOf = (id: string): string | undefined => (prev.copies[id] ?? state.copies[id])?.app;
       const balancing: Record<string, boolean> = { CopyRegistered: true, CopyFailed: true, DrainRequested: true, CopyRemoved: true, CopyDisabled: true, CopyEnabled: true };
@@ -131,7 +145,8 @@ export function runSeed(seed: number, opts: SimOptions): { steps: number; reject
       if (ev.type === 'TopologyApplied') for (const a of ev.topology.apps) if (prev.apps[a.name]?.spec !== state.apps[a.name]?.spec) dirty.delete(a.name);
     }
     if (!state.leader.passive) {
-      const bal = Object.keys(state.apps).filter((a) => !dirty.has(a) && state.apps[a]!.balancePending !== true);
+      // Apps with a pending move hold an extra standby on purpose (make-before-break).
+      const bal = Object.keys(state.apps).filter((a) => !dirty.has(a) && state.apps[a]!.balancePending !== true && state.apps[a]!.moves === undefined);
       for (const v of checkBalance(state, bal)) fail(`balance: ${v}`);
       checkViews(fail);
       // Liveness: pending balancing completes within a few ticks (checked on a side branch).
@@ -245,7 +260,8 @@ export function runSeed(seed: number, opts: SimOptions): { steps: number; reject
       const st = state.apps[app.name]!;
       const rs = int(0, app.rsCount - 1);
       const sbs = st.rs[rs]!.members.filter((m) => m.role === 'STANDBY');
-      if (chance(0.7) && sbs.length > 0) ev = { type: 'SwitchoverRequested', app: app.name, rs, toCopyId: pick(sbs).copyId };
+      if (chance(0.4)) ev = { type: 'MoveRequested', app: chance(0.95) ? app.name : 'nope', rs, toCopyId: anyCopy(), reason: 'sim' };
+      else if (chance(0.7) && sbs.length > 0) ev = { type: 'SwitchoverRequested', app: app.name, rs, toCopyId: pick(sbs).copyId };
       else ev = { type: 'SwitchoverRequested', app: chance(0.9) ? app.name : 'nope', rs: chance(0.9) ? rs : app.rsCount + int(0, 3), toCopyId: anyCopy() };
     } else if (x < 0.73) ev = { type: 'LeadershipAcquired', passiveTimeoutMs: int(0, 3000) };
     else if (x < 0.79) {
