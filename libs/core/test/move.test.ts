@@ -72,11 +72,11 @@ test('MoveRequested: make-before-break for a non-member target — extra standby
   const t = ok(d1.state, { type: 'Tick' }, T0 + 100).state;
   assert.deepEqual(members(t, 'dft', 1), [`${a}:A`, `${sb}:S`, `${to}:S`]);
   // A report from a copy that is not the active changes nothing.
-  const rep = syncedReport(t)!;
-  const wrong = { ...rep, entries: (rep as Extract<ControllerEvent, { type: 'StandbysSynced' }>).entries.map((e) => ({ ...e, reportedBy: sb })) };
+  const rep = syncedReport(t) as Extract<ControllerEvent, { type: 'StandbysSynced' }>;
+  const wrong: ControllerEvent = { ...rep, entries: rep.entries.map((e) => ({ ...e, reportedBy: sb })) };
   assert.equal(ok(t, wrong, T0 + 150).state, t);
   // Phase 2: the active reports the target caught up → target ACTIVE (epoch+1), source leaves.
-  const d2 = ok(t, { ...rep, entries: (rep as Extract<ControllerEvent, { type: 'StandbysSynced' }>).entries.map((e) => ({ ...e, reportedBy: a })) }, T0 + 200);
+  const d2 = ok(t, { ...rep, entries: rep.entries.map((e) => ({ ...e, reportedBy: a })) }, T0 + 200);
   assert.deepEqual(members(d2.state, 'dft', 1), [`${to}:A`, `${sb}:S`]);
   assert.equal(d2.state.apps.dft!.rs[1]!.epoch, before.epoch + 1);
   assert.equal(d2.state.apps.dft!.moves, undefined);
