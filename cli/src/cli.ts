@@ -26,8 +26,10 @@ import {
   renderJson,
   renderStatus,
   renderSwitchover,
+  renderMove,
 } from './render';
 import { loadTopologyFile } from './topology-file';
+import { registerLoadCommands } from './load';
 
 /** Where the CLI writes and what environment it reads (the process's by default; tests pass their own). */
 export interface CliIo {
@@ -57,6 +59,8 @@ export const DEFAULT_CONTROLLERS = '127.0.0.1:7100';
 export const CONTROLLERS_ENV = 'UNDERSTUDY_CONTROLLERS';
 /** Default time budget of one command, in ms. */
 export const DEFAULT_TIMEOUT_MS = 5000;
+/** Default time budget of `move` (its target may have to catch up first), in ms. */
+export const MOVE_TIMEOUT_MS = 60_000;
 
 const ADDRESS_RE = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})$/;
 
@@ -249,6 +253,23 @@ Exit codes:
     );
 
   program
+    .command('move')
+    .description('move the active role of one RS to another copy, live (pause, hand over, resume)')
+    .argument('<app>', 'application')
+    .argument('<rs>', 'resource set number')
+    .argument('<copy>', 'the copy to make active (a standby of the RS, or any UP copy: it catches up first)')
+    .option('--reason <text>', 'why (logged by the controller)', '')
+    .action(async (app: string, rsText: string, copyId: string, opts: { reason: string }, cmd: Command) =>
+      run(cmd, 'move', async (ctx) => {
+        const rs = rsNumber(rsText);
+        // A target that must catch up first can take a while: unless --timeout-ms was given, wait up to a minute.
+        const timeoutMs = cmd.parent?.getOptionValueSource('timeoutMs') === 'default' ? MOVE_TIMEOUT_MS : ctx.timeoutMs;
+        const res = await callLeader({ ...ctx, timeoutMs }, (c) => c.moveRs.bind(c), { app, rs, toCopyId: copyId, reason: opts.reason }, true);
+        ctx.io.out(ctx.json ? renderJson(res) : renderMove(app, rs, res));
+      }),
+    );
+
+  program
     .command('drain')
     .description('move every RS off a copy gracefully; it then holds nothing until enabled')
     .argument('<copy>', 'copy id')
@@ -280,6 +301,8 @@ Exit codes:
         ctx.io.out(ctx.json ? renderJson(res) : renderEnable(copyId, res));
       }),
     );
+
+  registerLoadCommands(program, io, run);
 
   for (const sub of program.commands) sub.exitOverride().showSuggestionAfterError(true);
   return program;
@@ -334,7 +357,7 @@ export async function runCli(argv: readonly string[], io: CliIo = processIo()): 
 
   if (argv.length === 0) {
     io.err(`${program.helpInformation()}`);
-    report(io, false, 'INVALID_ARGUMENT', 'no command given (status, apply, switchover, drain, disable, enable)');
+    report(io, false, 'INVALID_ARGUMENT', 'no command given (status, apply, switchover, move, drain, disable, enable)');
     return ExitCode.USAGE;
   }
 

@@ -33,6 +33,21 @@ export {
   type RenderStatusOptions,
 } from './render';
 export {
+  fetchLoad,
+  fetchPlan,
+  renderLoad,
+  renderPlan,
+  loadJsonView,
+  planJsonView,
+  verdictName,
+  reasonName,
+  parseLoadManagerList,
+  registerLoadCommands,
+  LoadManagerUnreachableError,
+  LOAD_MANAGERS_ENV,
+  DEFAULT_LOAD_MANAGERS,
+} from './load';
+export {
   loadTopologyFile,
   parseTopologyText,
   topologyFromData,

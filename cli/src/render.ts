@@ -21,6 +21,7 @@ import {
   type Member,
   type RsAssignment,
   type SwitchoverResponse,
+  type MoveRsResponse,
 } from '@understudy/proto';
 
 /** Options of {@link renderStatus}. */
@@ -153,6 +154,14 @@ export function renderSwitchover(app: string, rs: number, r: SwitchoverResponse)
   if (!a) return `switchover of ${app}/${rs} done\n`;
   const active = a.members.find((m) => m.role === Role.ROLE_ACTIVE);
   return `switchover of ${app}/${rs} done: active is ${active ? `${active.copyId} (${active.address})` : '(none)'} at epoch ${a.epoch}\n${renderAssignments([a])}\n`;
+}
+
+/** `understudy move`: from → to, epoch, and how long the RS paused. */
+export function renderMove(app: string, rs: number, r: MoveRsResponse): string {
+  const ms = (x: number): string => `${x < 10 ? x.toFixed(2) : x.toFixed(1)} ms`;
+  const pause = r.paused ? `paused ${ms(r.pauseMs)}` : `switched in ${ms(r.pauseMs)} without a pause (the old active did not answer the pause request; the epoch fenced it)`;
+  const first = r.caughtUpFirst ? `; ${r.toCopyId} caught up as a standby first` : '';
+  return `moved ${app}/${rs}: ${r.fromCopyId || '(none)'} -> ${r.toCopyId} at epoch ${r.epoch} (${pause}; total ${ms(r.totalMs)}${first})\n`;
 }
 
 /** `understudy drain`. */

@@ -6,6 +6,7 @@
  *   - { name: collector, mode: DISTRIBUTED, rsCount: 8, minCopies: 2 }
  *   - { name: aggregator, mode: DISTRIBUTED_FAULT_TOLERANT, rsCount: 16, standbys: 1, minCopies: 3 }
  *   - { name: ledger, mode: DISTRIBUTED, rsCount: 3, partitioning: range, rangeStarts: [g, p] }
+ *   - { name: enhancer, mode: DISTRIBUTED_FAULT_TOLERANT, rsCount: 8, standbys: 1, sharedMasterRs: 0 }
  * edges:
  *   - { from: collector, to: aggregator, keyField: subscriber }
  * ```
@@ -22,7 +23,7 @@ import { parseDocument } from 'yaml';
 import { UsageError } from './errors';
 
 /** Keys allowed in one `apps[]` entry. */
-export const APP_KEYS = ['name', 'mode', 'rsCount', 'standbys', 'minCopies', 'partitioning', 'rangeStarts', 'detection'] as const;
+export const APP_KEYS = ['name', 'mode', 'rsCount', 'standbys', 'minCopies', 'partitioning', 'rangeStarts', 'detection', 'sharedMasterRs'] as const;
 /**
  * Partitioning names accepted in a file (case-insensitive; a `PARTITIONING_` prefix is accepted
  * too). Absent: hash. `range` needs `rangeStarts`: rsCount - 1 split keys, strictly increasing by
@@ -181,8 +182,11 @@ function appFromData(raw: unknown, i: number, problems: string[]): AppSpec | und
   const minCopies = integer(raw, 'minCopies', label, { min: 1, required: false }, problems) ?? 1;
   const detection = detectionFromData(raw.detection, label, problems);
   const partitioning = partitioningFromData(raw, label, rsCount, problems);
+  // Shared data: the master RS every copy follows (absent: none). Its range is the controller's call.
+  const sharedMasterRs = integer(raw, 'sharedMasterRs', label, { min: 0, required: false }, problems);
   if (problems.length > before || name === undefined || rsCount === undefined || partitioning === undefined) return undefined;
-  return { name, mode, rsCount, standbys, minCopies, partitioning: partitioning.partitioning, detection, rangeStarts: partitioning.rangeStarts };
+  const app: AppSpec = { name, mode, rsCount, standbys, minCopies, partitioning: partitioning.partitioning, detection, rangeStarts: partitioning.rangeStarts };
+  return sharedMasterRs === undefined ? app : { ...app, sharedMasterRs };
 }
 
 /** `partitioning` (hash | range) and `rangeStarts` of one app; undefined after a problem. */

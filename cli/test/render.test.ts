@@ -51,6 +51,7 @@ const status: GetStatusResponse = {
   leaderTerm: 7,
   passive: true,
   stateVersion: 99,
+  moves: [],
   apps: [
     {
       spec: { name: 'counter', mode: Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, rsCount: 8, standbys: 2, minCopies: 3, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined, rangeStarts: [] },

@@ -61,7 +61,7 @@ function call<Req, Res>(client: ControllerServiceClient, method: keyof ClientMet
 function watchFirst(client: ControllerServiceClient, app: string, deadlineMs = 5000): Promise<Outcome<WatchRoutesResponse>> {
   return new Promise((resolve) => {
     let done = false;
-    const stream = client.watchRoutes({ app }, new grpc.Metadata(), { deadline: Date.now() + deadlineMs });
+    const stream = client.watchRoutes({ app, edgesFrom: '' }, new grpc.Metadata(), { deadline: Date.now() + deadlineMs });
     stream.on('data', (m: WatchRoutesResponse) => {
       if (done) return;
       done = true;
@@ -410,9 +410,10 @@ const SEEDS: Record<MethodName, Buffer> = {
   drainCopy: ControllerServiceService.drainCopy.requestSerialize({ copyId: 'fz-copy' }),
   disableCopy: ControllerServiceService.disableCopy.requestSerialize({ copyId: 'fz-copy' }),
   enableCopy: ControllerServiceService.enableCopy.requestSerialize({ copyId: 'fz-copy' }),
-  watchRoutes: ControllerServiceService.watchRoutes.requestSerialize({ app: 'fz-app' }),
+  watchRoutes: ControllerServiceService.watchRoutes.requestSerialize({ app: 'fz-app', edgesFrom: '' }),
   saveCheckpoint: ControllerServiceService.saveCheckpoint.requestSerialize({ app: 'fz-app', rs: 0, epoch: 1, checkpoint: Buffer.from('fuzz') }),
   fenceCheckpoint: ControllerServiceService.fenceCheckpoint.requestSerialize({ app: 'fz-app', rs: 0, epoch: 1 }),
+  moveRs: ControllerServiceService.moveRs.requestSerialize({ app: 'fz-app', rs: 0, toCopyId: 'fz-copy', reason: 'fuzz' }),
   reportSynced: ControllerServiceService.reportSynced.requestSerialize({ copyId: 'fz-copy', incarnation: 7, standbys: [{ app: 'fz-app', rs: 0, standbyCopyId: 'fz-b', standbyIncarnation: 3, version: 2 }] }),
 };
 

@@ -23,6 +23,8 @@ export interface ControllerProcOptions {
   readonly dataDir?: string;
   readonly leaseTtlMs?: number;
   readonly passiveTimeoutMs?: number;
+  /** Every output line (e.g. to keep its JSON log). */
+  readonly onLine?: (line: string) => void;
 }
 
 /** Start `services/system-controller/src/main.ts`. */
@@ -40,6 +42,7 @@ export function startControllerProc(o: ControllerProcOptions): Promise<Proc> {
     ],
     env: o.redisUrl ? {} : { REDIS_URL: '' },
     readyMsg: 'controller listening',
+    ...(o.onLine ? { onLine: o.onLine } : {}),
   });
 }
 
@@ -57,6 +60,10 @@ export function startCounterCopy(o: {
   checkpointBeforeAck?: boolean;
   /** `--checkpoint-redis-url`: the copy writes checkpoints to this Redis directly. */
   checkpointRedisUrl?: string;
+  /** `--load-managers`: stream load reports to these load managers. */
+  loadManagers?: readonly string[];
+  /** `--load-report-interval-ms`. */
+  loadReportIntervalMs?: number;
 }): Promise<Proc> {
   return startProcess({
     name: `copy ${o.copyId}`,
@@ -70,6 +77,8 @@ export function startCounterCopy(o: {
       ...(o.checkpointIntervalMs ? ['--checkpoint-interval-ms', String(o.checkpointIntervalMs)] : []),
       ...(o.checkpointBeforeAck ? ['--checkpoint-before-ack'] : []),
       ...(o.checkpointRedisUrl ? ['--checkpoint-redis-url', o.checkpointRedisUrl] : []),
+      ...(o.loadManagers && o.loadManagers.length > 0 ? ['--load-managers', o.loadManagers.join(',')] : []),
+      ...(o.loadReportIntervalMs ? ['--load-report-interval-ms', String(o.loadReportIntervalMs)] : []),
     ],
     ...(o.env ? { env: o.env } : {}),
     readyMsg: 'copy listening',
@@ -107,6 +116,40 @@ export function startFaultManagerProc(o: FaultManagerProcOptions): Promise<Proc>
     env: o.logLevel ? { LOG_LEVEL: o.logLevel } : {},
     onLine: o.onLine,
     readyMsg: 'fault manager listening',
+  });
+}
+
+/** Options for a load manager process. */
+export interface LoadManagerProcOptions {
+  readonly id: string;
+  /** 0 = any free port (read it back from the Proc's address). */
+  readonly port?: number;
+  readonly controllers: readonly string[];
+  /** `--dry-run`: plan only. */
+  readonly dryRun?: boolean;
+  /** Extra flags (e.g. `['--band-fraction', '0.5']`). */
+  readonly args?: readonly string[];
+  /** LOG_LEVEL of the process (default: TEST_LOG_LEVEL or warn). */
+  readonly logLevel?: string;
+  /** Every output line (e.g. to read its JSON log). */
+  readonly onLine?: (line: string) => void;
+}
+
+/** Start `services/load-manager/src/main.ts`. */
+export function startLoadManagerProc(o: LoadManagerProcOptions): Promise<Proc> {
+  return startProcess({
+    name: `load manager ${o.id}`,
+    script: 'services/load-manager/src/main.ts',
+    args: [
+      '--id', o.id,
+      '--listen', `127.0.0.1:${o.port ?? 0}`,
+      '--controllers', o.controllers.join(','),
+      ...(o.dryRun ? ['--dry-run'] : []),
+      ...(o.args ?? []),
+    ],
+    env: o.logLevel ? { LOG_LEVEL: o.logLevel } : {},
+    onLine: o.onLine,
+    readyMsg: 'load manager listening',
   });
 }
 
@@ -167,6 +210,8 @@ export interface AldmProcOptions {
   readonly maxPayloadBytes?: number;
   /** `--deadline-ms`. */
   readonly deadlineMs?: number;
+  /** `--max-held-per-rs` (direct mode). */
+  readonly maxHeldPerRs?: number;
   /** LOG_LEVEL of the process (default: TEST_LOG_LEVEL or warn). */
   readonly logLevel?: string;
 }
@@ -191,6 +236,7 @@ export async function startAldmProc(o: AldmProcOptions): Promise<AldmProc> {
       ...(o.maxInFlight !== undefined ? ['--max-in-flight', String(o.maxInFlight)] : []),
       ...(o.maxPayloadBytes !== undefined ? ['--max-payload-bytes', String(o.maxPayloadBytes)] : []),
       ...(o.deadlineMs !== undefined ? ['--deadline-ms', String(o.deadlineMs)] : []),
+      ...(o.maxHeldPerRs !== undefined ? ['--max-held-per-rs', String(o.maxHeldPerRs)] : []),
     ],
     env: o.logLevel ? { LOG_LEVEL: o.logLevel } : {},
     onLine: (line) => {

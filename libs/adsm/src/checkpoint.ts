@@ -12,6 +12,7 @@
  * it. The store decides the order atomically, so every write the new active did not read is
  * refused (StaleEpochError) and the old active acknowledges nothing more.
  */
+import { OutboxEntry } from '@understudy/proto';
 import { InvalidArgumentError, checkpointKey, unaryCall, type Store } from '@understudy/runtime';
 import type { ControllerClient } from './controller-client';
 
@@ -74,22 +75,29 @@ export interface RsCheckpoint {
    * the failover and redelivered after it is answered, not applied twice.
    */
   readonly dedupe: readonly (readonly [string, Buffer])[];
+  /** The RS's outbox (messages to other applications not yet acknowledged), oldest first. @default none */
+  readonly outbox?: readonly OutboxEntry[];
 }
 
 const MAGIC = Buffer.from('USCK', 'latin1');
+/** Version 2 adds the outbox; a checkpoint without outbox entries is still written as version 1. */
 const VERSION = 1;
+const VERSION_OUTBOX = 2;
 
 /**
  * Binary layout (little endian): `"USCK" | u8 version | f64 epoch | f64 seq | u32 len | state |
- * u32 count | count × (u32 len | message id utf8 | u32 len | reply)`.
+ * u32 count | count × (u32 len | message id utf8 | u32 len | reply)`, and in version 2 then
+ * `u32 count | count × (u32 len | OutboxEntry protobuf)`.
  */
 export function encodeCheckpoint(c: RsCheckpoint): Buffer {
   let size = MAGIC.length + 1 + 8 + 8 + 4 + c.state.length + 4;
   const ids = c.dedupe.map(([id]) => Buffer.from(id, 'utf8'));
   for (let i = 0; i < ids.length; i++) size += 8 + ids[i]!.length + c.dedupe[i]![1].length;
+  const outbox = (c.outbox ?? []).map((e) => OutboxEntry.encode(e).finish());
+  if (outbox.length > 0) size += 4 + outbox.reduce((n, b) => n + 4 + b.length, 0);
   const out = Buffer.allocUnsafe(size);
   let o = MAGIC.copy(out, 0);
-  o = out.writeUInt8(VERSION, o);
+  o = out.writeUInt8(outbox.length > 0 ? VERSION_OUTBOX : VERSION, o);
   o = out.writeDoubleLE(c.epoch, o);
   o = out.writeDoubleLE(c.seq, o);
   o = out.writeUInt32LE(c.state.length, o);
@@ -101,6 +109,14 @@ export function encodeCheckpoint(c: RsCheckpoint): Buffer {
     o += ids[i]!.copy(out, o);
     o = out.writeUInt32LE(reply.length, o);
     o += reply.copy(out, o);
+  }
+  if (outbox.length > 0) {
+    o = out.writeUInt32LE(outbox.length, o);
+    for (const b of outbox) {
+      o = out.writeUInt32LE(b.length, o);
+      out.set(b, o);
+      o += b.length;
+    }
   }
   return out;
 }
@@ -116,7 +132,7 @@ export function decodeCheckpoint(bytes: Uint8Array): RsCheckpoint {
   if (!b.subarray(0, MAGIC.length).equals(MAGIC)) throw new InvalidArgumentError('not an ADSM checkpoint (bad magic)');
   o = MAGIC.length;
   const version = b.readUInt8(o++);
-  if (version !== VERSION) throw new InvalidArgumentError(`checkpoint format version ${version} is not supported (expected ${VERSION})`);
+  if (version !== VERSION && version !== VERSION_OUTBOX) throw new InvalidArgumentError(`checkpoint format version ${version} is not supported (expected ${VERSION} or ${VERSION_OUTBOX})`);
   need(20);
   const epoch = b.readDoubleLE(o);
   const seq = b.readDoubleLE(o + 8);
@@ -142,7 +158,25 @@ export function decodeCheckpoint(bytes: Uint8Array): RsCheckpoint {
     dedupe.push([id, Buffer.from(b.subarray(o, o + replyLen))]);
     o += replyLen;
   }
+  const outbox: OutboxEntry[] = [];
+  if (version === VERSION_OUTBOX) {
+    need(4);
+    const n = b.readUInt32LE(o);
+    o += 4;
+    for (let i = 0; i < n; i++) {
+      need(4);
+      const len = b.readUInt32LE(o);
+      o += 4;
+      need(len);
+      try {
+        outbox.push(OutboxEntry.decode(b.subarray(o, o + len)));
+      } catch {
+        throw new InvalidArgumentError(`checkpoint outbox entry ${i} is not a valid OutboxEntry`);
+      }
+      o += len;
+    }
+  }
   if (o !== b.length) throw new InvalidArgumentError(`checkpoint has ${b.length - o} trailing bytes`);
   if (!Number.isSafeInteger(epoch) || !Number.isSafeInteger(seq) || seq < 0) throw new InvalidArgumentError(`checkpoint has a bad epoch ${epoch} or seq ${seq}`);
-  return { epoch, seq, state, dedupe };
+  return { epoch, seq, state, dedupe, outbox };
 }

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import * as grpc from '@grpc/grpc-js';
-import { AdsmServiceClient, modeName, Partitioning, type AppSpec, type Route, type WatchRoutesResponse } from '@understudy/proto';
+import { AdsmServiceClient, modeName, Partitioning, type AppSpec, type Edge, type Route, type WatchRoutesResponse } from '@understudy/proto';
 import { rsOfKey, type KeyPartition } from '@understudy/core';
 import {
   DeadlineExceededError,
@@ -35,6 +35,8 @@ interface AppTable {
   mode: string;
   /** Key → RS mapping the application declared (hash or ranges). */
   partition: KeyPartition;
+  /** The application as the controller last described it. */
+  spec: AppSpec;
   routes: Map<number, RouteInfo>;
 }
 
@@ -44,6 +46,11 @@ export interface RoutingClientOptions {
   readonly controllerAddresses: readonly string[];
   /** Watch only this application. @default all */
   readonly app?: string;
+  /**
+   * Also follow the data-flow map edges out of this application (R-DFM-6): see {@link RoutingClient.edges}.
+   * @default none
+   */
+  readonly edgesFrom?: string;
   /** Overall deadline of one deliver / query, retries included. @default 10000 */
   readonly deliverDeadlineMs?: number;
   /** Deadline of one attempt. @default 2000 */
@@ -81,6 +88,8 @@ export class RoutingClient {
   private synced = false;
   /** The controller's state version of the last routing message. */
   private stateVersion = 0;
+  /** Edges out of `opts.edgesFrom`, once the controller sent them. */
+  private edgeList: readonly Edge[] | undefined;
   private readonly deliverDeadlineMs: number;
   private readonly attemptTimeoutMs: number;
 
@@ -107,6 +116,25 @@ export class RoutingClient {
     let routes = 0;
     for (const t of this.tables.values()) for (const r of t.routes.values()) if (r.activeAddress) routes++;
     return { synced: this.synced, stateVersion: this.stateVersion, updates: this.tableVersion, routes };
+  }
+
+  /**
+   * The data-flow map edges out of the `edgesFrom` application, as last sent by the controller
+   * (kept while the controller is unreachable); undefined until they arrived or without `edgesFrom`.
+   */
+  edges(): readonly Edge[] | undefined {
+    return this.edgeList;
+  }
+
+  /** Subscribe to changes of {@link edges}. */
+  onEdges(fn: (edges: readonly Edge[]) => void): () => void {
+    this.events.on('edges', fn);
+    return () => this.events.off('edges', fn);
+  }
+
+  /** The application's declared spec (mode, partitioning, shared master RS…), if known. */
+  appSpec(app: string): AppSpec | undefined {
+    return this.tables.get(app)?.spec;
   }
 
   /** Number of RS of an application, if known. */
@@ -178,6 +206,9 @@ export class RoutingClient {
         throw last ?? new DeadlineExceededError(`no active copy for ${app} within the deadline`);
       }
       const t = this.tables.get(app);
+      // Once the controller's full snapshot is in, an application missing from it is not declared
+      // (or not placed yet): say so now rather than wait out the deadline.
+      if (!t && this.synced) throw new NotFoundError(`application ${JSON.stringify(app)} is not in the routing table (not declared, or not placed yet)`);
       if (!t) {
         last = new UnavailableError(`application ${app} not in the routing table yet`);
         await this.nextChange(Math.min(left, 200));
@@ -268,7 +299,7 @@ export class RoutingClient {
     if (this.closed) return;
     const address = this.controller.preferredAddress;
     const client = this.controller.clientFor(address);
-    const stream = client.watchRoutes({ app: this.opts.app ?? '' });
+    const stream = client.watchRoutes({ app: this.opts.app ?? '', edgesFrom: this.opts.edgesFrom ?? '' });
     this.stream = stream;
     stream.on('data', (msg: WatchRoutesResponse) => this.apply(msg));
     stream.on('error', (e: grpc.ServiceError) => {
@@ -304,6 +335,10 @@ export class RoutingClient {
       t.routes.set(r.rs, { app: r.app, rs: r.rs, epoch: r.epoch, activeCopyId: r.activeCopyId, activeAddress: r.activeAddress });
     }
     this.tableVersion++;
+    if (msg.hasEdges) {
+      this.edgeList = msg.edges;
+      this.events.emit('edges', msg.edges);
+    }
     if (msg.full) this.synced = true;
     this.stateVersion = msg.stateVersion;
     this.events.emit('routes', msg.routes, msg.full);
@@ -318,9 +353,10 @@ export class RoutingClient {
         : { partitioning: 'HASH', rsCount: spec.rsCount };
     if (t && t.rsCount === spec.rsCount) {
       t.partition = partition;
+      t.spec = spec;
       return;
     }
-    this.tables.set(spec.name, { rsCount: spec.rsCount, mode: modeName(spec.mode) ?? 'UNKNOWN', partition, routes: new Map() });
+    this.tables.set(spec.name, { rsCount: spec.rsCount, mode: modeName(spec.mode) ?? 'UNKNOWN', partition, spec, routes: new Map() });
   }
 
   /** Stop watching and close channels. */

@@ -1,6 +1,6 @@
 import * as os from 'node:os';
 import * as grpc from '@grpc/grpc-js';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import {
   AdsmServiceClient,
@@ -26,10 +26,16 @@ import {
   type SetRolesRequest,
   type SetRolesResponse,
   type UpdateEntry,
+  type OutboxEntry,
   type ShutdownRequest,
   type ShutdownResponse,
   type FetchStateRequest,
   type FetchStateResponse,
+  type PauseRsRequest,
+  type PauseRsResponse,
+  type PausedRs,
+  type ResumeRsRequest,
+  type ResumeRsResponse,
 } from '@understudy/proto';
 import {
   DeadlineExceededError,
@@ -57,6 +63,11 @@ import { decodeJson, encodeJson } from './codec';
 import { controllerCheckpoints, decodeCheckpoint, encodeCheckpoint, type CheckpointStore } from './checkpoint';
 import { ControllerClient } from './controller-client';
 import { FaultManagerLink } from './watch';
+import { LoadReporter } from './load';
+import { DataFlow, type DataFlowOptions } from './dataflow';
+import { Outbox } from './outbox';
+import { MAX_PAUSE_LEASE_MS, RsPauses } from './pause';
+import { SharedData } from './shared';
 import type { AppDefinition, RsHandler } from './handler';
 
 type RoleName = 'ACTIVE' | 'STANDBY' | 'OUT_OF_SERVICE';
@@ -110,6 +121,10 @@ export interface CopyOptions<S, M, U, R, Q, QR> {
   readonly maxPayloadBytes?: number;
   /** Fault manager instances (host:port) to keep a heartbeat stream to; none = not watched. @default [] */
   readonly faultManagerAddresses?: readonly string[];
+  /** Load manager instances (host:port) to stream load reports to; none = no load reports. @default [] */
+  readonly loadManagerAddresses?: readonly string[];
+  /** Period of load reports (the load manager may ask for another). @default 1000 */
+  readonly loadReportIntervalMs?: number;
   /**
    * Checkpoint every ACTIVE RS whose state moved, this often (R-CKP-1): app snapshot, sequence
    * number and message-id dedupe table, written at the RS's epoch. 0 = no periodic checkpoints.
@@ -132,6 +147,11 @@ export interface CopyOptions<S, M, U, R, Q, QR> {
    * @default through the controller (`controllerCheckpoints`)
    */
   readonly checkpoints?: CheckpointStore;
+  /**
+   * Data-flow map and outbox (dataflow.ts): how a handler's `send` messages reach other
+   * applications (through routers or directly) and the outbox bounds. @default direct delivery
+   */
+  readonly dataFlow?: DataFlowOptions;
   /**
    * Called once when this incarnation learns it was fenced (declared failed by the controller).
    * By then the copy already holds no RS and commits nothing. @default stops the copy
@@ -210,6 +230,8 @@ class RsSlot<S> {
    */
   committedSeq = 0;
   committedEpoch = -1;
+  /** Messages to other applications not yet acknowledged downstream; replicated with the state (outbox.ts). */
+  readonly outbox = new Outbox();
   /** Resolved and replaced whenever the controller changes this RS (wakes replication waits). */
   private changedSignal!: { promise: Promise<void>; resolve: () => void };
 
@@ -268,14 +290,30 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
   private readonly loopDelay = monitorEventLoopDelay({ resolution: 10 });
   private lastCpu = process.cpuUsage();
   private lastCpuAt = Date.now();
-  private readonly o: Required<Omit<CopyOptions<S, M, U, R, Q, QR>, 'app' | 'logger' | 'controllerAddresses' | 'onFenced' | 'checkpoints'>>;
+  private readonly o: Required<Omit<CopyOptions<S, M, U, R, Q, QR>, 'app' | 'logger' | 'controllerAddresses' | 'onFenced' | 'checkpoints' | 'dataFlow'>>;
+  /** The edges this app follows and the sending of every RS outbox (upstream backup, R-CKP-5). */
+  private readonly flow: DataFlow;
+  /** The view of the app's shared data (master RS) handlers read as `ctx.shared` (shared.ts). */
+  private readonly shared: SharedData<S>;
   /** Set when checkpointing is on (`checkpointIntervalMs` > 0 or `checkpointBeforeAck`). */
   private readonly checkpoints: CheckpointStore | undefined;
   private checkpointTimer: NodeJS.Timeout | undefined;
   private readonly onFenced: ((reason: string) => void | Promise<void>) | undefined;
   private fmLink: FaultManagerLink | undefined;
+  private loadReporter: LoadReporter | undefined;
   private fencedReason: string | undefined;
   private probeCursor = 0;
+  /**
+   * RS paused for a live move (PauseRs): no new batch starts until the lease ends, the
+   * controller resumes it, or the role changes (see pause.ts).
+   */
+  private readonly pauses = new RsPauses((rs, epoch, why) => {
+    this.log.info({ rs, epoch, why }, 'pause ended');
+    if (why === 'role changed') return; // the role change itself settles the queue
+    const slot = this.slots.get(rs);
+    // Not synchronously: the caller may be in the middle of a role change.
+    if (slot) setImmediate(() => void this.drain(slot));
+  });
 
   constructor(opts: CopyOptions<S, M, U, R, Q, QR>) {
     if (!opts.copyId || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(opts.copyId)) {
@@ -307,6 +345,8 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       logTailEntries: opts.logTailEntries ?? 1024,
       maxPayloadBytes: opts.maxPayloadBytes ?? 1 << 20,
       faultManagerAddresses: opts.faultManagerAddresses ?? [],
+      loadManagerAddresses: opts.loadManagerAddresses ?? [],
+      loadReportIntervalMs: opts.loadReportIntervalMs ?? 1000,
       checkpointIntervalMs: opts.checkpointIntervalMs ?? 0,
       checkpointBeforeAck: opts.checkpointBeforeAck ?? false,
     };
@@ -314,6 +354,24 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     this.incarnation = this.o.incarnation;
     this.log = (opts.logger ?? createLogger({ service: 'adsm' })).child({ copy: this.copyId, app: this.appName });
     this.controller = new ControllerClient({ addresses: opts.controllerAddresses, callTimeoutMs: 2000 });
+    // Shared data of the app's master RS (shared.ts): idle until SetRoles names a master.
+    this.shared = new SharedData<S>({
+      appName: this.appName,
+      copyId: this.copyId,
+      handler: this.handler,
+      controllerAddresses: opts.controllerAddresses,
+      slot: (rs) => this.slots.get(rs),
+      logger: this.log,
+      logTailEntries: this.o.logTailEntries,
+    });
+    this.flow = new DataFlow({
+      app: this.appName,
+      controllerAddresses: opts.controllerAddresses,
+      options: opts.dataFlow ?? {},
+      maxPayloadBytes: this.o.maxPayloadBytes,
+      logger: this.log,
+      onAcked: (slot) => this.outboxAcked(slot as RsSlot<S>),
+    });
     const checkpointing = this.o.checkpointIntervalMs > 0 || this.o.checkpointBeforeAck;
     this.checkpoints = checkpointing ? (opts.checkpoints ?? controllerCheckpoints(this.controller)) : undefined;
   }
@@ -331,6 +389,9 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       getCopyInfo: unaryHandler('GetCopyInfo', this.log, () => this.onGetCopyInfo()),
       shutdown: unaryHandler('Shutdown', this.log, (req: ShutdownRequest) => this.onShutdown(req)),
       fetchState: unaryHandler('FetchState', this.log, (req: FetchStateRequest) => this.onFetchState(req)),
+      followShared: (call) => this.shared.serve(call),
+      pauseRs: unaryHandler('PauseRs', this.log, (req: PauseRsRequest) => this.onPauseRs(req)),
+      resumeRs: unaryHandler('ResumeRs', this.log, (req: ResumeRsRequest) => this.onResumeRs(req)),
     };
     this.server = await startGrpcServer({
       address: this.o.listenAddress,
@@ -339,6 +400,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       healthServiceNames: ['understudy.v1.AdsmService'],
     });
     this.address = `${this.o.advertiseHost}:${this.server.port}`;
+    this.flow.start();
     this.log.info(
       {
         address: this.address,
@@ -363,6 +425,23 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       });
       this.fmLink.start();
     }
+    if (this.o.loadManagerAddresses.length > 0) {
+      this.loadReporter = new LoadReporter({
+        addresses: this.o.loadManagerAddresses,
+        copyId: this.copyId,
+        incarnation: this.incarnation,
+        app: this.appName,
+        activeRs: () => [...this.slots.values()].filter((s) => s.role === 'ACTIVE').map((s) => s.rs),
+        queueDepth: () => [...this.slots.values()].reduce((n, s) => n + s.queue.length, 0),
+        stateBytes: (rs) => {
+          const slot = this.slots.get(rs);
+          return slot ? encodeJson(this.handler.snapshot ? this.handler.snapshot(slot.state) : slot.state).length : 0;
+        },
+        reportIntervalMs: this.o.loadReportIntervalMs,
+        logger: this.log,
+      });
+      this.loadReporter.start();
+    }
   }
 
   /**
@@ -370,9 +449,12 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
    * proves that messages still get through the handler path, not just that the process is alive.
    */
   private probe(deadlineMs: number): Promise<void> {
-    const active = [...this.slots.values()].filter((s) => s.role === 'ACTIVE');
+    // A paused RS holds its queue on purpose (live move): probing it would look like a hang.
+    const active = [...this.slots.values()].filter((s) => s.role === 'ACTIVE' && !this.pauses.isPaused(s.rs, s.epoch));
     if (active.length === 0) return new Promise((r) => setImmediate(r));
     const slot = active[this.probeCursor++ % active.length]!;
+    // A full outbox holds the queue on purpose (back-pressure from downstream): not a hang.
+    if (this.flow.blocked(slot)) return Promise.resolve();
     const done = new Promise<DeliverOutcome>((resolve, reject) => {
       slot.queue.push({ probe: true, messageId: '', key: '', message: undefined, epoch: slot.epoch, resolve, reject });
     });
@@ -388,6 +470,8 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     if (this.fencedReason !== undefined || this.stopped) return;
     this.fencedReason = reason;
     this.log.error({ incarnation: this.incarnation, reason }, 'fenced: this incarnation was declared failed; it holds nothing and stops');
+    this.pauses.clear();
+    this.flow.close();
     for (const slot of this.slots.values()) {
       slot.role = 'OUT_OF_SERVICE';
       this.failQueued(slot, new NotActiveError(`NOT_ACTIVE: copy ${this.copyId} incarnation ${this.incarnation} was fenced`));
@@ -412,7 +496,11 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
     if (this.checkpointTimer) clearInterval(this.checkpointTimer);
     this.fmLink?.stop();
+    this.loadReporter?.stop();
+    this.shared.stop();
     this.loopDelay.disable();
+    this.pauses.clear();
+    this.flow.close();
     for (const slot of this.slots.values()) this.failQueued(slot, new UnavailableError('copy is stopping'));
     await this.server?.shutdown(1000);
     for (const l of this.replicationLinks.values()) l.close();
@@ -519,6 +607,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         }
       }
     }
+    this.shared.setMaster(req.sharedMasterRs);
     this.rolesChanged();
     return { applied, ignoredStale };
   }
@@ -526,6 +615,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
   private transition(rs: number, role: RoleName, epoch: number, version: number, members: PbMember[], existing: RsSlot<S> | undefined): void {
     const prevRole = existing?.role ?? 'OUT_OF_SERVICE';
     const log = this.log.child({ rs, epoch });
+    if (existing && (role !== 'ACTIVE' || epoch !== existing.epoch)) this.pauses.roleChanged(rs);
     if (role === 'OUT_OF_SERVICE') {
       if (existing) {
         existing.role = 'OUT_OF_SERVICE';
@@ -590,6 +680,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
   }
 
   private hook(rs: number, role: RoleName, epoch: number): void {
+    this.shared.roleChanged(rs);
     try {
       this.handler.onRoleChange?.({ rs, role, epoch });
     } catch (e) {
@@ -610,7 +701,12 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     if (req.payload.length > this.o.maxPayloadBytes) {
       throw new InvalidArgumentError(`payload of ${req.payload.length} bytes exceeds the limit of ${this.o.maxPayloadBytes}`);
     }
-    const slot = await this.activeSlotFor(req.rs, req.routeEpoch);
+    let slot = await this.activeSlotFor(req.rs, req.routeEpoch);
+    // Handlers of other RS read the master RS's shared data: not before a first snapshot of it.
+    if (this.shared.mustWait(req.rs)) {
+      await this.shared.whenLoaded(req.rs);
+      slot = this.activeSlot(req.rs);
+    }
     // A redelivery is answered at once only when everything recorded here is committed; else
     // (its update may still be on its way to a standby) it waits in the queue for the commit.
     const seen = slot.dedupe.get(req.messageId);
@@ -741,10 +837,13 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
   }
 
   private async drain(slot: RsSlot<S>): Promise<void> {
-    if (slot.running || slot.recovering !== null) return;
+    if (slot.running || slot.recovering !== null || this.pauses.isPaused(slot.rs, slot.epoch)) return;
     slot.running = true;
     try {
-      while (slot.queue.length > 0) {
+      // A pause (live move) lets the running batch finish, then starts no other.
+      while (slot.queue.length > 0 && !this.pauses.isPaused(slot.rs, slot.epoch)) {
+        // Back-pressure (upstream backup): a full outbox takes no input until acks free room.
+        if (this.outboxBlocked(slot)) break;
         const batch = slot.queue.splice(0, this.o.replicationBatchMax);
         try {
           await this.processBatch(slot, batch);
@@ -756,7 +855,9 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       }
     } finally {
       slot.running = false;
+      this.pauses.idle(slot.rs);
     }
+    if (slot.outbox.size > 0 || slot.outbox.hasDone()) this.outboxHousekeeping(slot);
   }
 
   /**
@@ -773,6 +874,8 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     const acks: { job: Job; outcome: DeliverOutcome }[] = [];
     const probes: Job[] = [];
     let fresh = 0;
+    /** Not run because the outbox filled up: back to the head of the queue, in order. */
+    let deferred: Job[] | undefined;
     for (const job of jobs) {
       if (job.probe) {
         probes.push(job);
@@ -789,6 +892,10 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         acks.push({ job, outcome: { reply: seen, epoch, duplicate: true } });
         continue;
       }
+      if (deferred || this.flow.blocked(slot)) {
+        (deferred ??= []).push(job);
+        continue;
+      }
       let result;
       try {
         result = this.handler.handle(slot.state, job.message as M, {
@@ -797,26 +904,41 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
           epoch,
           messageId: job.messageId,
           key: job.key,
+          shared: this.shared.state(),
+          sharedSeq: this.shared.seq(),
         });
       } catch (e) {
         job.reject(new InvalidArgumentError(`handler rejected the message: ${ensureError(e).message}`));
         continue;
       }
+      // Sends join the outbox in the same update (refused as a whole when they break the map).
+      let sends: OutboxEntry[] = [];
+      if (result.send !== undefined && result.send !== null) {
+        try {
+          sends = this.flow.prepare(slot, result.send, job.messageId);
+        } catch (e) {
+          job.reject(ensureError(e));
+          continue;
+        }
+      }
       const updates = result.updates ?? [];
-      const entry: UpdateEntry = { seq: slot.seq + 1, messageId: job.messageId, update: encodeJson(updates), reply: encodeJson(result.reply) };
+      const entry: UpdateEntry = { seq: slot.seq + 1, messageId: job.messageId, update: encodeJson(updates), reply: encodeJson(result.reply), outboxAdded: sends, outboxDone: [] };
       try {
         for (const u of updates) slot.state = this.handler.apply(slot.state, u);
       } catch (e) {
         job.reject(new InvalidArgumentError(`apply rejected the update: ${ensureError(e).message}`));
         continue;
       }
+      if (slot.outbox.hasDone()) entry.outboxDone = slot.outbox.takeDone();
       this.commitBookkeeping(slot, entry);
       acks.push({ job, outcome: { reply: entry.reply, epoch, duplicate: false } });
       fresh++;
     }
+    if (deferred) slot.queue.unshift(...deferred);
     try {
       if (acks.length > 0 && !isCommitted(slot)) await this.replicateUntilCommitted(slot, epoch, false);
       this.handledCount += fresh;
+      this.loadReporter?.handled(slot.rs, fresh);
       for (const a of acks) a.job.resolve(a.outcome);
     } catch (e) {
       const err = ensureError(e);
@@ -829,8 +951,12 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
 
   private commitBookkeeping(slot: RsSlot<S>, entry: UpdateEntry): void {
     slot.seq = entry.seq;
-    slot.dedupe.set(entry.messageId, entry.reply);
-    if (slot.dedupe.size > this.o.dedupeWindow) slot.dedupe.delete(slot.dedupe.keys().next().value as string);
+    // An outbox housekeeping entry (tombstones only) has no message id.
+    if (entry.messageId !== '') {
+      slot.dedupe.set(entry.messageId, entry.reply);
+      if (slot.dedupe.size > this.o.dedupeWindow) slot.dedupe.delete(slot.dedupe.keys().next().value as string);
+    }
+    if (entry.outboxAdded.length > 0 || entry.outboxDone.length > 0) slot.outbox.applyEntry(entry.seq, entry.outboxAdded, entry.outboxDone);
     slot.log.push(entry);
     if (slot.log.length > this.o.logTailEntries) slot.log.shift();
   }
@@ -931,6 +1057,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         seq,
         state: encodeJson(this.handler.snapshot ? this.handler.snapshot(slot.state) : slot.state),
         dedupe: [...slot.dedupe],
+        outbox: slot.outbox.list(),
       });
       const write = store.save(this.appName, slot.rs, epoch, bytes).then(() => {
         if (slot.ckptEpoch < epoch || (slot.ckptEpoch === epoch && slot.ckptSeq < seq)) {
@@ -999,11 +1126,13 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
           slot.seq = c.seq;
           slot.dedupe.clear();
           for (const [id, reply] of c.dedupe) slot.dedupe.set(id, reply);
+          slot.outbox.restore(c.outbox ?? [], c.seq);
           log.info({ checkpointEpoch: c.epoch, seq: c.seq, dedupe: c.dedupe.length, from: store.kind }, 'activated without state: restored it from the checkpoint');
         } else {
           slot.state = this.handler.init(slot.rs);
           slot.seq = 0;
           slot.dedupe.clear();
+          slot.outbox.clear();
           log.info({ from: store.kind }, 'activated without state and the RS has no checkpoint yet: starting from the initial state');
         }
         slot.log.length = 0;
@@ -1034,8 +1163,84 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     if (slot.committedEpoch !== epoch || slot.committedSeq < seq) {
       slot.committedEpoch = epoch;
       slot.committedSeq = seq;
+      this.shared.committed(slot.rs);
+      // Outbox entries up to `seq` can no longer be taken back by a failover: send them.
+      if (slot.outbox.size > 0) this.flow.pump(slot);
     }
     return true;
+  }
+
+  // ---- outbox (upstream backup, R-CKP-5; see outbox.ts and dataflow.ts) --------------------------
+
+  /** True when `slot`'s outbox is full. Progress probes queued behind are answered (waiting downstream is not a hang). */
+  private outboxBlocked(slot: RsSlot<S>): boolean {
+    const ob = slot.outbox;
+    if (!this.flow.blocked(slot)) {
+      ob.blockedScanned = false;
+      return false;
+    }
+    // Once per blocked spell: while blocked, `probe` answers at once instead of queueing.
+    if (!ob.blockedScanned) {
+      ob.blockedScanned = true;
+      for (let i = slot.queue.length - 1; i >= 0; i--) if (slot.queue[i]!.probe) slot.queue.splice(i, 1)[0]!.resolve(PROBE_OUTCOME);
+    }
+    return true;
+  }
+
+  /** An outbox entry of `slot` was acknowledged downstream: room for input, a tombstone to record. */
+  private outboxAcked(slot: RsSlot<S>): void {
+    if (slot.queue.length > 0) void this.drain(slot);
+    this.outboxHousekeeping(slot);
+  }
+
+  /** Schedule {@link outboxRound} (once per event-loop turn). */
+  private outboxHousekeeping(slot: RsSlot<S>, delayMs = 0): void {
+    const ob = slot.outbox;
+    if (ob.roundTimer || this.stopped) return;
+    ob.roundTimer = setTimeout(() => {
+      ob.roundTimer = undefined;
+      void this.outboxRound(slot, delayMs);
+    }, delayMs);
+    ob.roundTimer.unref();
+  }
+
+  /**
+   * Outbox work no message carries: record pending tombstones (an idle RS has no batch to put them
+   * in; recorded promptly, they keep the window in which a failover resends acknowledged entries
+   * short) and commit entries a new active holds before it sends them (its first replication
+   * round may have failed). Serialised with batches; retried with a bounded backoff while needed.
+   */
+  private async outboxRound(slot: RsSlot<S>, lastDelayMs: number): Promise<void> {
+    const ob = slot.outbox;
+    if (slot.role !== 'ACTIVE' || !slot.hasState || this.stopped || this.slots.get(slot.rs) !== slot) return;
+    // Busy: the batch (or sync round, or pause) that runs calls drain, which comes back here.
+    if (slot.running || slot.recovering !== null || this.pauses.isPaused(slot.rs, slot.epoch)) return;
+    const uncommitted = ob.size > 0 && !isCommitted(slot);
+    if (!ob.hasDone() && !uncommitted) {
+      if (ob.size > 0) this.flow.pump(slot);
+      return;
+    }
+    // Messages waiting: their batch carries the tombstones.
+    if (slot.queue.length > 0 && !this.flow.blocked(slot)) {
+      void this.drain(slot);
+      return;
+    }
+    const epoch = slot.epoch;
+    slot.running = true;
+    let committed = false;
+    try {
+      if (ob.hasDone()) {
+        this.commitBookkeeping(slot, { seq: slot.seq + 1, messageId: '', update: EMPTY_UPDATES, reply: Buffer.alloc(0), outboxAdded: [], outboxDone: ob.takeDone() });
+      }
+      committed = await this.replicateUntilCommitted(slot, epoch, true);
+    } catch {
+      return; // not active any more
+    } finally {
+      slot.running = false;
+      this.pauses.idle(slot.rs);
+    }
+    if (slot.queue.length > 0) void this.drain(slot);
+    else if (!committed || ob.hasDone()) this.outboxHousekeeping(slot, Math.min(Math.max(50, lastDelayMs * 2), 1000));
   }
 
   private async syncPeer(slot: RsSlot<S>, peerId: string, peer: PeerProgress, target: number, epoch: number): Promise<void> {
@@ -1048,7 +1253,8 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         fromCopyId: this.copyId,
         seq: slot.seq,
         state: encodeJson(this.handler.snapshot ? this.handler.snapshot(slot.state) : slot.state),
-        dedupe: [...slot.dedupe].map(([messageId, reply]) => ({ seq: 0, messageId, update: Buffer.alloc(0), reply })),
+        dedupe: dedupeEntries(slot.dedupe),
+        outbox: slot.outbox.list(),
       }, { deadlineMs: this.o.replicationCallTimeoutMs });
       peer.ackedSeq = res.appliedSeq;
       peer.needsSnapshot = false;
@@ -1138,8 +1344,10 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         /* not active anymore: nothing to sync */
       } finally {
         slot.running = false;
+        this.pauses.idle(slot.rs);
       }
       if (slot.queue.length > 0) void this.drain(slot);
+      else if (slot.outbox.size > 0 || slot.outbox.hasDone()) this.outboxHousekeeping(slot);
     };
     void run();
   }
@@ -1211,6 +1419,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     slot.seq = req.seq;
     slot.dedupe.clear();
     for (const d of req.dedupe) slot.dedupe.set(d.messageId, d.reply);
+    slot.outbox.restore(req.outbox, req.seq);
     slot.log.length = 0;
     slot.synced = true;
     slot.hasState = true;
@@ -1305,6 +1514,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         slot.seq = best.r.seq;
         slot.dedupe.clear();
         for (const d of best.r.dedupe) slot.dedupe.set(d.messageId, d.reply);
+        slot.outbox.restore(best.r.outbox, best.r.seq);
         slot.log.length = 0;
         slot.hasState = true;
         log.info({ from: best.from, stateEpoch: best.r.stateEpoch, seq: best.r.seq }, 'activated without state: fetched it from a member');
@@ -1333,7 +1543,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     if (!(req.epoch > 0)) throw new InvalidArgumentError('epoch must be > 0 (the requester\'s new epoch for the RS)');
     if (!req.copyId) throw new InvalidArgumentError('copy_id is required (who is fetching the state)');
     const slot = this.slots.get(req.rs);
-    if (!slot || !slot.hasState || slot.recovering !== null) return { hasState: false, stateEpoch: 0, seq: 0, state: Buffer.alloc(0), dedupe: [] };
+    if (!slot || !slot.hasState || slot.recovering !== null) return { hasState: false, stateEpoch: 0, seq: 0, state: Buffer.alloc(0), dedupe: [], outbox: [] };
     if (req.epoch <= slot.epoch && slot.role === 'ACTIVE') {
       throw new FailedPreconditionError(`copy ${this.copyId} is the ACTIVE of ${req.app}/${req.rs} at epoch ${slot.epoch}; epoch ${req.epoch} is not newer`);
     }
@@ -1352,8 +1562,83 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       stateEpoch: slot.epoch,
       seq: slot.seq,
       state: encodeJson(this.handler.snapshot ? this.handler.snapshot(slot.state) : slot.state),
-      dedupe: [...slot.dedupe].map(([messageId, reply]) => ({ seq: 0, messageId, update: Buffer.alloc(0), reply })),
+      dedupe: dedupeEntries(slot.dedupe),
+      outbox: slot.outbox.list(),
     };
+  }
+
+  // ---- live migration (PauseRs / ResumeRs, see pause.ts) --------------------------------------
+
+  /**
+   * The controller is about to move the ACTIVE role of the listed RS away: pause each one this
+   * copy is ACTIVE for at the given epoch, let its running batch finish and replicate, write a
+   * final checkpoint when checkpointing (so a DISTRIBUTED target restores everything), and answer
+   * with the last sequence number. Entries not paused say why; the move goes on regardless (the
+   * epoch fences the old active), a pause only avoids failed batches and resends.
+   */
+  private async onPauseRs(req: PauseRsRequest): Promise<PauseRsResponse> {
+    if (req.copyId !== this.copyId) throw new FailedPreconditionError(`PauseRs addressed to copy ${req.copyId} reached copy ${this.copyId}`);
+    if (req.incarnation !== this.incarnation) {
+      throw new FailedPreconditionError(`PauseRs for incarnation ${req.incarnation}; this copy is incarnation ${this.incarnation}`);
+    }
+    if (req.app !== this.appName) throw new NotFoundError(`application ${JSON.stringify(req.app)} is not served by this copy (it runs ${this.appName})`);
+    if (req.rs.length === 0) throw new InvalidArgumentError('rs: at least one entry is required');
+    if (req.rs.length > 100_000) throw new InvalidArgumentError(`rs: at most 100000 entries (got ${req.rs.length})`);
+    if (new Set(req.rs.map((e) => e.rs)).size !== req.rs.length) throw new InvalidArgumentError('rs: an RS is listed twice');
+    // Validates the lease (INVALID_ARGUMENT) before anything is paused.
+    if (!(req.leaseMs >= 1 && req.leaseMs <= MAX_PAUSE_LEASE_MS)) throw new InvalidArgumentError(`lease_ms must be 1..${MAX_PAUSE_LEASE_MS}, got ${req.leaseMs}`);
+    const results = await Promise.all(req.rs.map((e) => this.pauseOne(e.rs, e.epoch, req.leaseMs, req.reason)));
+    const paused = results.filter((r) => r.paused).length;
+    this.log.info({ rs: req.rs.length === 1 ? req.rs[0]!.rs : undefined, count: req.rs.length, paused, leaseMs: req.leaseMs, reason: req.reason }, 'paused RS for a move');
+    return { rs: results };
+  }
+
+  private async pauseOne(rs: number, epoch: number, leaseMs: number, reason: string): Promise<PausedRs> {
+    const started = performance.now();
+    const no = (detail: string): PausedRs => ({ rs, epoch, paused: false, detail, lastSeq: 0, checkpointed: false, held: 0, drainMs: performance.now() - started });
+    const slot = this.slots.get(rs);
+    if (!slot || slot.role !== 'ACTIVE' || slot.epoch !== epoch) {
+      return no(`copy ${this.copyId} is ${slot?.role ?? 'OUT_OF_SERVICE'} for ${this.appName}/${rs}${slot ? ` at epoch ${slot.epoch}` : ''}, not ACTIVE at epoch ${epoch}`);
+    }
+    if (slot.recovering !== null) return no(`${this.appName}/${rs} is still recovering its state`);
+    this.pauses.pause(rs, epoch, leaseMs, reason);
+    try {
+      // The running batch (or background sync round) finishes: committed, or failed if handed over.
+      await this.pauses.waitIdle(rs, () => slot.running, leaseMs, () => new UnavailableError(`the running batch of ${this.appName}/${rs} did not finish within ${leaseMs} ms`));
+      if (slot.role !== 'ACTIVE' || slot.epoch !== epoch) return no(`${this.appName}/${rs} changed role while pausing (now ${slot.role} at epoch ${slot.epoch})`);
+      if (!isCommitted(slot) && !slot.running) {
+        // Serialised with message processing and background syncs, like a batch.
+        slot.running = true;
+        const round = this.replicateUntilCommitted(slot, epoch, false).finally(() => {
+          slot.running = false;
+          this.pauses.idle(rs);
+        });
+        await withTimeout(round, leaseMs, () => new UnavailableError(`${this.appName}/${rs}: recorded updates not replicated within ${leaseMs} ms`));
+      }
+      let checkpointed = false;
+      if (this.checkpoints) {
+        await withTimeout(this.checkpoint(slot, epoch, slot.seq), leaseMs, () => new UnavailableError(`${this.appName}/${rs}: final checkpoint not stored within ${leaseMs} ms`));
+        checkpointed = true;
+      }
+      return { rs, epoch, paused: true, detail: '', lastSeq: slot.seq, checkpointed, held: slot.queue.length, drainMs: performance.now() - started };
+    } catch (e) {
+      if (e instanceof StaleEpochError) this.deposedByCheckpoint(slot, epoch, e.message);
+      // Still paused (lease): the move goes on; the lease or the role change ends the pause.
+      return no(ensureError(e).message);
+    }
+  }
+
+  /** End pauses early (the controller refused or abandoned the move). */
+  private onResumeRs(req: ResumeRsRequest): ResumeRsResponse {
+    if (req.copyId !== this.copyId) throw new FailedPreconditionError(`ResumeRs addressed to copy ${req.copyId} reached copy ${this.copyId}`);
+    if (req.incarnation !== this.incarnation) {
+      throw new FailedPreconditionError(`ResumeRs for incarnation ${req.incarnation}; this copy is incarnation ${this.incarnation}`);
+    }
+    if (req.app !== this.appName) throw new NotFoundError(`application ${JSON.stringify(req.app)} is not served by this copy (it runs ${this.appName})`);
+    let resumed = 0;
+    for (const rs of req.rs) if (this.pauses.resume(rs)) resumed++;
+    if (resumed > 0) this.log.info({ resumed, rs: req.rs.length === 1 ? req.rs[0] : undefined }, 'resumed paused RS');
+    return { resumed };
   }
 
   private onGetCopyInfo(): GetCopyInfoResponse {
@@ -1369,8 +1654,10 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         version: s.version,
         appliedSeq: s.seq,
         synced: s.role === 'ACTIVE' ? true : s.synced,
+        outboxEntries: s.outbox.size,
       })),
       health: this.health(false),
+      shared: this.shared.info(),
     };
   }
 }
@@ -1455,6 +1742,13 @@ function deferred(): { promise: Promise<void>; resolve: () => void } {
 }
 
 const PROBE_OUTCOME: DeliverOutcome = { reply: Buffer.alloc(0), epoch: 0, duplicate: false };
+/** The dedupe table as snapshot entries (InstallSnapshot, FetchState). */
+function dedupeEntries(dedupe: ReadonlyMap<string, Buffer>): UpdateEntry[] {
+  return [...dedupe].map(([messageId, reply]) => ({ seq: 0, messageId, update: Buffer.alloc(0), reply, outboxAdded: [], outboxDone: [] }));
+}
+
+/** `update` of an outbox housekeeping entry: no state update. */
+const EMPTY_UPDATES = encodeJson([]);
 
 /** Everything recorded on this ACTIVE slot is on every standby (see `RsSlot.committedSeq`). */
 function isCommitted(slot: { epoch: number; seq: number; committedEpoch: number; committedSeq: number }): boolean {

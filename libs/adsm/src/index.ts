@@ -26,3 +26,6 @@ export { ControllerClient, LEADER_ADDRESS_KEY, leaderAddressOf, type ControllerC
 export { encodeJson, decodeJson } from './codec';
 export { runCopyProcess, copyProcessConfig, FENCED_EXIT_CODE } from './process';
 export { FaultManagerLink, faultManagerOrder, type FaultManagerLinkOptions } from './watch';
+export { LoadReporter, type LoadReporterOptions } from './load';
+export { resolveSends, MAX_SEND_KEY_LENGTH, type DataFlowOptions, type DataFlowStats } from './dataflow';
+export { Outbox, outboxMessageId, type OutboxBounds, type OutboxItem } from './outbox';

@@ -12,6 +12,8 @@ export const copyProcessConfig = defineConfig({
   advertiseHost: { env: 'UNDERSTUDY_ADVERTISE_HOST', flag: 'advertise-host', type: 'string', default: '127.0.0.1', description: 'host others reach this copy at' },
   heartbeatIntervalMs: { env: 'UNDERSTUDY_HEARTBEAT_INTERVAL_MS', flag: 'heartbeat-interval-ms', type: 'ms', default: 500, min: 10, max: 60_000, description: 'heartbeat period' },
   faultManagers: { env: 'UNDERSTUDY_FAULT_MANAGERS', flag: 'fault-managers', type: 'string', default: '', description: 'comma-separated fault manager host:port list (empty: not watched)' },
+  loadManagers: { env: 'UNDERSTUDY_LOAD_MANAGERS', flag: 'load-managers', type: 'string', default: '', description: 'comma-separated load manager host:port list (empty: no load reports)' },
+  loadReportIntervalMs: { env: 'UNDERSTUDY_LOAD_REPORT_INTERVAL_MS', flag: 'load-report-interval-ms', type: 'ms', default: 1000, min: 50, max: 600_000, description: 'period of load reports to the load manager' },
   checkpointIntervalMs: {
     env: 'UNDERSTUDY_CHECKPOINT_INTERVAL_MS',
     flag: 'checkpoint-interval-ms',
@@ -35,6 +37,32 @@ export const copyProcessConfig = defineConfig({
     default: '',
     allowEmpty: true,
     description: 'Redis the copy writes checkpoints to directly (default: REDIS_URL; both empty: through the controller)',
+  },
+  routers: {
+    env: 'UNDERSTUDY_ROUTERS',
+    flag: 'routers',
+    type: 'string',
+    default: '',
+    allowEmpty: true,
+    description: "comma-separated router host:port list the handlers' outgoing messages go through (empty: straight to the destination's active copy)",
+  },
+  maxOutboxPerRs: {
+    env: 'UNDERSTUDY_MAX_OUTBOX_PER_RS',
+    flag: 'max-outbox-per-rs',
+    type: 'int',
+    default: 1000,
+    min: 1,
+    max: 1_000_000,
+    description: 'outgoing messages held per RS until acknowledged downstream; a full outbox stops the RS taking input (back-pressure)',
+  },
+  maxOutboxBytesPerRs: {
+    env: 'UNDERSTUDY_MAX_OUTBOX_BYTES_PER_RS',
+    flag: 'max-outbox-bytes-per-rs',
+    type: 'int',
+    default: 16 * 1024 * 1024,
+    min: 1024,
+    max: 1024 * 1024 * 1024,
+    description: 'bytes of outgoing messages held per RS (same back-pressure)',
   },
   checkpointRedisPrefix: {
     env: 'UNDERSTUDY_CHECKPOINT_REDIS_PREFIX',
@@ -84,8 +112,15 @@ export async function runCopyProcess<S, M, U, R, Q, QR>(
     advertiseHost: c.advertiseHost,
     heartbeatIntervalMs: c.heartbeatIntervalMs,
     faultManagerAddresses: c.faultManagers.split(',').map((s) => s.trim()).filter(Boolean),
+    loadManagerAddresses: c.loadManagers.split(',').map((s) => s.trim()).filter(Boolean),
+    loadReportIntervalMs: c.loadReportIntervalMs,
     checkpointIntervalMs: c.checkpointIntervalMs,
     checkpointBeforeAck: c.checkpointBeforeAck,
+    dataFlow: {
+      routerAddresses: c.routers.split(',').map((s) => s.trim()).filter(Boolean),
+      maxOutboxPerRs: c.maxOutboxPerRs,
+      maxOutboxBytesPerRs: c.maxOutboxBytesPerRs,
+    },
     ...(checkpointStore ? { checkpoints: storeCheckpoints(checkpointStore) } : {}),
     onFenced: async () => {
       await copy.stop();

@@ -13,4 +13,30 @@ export { checkInvariants, checkBalance } from './invariants';
 export { placeInitial, spreadOrder } from './placement';
 export { MAX_OOS_ENTRIES } from './members';
 export { compileDetectionPolicy, validateDetectionPolicy, DETECTION_DEFAULTS, type DetectionPolicy, type CompiledDetectionPolicy } from './detection';
+export {
+  planLoad,
+  fitTrend,
+  compileLoadPlanOptions,
+  LOAD_PLAN_DEFAULTS,
+  type LoadPlanInput,
+  type LoadPlanOptions,
+  type CompiledLoadPlanOptions,
+  type LoadPlan,
+  type PlannedMove,
+  type MoveReason,
+  type MoveRef,
+  type RecentMove,
+  type CopyLoadSample,
+  type CopyLoadSeries,
+  type RsLoadSample,
+  type RsLoadSeries,
+  type PlacementApp,
+  type PlacementCopy,
+  type PlacementRs,
+  type CopyLoadView,
+  type CopyVerdict,
+  type RsLoadView,
+  type AppLoadView,
+  type TrendFit,
+} from './load-plan';
 export { createDetector, detect, watchedCopies, watchedCopy, MAX_WATCHED_COPIES, MAX_OUTSTANDING_PROBES, type DetectorState, type DetectorOptions, type DetectorEvent, type DetectorStep, type DetectorRejection, type FaultReport, type FaultReportKind, type ReportedCopy, type CopyIdentity, type HealthSample, type ProbeDue, type WatchedCopyView } from './detector';

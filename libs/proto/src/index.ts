@@ -54,6 +54,9 @@ export {
   type SyncedStandby as PbSyncedStandby,
   type ReportSyncedRequest,
   type ReportSyncedResponse,
+  type PendingMove as PbPendingMove,
+  type MoveRsRequest,
+  type MoveRsResponse,
 } from './gen/understudy/v1/controller';
 export {
   AdsmServiceService,
@@ -82,6 +85,17 @@ export {
   type ShutdownResponse,
   type FetchStateRequest,
   type FetchStateResponse,
+  OutboxEntry,
+  type SharedDataInfo,
+  type FollowSharedRequest,
+  type FollowSharedResponse,
+  type SharedUpdate,
+  type RsEpoch,
+  type PauseRsRequest,
+  type PauseRsResponse,
+  type PausedRs,
+  type ResumeRsRequest,
+  type ResumeRsResponse,
 } from './gen/understudy/v1/adsm';
 export {
   FaultManagerServiceService,
@@ -125,6 +139,25 @@ export {
   type IngestResult,
   type IngestStreamResponse,
 } from './gen/understudy/v1/aldm';
+export {
+  LoadManagerServiceService,
+  LoadManagerServiceClient,
+  type LoadManagerServiceServer,
+  type RsLoad,
+  type ReportLoadRequest,
+  type ReportLoadResponse,
+  LoadVerdict,
+  MoveReason,
+  type CopyLoad,
+  type RsLoadInfo,
+  type AppLoad,
+  type LoadMove,
+  type MoveRecord,
+  type GetLoadRequest,
+  type GetLoadResponse,
+  type GetPlanRequest,
+  type GetPlanResponse,
+} from './gen/understudy/v1/load_manager';
 export {
   roleName,
   roleFromName,

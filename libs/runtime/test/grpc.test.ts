@@ -27,7 +27,7 @@ import { timed, waitFor } from './util';
 const SECRET = 'password=hunter2 at /srv/internal.ts:42';
 
 function response(controllerId: string): GetStatusResponse {
-  return { controllerId, leaderId: '', leaderAddress: '', leaderTerm: 0, passive: false, apps: [], copies: [], assignments: [], edges: [], stateVersion: 0 };
+  return { controllerId, leaderId: '', leaderAddress: '', leaderTerm: 0, passive: false, apps: [], copies: [], assignments: [], edges: [], stateVersion: 0, moves: [] };
 }
 
 /** Log lines written by the server, parsed. */

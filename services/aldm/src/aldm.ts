@@ -46,7 +46,7 @@ import {
   type Logger,
 } from '@understudy/runtime';
 import { PayloadTooLargeError } from './errors';
-import { DirectForwarder, RouterForwarder, type Forwarder } from './forwarder';
+import { DirectDelivery, RouterDelivery, type EventDelivery } from './delivery';
 import { startHttpServer, type HttpServer } from './http';
 import { ENVELOPE_BYTES, JsonPayload } from './payload';
 
@@ -83,10 +83,12 @@ export interface IngestOutcome {
 /** Counters of one ALDM instance. */
 export interface AldmStats {
   readonly mode: 'direct' | 'router';
-  /** True once the forwarder is ready (routing table loaded). */
+  /** True once the delivery path is ready (routing table loaded). */
   readonly serving: boolean;
   /** Events admitted and not finished (HTTP: from before the body is read). */
   readonly inFlight: number;
+  /** Of those, handed on and not answered yet (direct: held or in flight in the forwarder). */
+  readonly held: number;
   readonly maxInFlight: number;
   /** Events acknowledged by the active copy (duplicates included). */
   readonly acknowledged: number;
@@ -100,7 +102,8 @@ export interface AldmStats {
 
 /** Options of {@link Aldm}. */
 export interface AldmCoreOptions {
-  readonly forwarder: Forwarder;
+  /** Where admitted events go (direct to the copies, or through routers). */
+  readonly delivery: EventDelivery;
   readonly logger: Logger;
   /** Events admitted at the same time at most; beyond: RESOURCE_EXHAUSTED. @default 10000 */
   readonly maxInFlight?: number;
@@ -131,14 +134,14 @@ export class Aldm {
   readonly maxInFlight: number;
   /** Deadline of one event. */
   readonly deadlineMs: number;
-  private readonly forwarder: Forwarder;
+  private readonly delivery: EventDelivery;
   private readonly log: Logger;
   private inFlight = 0;
   private serving = false;
   private counters = { acknowledged: 0, duplicates: 0, rejectedOverload: 0, failed: 0 };
 
   constructor(opts: AldmCoreOptions) {
-    this.forwarder = opts.forwarder;
+    this.delivery = opts.delivery;
     this.log = opts.logger;
     this.maxInFlight = opts.maxInFlight ?? 10_000;
     this.maxPayloadBytes = opts.maxPayloadBytes ?? 1 << 20;
@@ -146,7 +149,7 @@ export class Aldm {
     for (const [name, v] of Object.entries({ maxInFlight: this.maxInFlight, maxPayloadBytes: this.maxPayloadBytes, deadlineMs: this.deadlineMs })) {
       if (!Number.isSafeInteger(v) || v < 1) throw new TypeError(`Aldm: ${name} must be a positive integer, got ${v}`);
     }
-    void this.forwarder.ready.then(() => (this.serving = true));
+    void this.delivery.ready.then(() => (this.serving = true));
   }
 
   /**
@@ -187,7 +190,7 @@ export class Aldm {
       const messageId = ev.idempotencyKey ? `${ev.app}/${ev.idempotencyKey}` : randomUUID();
       const deadline = Math.min(deadlineAtMs, Date.now() + this.deadlineMs);
       if (deadline <= Date.now()) throw new DeadlineExceededError('the deadline passed before the event was forwarded');
-      const f = await this.forwarder.forward({ app: ev.app, key: ev.key, messageId, payload: ev.payload, deadlineAtMs: deadline });
+      const f = await this.delivery.deliver({ app: ev.app, key: ev.key, messageId, payload: ev.payload, deadlineAtMs: deadline });
       this.counters.acknowledged++;
       if (f.duplicate) this.counters.duplicates++;
       this.log.debug({ app: ev.app, rs: f.rs, epoch: f.epoch, messageId, duplicate: f.duplicate, copy: f.copyId }, 'event acknowledged');
@@ -211,11 +214,14 @@ export class Aldm {
     if (!isWellFormed(ev.idempotencyKey)) throw new InvalidArgumentError('idempotency key contains a lone UTF-16 surrogate');
     const size = ev.payload.byteLength;
     if (size > this.maxPayloadBytes) throw new PayloadTooLargeError(`payload of ${size} bytes exceeds the limit of ${this.maxPayloadBytes} bytes`);
+    // Malformed JSON is refused here (INVALID_ARGUMENT), never handed on: the same answer in both
+    // modes, and nothing downstream is disturbed. Parsed once (JsonPayload keeps the value).
+    ev.payload.value();
   }
 
   /** Current counters. */
   stats(): AldmStats {
-    return { mode: this.forwarder.mode, serving: this.serving, inFlight: this.inFlight, maxInFlight: this.maxInFlight, ...this.counters };
+    return { mode: this.delivery.mode, serving: this.serving, inFlight: this.inFlight, held: this.delivery.held(), maxInFlight: this.maxInFlight, ...this.counters };
   }
 }
 
@@ -351,12 +357,19 @@ export interface AldmOptions {
   readonly httpListenAddress?: string;
   /**
    * Routers to forward through (RouterService). When non-empty ALDM forwards through them;
-   * otherwise it delivers directly with the routing client from `controllerAddresses`.
+   * otherwise it delivers directly with the ADSM forwarder, routes from `controllerAddresses`.
    * @default []
    */
   readonly routerAddresses?: readonly string[];
   /** Controller replicas (direct mode: the route watch). @default [] */
   readonly controllerAddresses?: readonly string[];
+  /**
+   * Direct mode: events held per RS while it has no reachable active copy (or in flight to it)
+   * before RESOURCE_EXHAUSTED / HTTP 429; capped at `maxInFlight`. @default 10000
+   */
+  readonly maxHeldPerRs?: number;
+  /** Direct mode: a copy answering none of an RS's events this long counts as unreachable (resend). @default 6000 */
+  readonly attemptTimeoutMs?: number;
   /** Events in flight at most (both transports together). @default 10000 */
   readonly maxInFlight?: number;
   /** Largest event payload in JSON bytes (HTTP: 413 beyond it). @default 1048576 (1 MiB) */
@@ -378,11 +391,11 @@ export interface AldmHandle {
   readonly ready: Promise<void>;
   /** Current counters. */
   stats(): AldmStats;
-  /** Stop both servers (in-flight events get a short grace) and the forwarder. Idempotent. */
+  /** Stop both servers (in-flight events get a short grace) and the delivery path. Idempotent. */
   stop(): Promise<void>;
 }
 
-/** Start an ALDM: gRPC (with health) and HTTP servers over one core and forwarder. */
+/** Start an ALDM: gRPC (with health) and HTTP servers over one core and one delivery path. */
 export async function startAldm(opts: AldmOptions): Promise<AldmHandle> {
   const log = opts.logger;
   const routers = opts.routerAddresses ?? [];
@@ -390,12 +403,23 @@ export async function startAldm(opts: AldmOptions): Promise<AldmHandle> {
   if (routers.length === 0 && controllers.length === 0) {
     throw new TypeError('ALDM needs routers (--routers) or controllers (--controllers, direct delivery) to forward events to');
   }
-  const forwarder: Forwarder =
-    routers.length > 0 ? new RouterForwarder({ routerAddresses: routers, logger: log }) : new DirectForwarder({ controllerAddresses: controllers, logger: log });
+  const maxInFlight = opts.maxInFlight ?? 10_000;
+  // ALDM's in-flight bound caps what the forwarder can hold in all; the per-RS bound keeps one
+  // unreachable RS from taking every slot.
+  const delivery: EventDelivery =
+    routers.length > 0
+      ? new RouterDelivery({ routerAddresses: routers, logger: log })
+      : new DirectDelivery({
+          controllerAddresses: controllers,
+          logger: log,
+          maxHeldTotal: maxInFlight,
+          maxHeldPerRs: Math.min(opts.maxHeldPerRs ?? 10_000, maxInFlight),
+          attemptTimeoutMs: opts.attemptTimeoutMs,
+        });
   let grpcServer: GrpcServer | undefined;
   let http: HttpServer | undefined;
   try {
-    const core = new Aldm({ forwarder, logger: log, maxInFlight: opts.maxInFlight, maxPayloadBytes: opts.maxPayloadBytes, deadlineMs: opts.deadlineMs });
+    const core = new Aldm({ delivery, logger: log, maxInFlight, maxPayloadBytes: opts.maxPayloadBytes, deadlineMs: opts.deadlineMs });
     grpcServer = await startGrpcServer({
       address: opts.listenAddress ?? '127.0.0.1:0',
       services: [{ definition: withSafeDeserialize(AldmServiceService), implementation: grpcImplementation(core, log) as never }],
@@ -407,10 +431,10 @@ export async function startAldm(opts: AldmOptions): Promise<AldmHandle> {
     });
     http = await startHttpServer({ address: opts.httpListenAddress ?? '127.0.0.1:0', core, logger: log });
     const g = grpcServer;
-    const ready = forwarder.ready.then(() => {
+    const ready = delivery.ready.then(() => {
       g.setServing('', true);
       g.setServing('understudy.v1.AldmService', true);
-      log.info({ mode: forwarder.mode }, 'aldm serving');
+      log.info({ mode: delivery.mode }, 'aldm serving');
     });
     let stopping: Promise<void> | undefined;
     const h = http;
@@ -418,19 +442,19 @@ export async function startAldm(opts: AldmOptions): Promise<AldmHandle> {
       id: opts.id,
       address: grpcServer.address,
       httpAddress: http.address,
-      mode: forwarder.mode,
+      mode: delivery.mode,
       ready,
       stats: () => core.stats(),
       stop: () =>
         (stopping ??= (async () => {
           await Promise.all([g.shutdown(2000), h.close(2000)]);
-          forwarder.close();
+          delivery.close();
         })()),
     };
   } catch (e) {
     await grpcServer?.shutdown(0);
     await http?.close(0);
-    forwarder.close();
+    delivery.close();
     throw e;
   }
 }

@@ -12,7 +12,15 @@ export {
   type IngestEvent,
   type IngestOutcome,
 } from './aldm';
-export { DirectForwarder, RouterForwarder, type Forwarder, type ForwardRequest, type Forwarded, type DirectForwarderOptions, type RouterForwarderOptions } from './forwarder';
+export {
+  DirectDelivery,
+  RouterDelivery,
+  type EventDelivery,
+  type DeliveryRequest,
+  type DeliveryAck,
+  type DirectDeliveryOptions,
+  type RouterDeliveryOptions,
+} from './delivery';
 export { startHttpServer, type HttpServer, type HttpServerOptions } from './http';
 export { toHttpError, PayloadTooLargeError, UnsupportedMediaTypeError, MethodNotAllowedError, type HttpError } from './errors';
 export { JsonPayload, ENVELOPE_BYTES } from './payload';

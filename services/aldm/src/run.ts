@@ -13,6 +13,8 @@ const schema = defineConfig({
   routers: { env: 'UNDERSTUDY_ROUTERS', flag: 'routers', type: 'string', default: '', description: 'comma-separated router host:port list: forward through RouterService (takes precedence over --controllers)' },
   maxInFlight: { env: 'UNDERSTUDY_MAX_IN_FLIGHT', flag: 'max-in-flight', type: 'int', default: 10_000, min: 1, max: 10_000_000, description: 'events in flight at most; beyond: RESOURCE_EXHAUSTED / HTTP 429' },
   maxPayloadBytes: { env: 'UNDERSTUDY_MAX_PAYLOAD_BYTES', flag: 'max-payload-bytes', type: 'int', default: 1 << 20, min: 1, max: 64 << 20, description: 'largest event payload in JSON bytes; beyond: INVALID_ARGUMENT / HTTP 413' },
+  maxHeldPerRs: { env: 'UNDERSTUDY_MAX_HELD_PER_RS', flag: 'max-held-per-rs', type: 'int', default: 10_000, min: 1, max: 10_000_000, description: 'direct mode: events held per RS while it has no reachable active copy (capped at --max-in-flight); beyond: RESOURCE_EXHAUSTED / HTTP 429' },
+  attemptTimeoutMs: { env: 'UNDERSTUDY_ATTEMPT_TIMEOUT_MS', flag: 'attempt-timeout-ms', type: 'ms', default: 6000, min: 10, max: 600_000, description: 'direct mode: a copy answering none of an RS\'s events this long counts as unreachable (events resent)' },
   deadlineMs: { env: 'UNDERSTUDY_DEADLINE_MS', flag: 'deadline-ms', type: 'ms', default: 10_000, min: 10, max: 600_000, description: 'deadline of one event (forwarding and retries included)' },
 });
 

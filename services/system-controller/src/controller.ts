@@ -1,6 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { Attributes } from '@opentelemetry/api';
+import { performance } from 'node:perf_hooks';
 import {
   AdsmServiceClient,
   ControllerServiceService,
@@ -33,6 +34,9 @@ import {
   type RegisterCopyResponse,
   type SwitchoverRequest,
   type SwitchoverResponse,
+  type MoveRsRequest,
+  type MoveRsResponse,
+  type PbPendingMove,
   type WatchRoutesRequest,
   type WatchRoutesResponse,
 } from '@understudy/proto';
@@ -51,6 +55,7 @@ import {
   type RouteChange,
 } from '@understudy/core';
 import {
+  DeadlineExceededError,
   FencedError,
   InvalidArgumentError,
   FailedPreconditionError,
@@ -81,6 +86,7 @@ import {
   routeToPb,
   topologyFromPb,
 } from './convert';
+import { key as rsKey, LiveHandoffs, plannedHandoffs, type HandoffRecord, type PauseResult } from './migration';
 
 /** Tracer name of the controller's spans. */
 const TRACER = 'understudy.controller';
@@ -118,6 +124,13 @@ export interface ControllerOptions {
   readonly setRolesTimeoutMs?: number;
   /** Events waiting for the decision loop before RESOURCE_EXHAUSTED. @default 10000 */
   readonly maxPendingEvents?: number;
+  /**
+   * Live moves (MoveRs, drain, completion of a pending move): deadline of the PauseRs call to the
+   * RS's old active; past it the move goes on unpaused (the epoch fences the old active). @default 500
+   */
+  readonly pauseTimeoutMs?: number;
+  /** Lease of such a pause: the old active resumes by itself after it (controller died mid-move). @default 3000 */
+  readonly pauseLeaseMs?: number;
 }
 
 /** A running controller replica. */
@@ -133,6 +146,8 @@ export interface ControllerHandle {
 
 interface Watcher {
   readonly app: string;
+  /** The data-flow map edges out of this app go to this watcher too ('' = none; R-DFM-6). */
+  readonly edgesFrom: string;
   readonly call: grpc.ServerWritableStream<WatchRoutesRequest, WatchRoutesResponse>;
 }
 
@@ -180,6 +195,14 @@ class ControllerNode implements ControllerHandle {
   private leaseTimer: NodeJS.Timeout | undefined;
   private tickTimer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** Pauses the old active of an RS before a live move (see migration.ts). */
+  private readonly handoffs: LiveHandoffs;
+  /** Latest completed live handoff per `app/rs` (MoveRs answers with it); bounded. */
+  private readonly handoffRecords = new Map<string, HandoffRecord>();
+  /** Resolved (and replaced) whenever a new state is persisted: MoveRs waits on it. */
+  private stateChanged = signal();
+  /** `app/rs` being handed over live right now (pause → decision → execution), with counts. */
+  private readonly handoffsInFlight = new Map<string, number>();
 
   constructor(opts: ControllerOptions) {
     if (!COPY_ID_RE.test(opts.controllerId)) throw new InvalidArgumentError(`controllerId must match ${COPY_ID_RE}`);
@@ -193,6 +216,10 @@ class ControllerNode implements ControllerHandle {
     this.maxPendingEvents = opts.maxPendingEvents ?? 10_000;
     this.listenAddress = opts.listenAddress ?? '127.0.0.1:0';
     this.advertiseHost = opts.advertiseHost ?? '127.0.0.1';
+    this.handoffs = new LiveHandoffs((address) => this.copyClient(address), this.log, {
+      ...(opts.pauseTimeoutMs !== undefined ? { pauseTimeoutMs: opts.pauseTimeoutMs } : {}),
+      ...(opts.pauseLeaseMs !== undefined ? { pauseLeaseMs: opts.pauseLeaseMs } : {}),
+    });
   }
 
   isLeader(): boolean {
@@ -218,6 +245,7 @@ class ControllerNode implements ControllerHandle {
       saveCheckpoint: unaryHandler('SaveCheckpoint', this.log, (r: SaveCheckpointRequest) => this.saveCheckpoint(r)),
       fenceCheckpoint: unaryHandler('FenceCheckpoint', this.log, (r: FenceCheckpointRequest) => this.fenceCheckpoint(r)),
       reportSynced: unaryHandler('ReportSynced', this.log, (r: ReportSyncedRequest) => this.reportSynced(r)),
+      moveRs: unaryHandler('MoveRs', this.log, (r: MoveRsRequest, call) => this.moveRs(r, call.getDeadline())),
     };
     this.server = await startGrpcServer({
       address: this.listenAddress,
@@ -380,7 +408,10 @@ class ControllerNode implements ControllerHandle {
         }
         throw err;
       }
+      const edgesBefore = this.current?.edges;
       this.current = d.state;
+      this.notifyState();
+      if (edgesBefore !== undefined && edgesBefore !== d.state.edges) this.publishEdges(d.state);
     }
   }
 
@@ -458,6 +489,9 @@ class ControllerNode implements ControllerHandle {
 
   private async sendRolesNow(c: Extract<ControllerCommand, { type: 'SetRoles' }>): Promise<void> {
     const client = this.copyClient(c.address);
+    // Shared data: the copy learns its app's master RS with its roles (see SetRolesRequest).
+    const app = this.current?.copies[c.copyId]?.app;
+    const sharedMasterRs = app === undefined ? undefined : this.current?.apps[app]?.spec.sharedMasterRs;
     try {
       await unaryCall(client.setRoles.bind(client), {
         copyId: c.copyId,
@@ -465,6 +499,7 @@ class ControllerNode implements ControllerHandle {
         leaderTerm: this.token,
         entries: roleEntriesToPb(c.entries),
         full: c.full,
+        ...(sharedMasterRs === undefined ? {} : { sharedMasterRs }),
       }, { deadlineMs: this.setRolesTimeoutMs });
     } catch (e) {
       // Level-triggered repair: the copy gets its full role set on a later tick.
@@ -522,7 +557,18 @@ class ControllerNode implements ControllerHandle {
       const mine = w.app ? routes.filter((r) => r.app === w.app) : routes;
       if (mine.length === 0) continue;
       const apps = [...new Set(mine.map((r) => r.app))].map((a) => state.apps[a]).filter((a) => a).map((a) => appSpecToPb(a!.spec));
-      w.call.write({ full, stateVersion: state.version, routes: mine.map(routeToPb), apps });
+      w.call.write({ full, stateVersion: state.version, routes: mine.map(routeToPb), apps, hasEdges: false, edges: [] });
+    }
+  }
+
+  /**
+   * The data-flow map changed (ApplyTopology): every watcher that follows the edges of an app
+   * gets that app's new subset, complete (R-DFM-6: each copy holds the part of the map it needs).
+   */
+  private publishEdges(state: ClusterState): void {
+    for (const w of this.watchers) {
+      if (!w.edgesFrom) continue;
+      w.call.write({ full: false, stateVersion: state.version, routes: [], apps: [], hasEdges: true, edges: edgesFrom(state, w.edgesFrom) });
     }
   }
 
@@ -533,7 +579,9 @@ class ControllerNode implements ControllerHandle {
       const state = this.requireLeader();
       const app = call.request.app;
       if (app && !state.apps[app]) throw new NotFoundError(`application ${JSON.stringify(app)} is not declared`);
-      const w: Watcher = { app, call };
+      const from = call.request.edgesFrom;
+      if (from && !state.apps[from]) throw new NotFoundError(`edges_from: application ${JSON.stringify(from)} is not declared`);
+      const w: Watcher = { app, edgesFrom: from, call };
       this.watchers.add(w);
       call.on('cancelled', () => this.watchers.delete(w));
       call.on('close', () => this.watchers.delete(w));
@@ -543,6 +591,8 @@ class ControllerNode implements ControllerHandle {
         stateVersion: state.version,
         routes: routesOf(state, app || undefined).map(routeToPb),
         apps: apps.map((a) => appSpecToPb(a.spec)),
+        hasEdges: from !== '',
+        edges: from ? edgesFrom(state, from) : [],
       });
     } catch (e) {
       call.emit('error', toServiceError(e));
@@ -652,7 +702,9 @@ class ControllerNode implements ControllerHandle {
       // failover raced the report).
       entries.push({ app: x.app, rs: x.rs, copyId: x.standbyCopyId, incarnation: x.standbyIncarnation, version: x.version, reportedBy: r.copyId });
     }
-    const d = await this.submit({ type: 'StandbysSynced', entries });
+    const event: ControllerEvent = { type: 'StandbysSynced', entries };
+    // A report may complete a pending move, which hands its RS over: pause the old active first.
+    const d = Object.values(state.apps).some((a) => a.moves !== undefined) ? (await this.submitLive(event, 'move completed (target caught up)')).d : await this.submit(event);
     const marked = (st: ClusterState, e: SyncedStandby): boolean => st.apps[e.app]?.syncing?.[e.rs]?.[e.copyId] !== undefined;
     let cleared = 0;
     for (const e of entries) if (marked(state, e) && !marked(d.state, e)) cleared++;
@@ -720,6 +772,14 @@ class ControllerNode implements ControllerHandle {
       assignments: r.includeAssignments ? apps.flatMap((a) => a.rs.map((x) => assignmentToPb(state, x))) : [],
       edges: state.edges.map(edgeToPb),
       stateVersion: state.version,
+      moves: apps.flatMap((a) => Object.entries(a.moves ?? {}).map(([rs, m]): PbPendingMove => ({
+        app: a.spec.name,
+        rs: Number(rs),
+        fromCopyId: m.fromCopyId,
+        toCopyId: m.toCopyId,
+        sinceUnixMs: m.sinceMs,
+        reason: m.reason ?? '',
+      }))),
     };
   }
 
@@ -737,10 +797,171 @@ class ControllerNode implements ControllerHandle {
     return { assignment: assignmentToPb(d.state, a) };
   }
 
+  /**
+   * Live move of one RS's ACTIVE role (issue 5). Refusals (unknown app/RS/copy, target not UP or
+   * already ACTIVE, FAULT_TOLERANT app, passive controller) come from a dry run of the core and
+   * disturb nothing. Otherwise the old active is paused, the core decides, and either the target
+   * is promoted now (a caught-up standby; DISTRIBUTED: it restores the checkpoint the paused
+   * active just wrote) or it joins as an extra standby and the call waits, within its deadline,
+   * until the active reports it caught up and the move completes (paused again at that point).
+   */
+  private async moveRs(r: MoveRsRequest, callDeadline: grpc.Deadline): Promise<MoveRsResponse> {
+    if (!r.app) throw new InvalidArgumentError('app is required');
+    if (!COPY_ID_RE.test(r.toCopyId)) throw new InvalidArgumentError(`to_copy_id must match ${COPY_ID_RE}, got ${JSON.stringify(r.toCopyId)}`);
+    if (r.reason.length > 256) throw new InvalidArgumentError(`reason: at most 256 characters (got ${r.reason.length})`);
+    const started = performance.now();
+    const where = rsKey(r.app, r.rs);
+    const before = this.requireLeader();
+    const app = before.apps[r.app];
+    const fromBefore = app?.rs[r.rs]?.members[0]?.role === 'ACTIVE' ? app.rs[r.rs]!.members[0]!.copyId : '';
+    const event: ControllerEvent = { type: 'MoveRequested', app: r.app, rs: r.rs, toCopyId: r.toCopyId, ...(r.reason ? { reason: r.reason } : {}) };
+    // DISTRIBUTED: the target restores the RS from its checkpoint, so the old active must have
+    // written one; a copy that does not checkpoint at all would hand over an empty RS.
+    const needsCheckpoint = (pauses: ReadonlyMap<string, PauseResult>): void => {
+      const p = pauses.get(where);
+      if (app?.spec.mode === 'DISTRIBUTED' && p?.paused === true && !p.checkpointed) {
+        throw new FailedPreconditionError(
+          `cannot move ${where}: app ${r.app} is DISTRIBUTED and its copies do not checkpoint (start them with --checkpoint-before-ack or --checkpoint-interval-ms), so the target could not restore the RS state`,
+        );
+      }
+    };
+    const attrs = { 'understudy.app': r.app, 'understudy.rs': r.rs, 'understudy.to_copy_id': r.toCopyId, 'understudy.reason': r.reason };
+    return withSpan(TRACER, 'move', attrs, async (span) => {
+      const { d, records } = await this.submitLive(event, `move to ${r.toCopyId}${r.reason ? ` (${r.reason})` : ''}`, needsCheckpoint, 'move');
+      let state = d.state;
+      const pending = state.apps[r.app]?.moves?.[r.rs];
+      if (pending !== undefined) {
+        this.log.info({ app: r.app, rs: r.rs, from: pending.fromCopyId, to: r.toCopyId, reason: r.reason || undefined }, 'move started: the target joins as standby and takes over once caught up');
+        const deadlineMs = typeof callDeadline === 'number' ? callDeadline : callDeadline.getTime();
+        // Answer a little before the caller's deadline, so it gets our reason, not just a timeout.
+        const untilMs = Math.min(Number.isFinite(deadlineMs) ? deadlineMs - 100 : Infinity, Date.now() + MAX_MOVE_WAIT_MS);
+        state = await this.waitForState(
+          (s) => s.apps[r.app]?.moves?.[r.rs] === undefined && !this.handoffsInFlight.has(where),
+          untilMs,
+          () => new DeadlineExceededError(`the move of ${where} to ${r.toCopyId} is still in progress (the target is catching up); it goes on: see 'understudy status'`),
+        );
+      }
+      const a = state.apps[r.app]!.rs[r.rs]!;
+      const head = a.members[0];
+      if (head?.role !== 'ACTIVE' || head.copyId !== r.toCopyId) {
+        throw new FailedPreconditionError(
+          `the move of ${where} to ${r.toCopyId} did not complete: the RS's active is ${head?.role === 'ACTIVE' ? head.copyId : 'none'} at epoch ${a.epoch} (the move was abandoned: its target or source failed, or the target did not catch up in time)`,
+        );
+      }
+      const rec = records.find((x) => x.app === r.app && x.rs === r.rs) ?? (this.handoffRecords.get(where)?.epoch === a.epoch ? this.handoffRecords.get(where) : undefined);
+      const totalMs = performance.now() - started;
+      const res: MoveRsResponse = {
+        fromCopyId: rec?.fromCopyId ?? pending?.fromCopyId ?? fromBefore,
+        toCopyId: r.toCopyId,
+        epoch: a.epoch,
+        pauseMs: rec?.pauseMs ?? 0,
+        totalMs,
+        paused: rec?.pause.paused ?? false,
+        lastSeq: rec?.pause.lastSeq ?? 0,
+        caughtUpFirst: pending !== undefined,
+        assignment: assignmentToPb(state, a),
+      };
+      span.setAttributes({ 'understudy.from_copy_id': res.fromCopyId, 'understudy.epoch': res.epoch, 'understudy.pause_ms': res.pauseMs, 'understudy.paused': res.paused });
+      this.log.info(
+        { app: r.app, rs: r.rs, epoch: a.epoch, from: res.fromCopyId, to: r.toCopyId, pauseMs: round2(res.pauseMs), totalMs: round2(totalMs), paused: res.paused, lastSeq: res.lastSeq, caughtUpFirst: res.caughtUpFirst, reason: r.reason || undefined },
+        'RS moved',
+      );
+      return res;
+    });
+  }
+
+  /**
+   * `submit` for decisions that hand RS over from a live ACTIVE (moves, their completion, drain):
+   * a dry run of the pure core finds the RS whose ACTIVE role leaves a live copy, that copy is
+   * asked to pause them (bounded; a failure is logged and the move goes on, fenced by the epoch),
+   * then the event is decided for real, persisted and executed. RS the real decision did not hand
+   * over after all (the state changed in between) are resumed, and so is everything when the
+   * event is refused (also by `check`, which sees the pause results first). A refusal in the dry
+   * run disturbs nothing.
+   */
+  private async submitLive(
+    event: ControllerEvent,
+    reason: string,
+    check?: (pauses: ReadonlyMap<string, PauseResult>) => void,
+    phase?: string,
+  ): Promise<{ d: Decision; records: HandoffRecord[] }> {
+    const state = this.requireLeader();
+    const dry = decide(state, event, Date.now());
+    if (dry.rejection) throw rejectionToError(dry.rejection);
+    const planned = plannedHandoffs(state, dry.state);
+    if (planned.length === 0) return { d: await this.submit(event, phase), records: [] };
+    for (const h of planned) this.handoffsInFlight.set(rsKey(h.app, h.rs), (this.handoffsInFlight.get(rsKey(h.app, h.rs)) ?? 0) + 1);
+    try {
+      const started = performance.now();
+      const pauses = await this.handoffs.pause(state, planned, reason);
+      const pausedOnly = (hs: typeof planned): typeof planned => hs.filter((h) => pauses.get(rsKey(h.app, h.rs))?.paused === true);
+      let d: Decision;
+      try {
+        check?.(pauses);
+        d = await this.submit(event, phase);
+      } catch (e) {
+        this.handoffs.resume(state, pausedOnly(planned));
+        throw e;
+      }
+      const pauseMs = performance.now() - started;
+      const records: HandoffRecord[] = [];
+      const missed: typeof planned = [];
+      for (const h of planned) {
+        const a = d.state.apps[h.app]?.rs[h.rs];
+        const head = a?.members[0];
+        if (a === undefined || (head?.role === 'ACTIVE' && head.copyId === h.fromCopyId && a.epoch === h.epoch)) {
+          missed.push(h);
+          continue;
+        }
+        const rec: HandoffRecord = { app: h.app, rs: h.rs, fromCopyId: h.fromCopyId, toCopyId: head?.role === 'ACTIVE' ? head.copyId : '', epoch: a.epoch, pauseMs, pause: pauses.get(rsKey(h.app, h.rs))! };
+        records.push(rec);
+        this.handoffRecords.delete(rsKey(h.app, h.rs));
+        this.handoffRecords.set(rsKey(h.app, h.rs), rec);
+        if (this.handoffRecords.size > MAX_HANDOFF_RECORDS) this.handoffRecords.delete(this.handoffRecords.keys().next().value as string);
+      }
+      if (missed.length > 0) this.handoffs.resume(state, pausedOnly(missed));
+      const paused = records.filter((x) => x.pause.paused).length;
+      const one = records.length === 1 ? records[0]! : undefined;
+      this.log.info(
+        { reason, handoffs: records.length, paused, pauseMs: round2(pauseMs), ...(one ? { app: one.app, rs: one.rs, epoch: one.epoch, from: one.fromCopyId, to: one.toCopyId, lastSeq: one.pause.lastSeq } : {}) },
+        'live handoff done',
+      );
+      return { d, records };
+    } finally {
+      for (const h of planned) {
+        const k = rsKey(h.app, h.rs);
+        const n = (this.handoffsInFlight.get(k) ?? 1) - 1;
+        if (n <= 0) this.handoffsInFlight.delete(k);
+        else this.handoffsInFlight.set(k, n);
+      }
+      this.notifyState();
+    }
+  }
+
+  /** Wait until `pred` holds for the current state (re-checked on every persisted change). */
+  private async waitForState(pred: (s: ClusterState) => boolean, untilMs: number, onTimeout: () => Error): Promise<ClusterState> {
+    for (;;) {
+      const s = this.requireLeader();
+      if (pred(s)) return s;
+      const left = untilMs - Date.now();
+      if (left <= 0) throw onTimeout();
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.stateChanged.promise, new Promise((r) => (timer = setTimeout(r, Math.min(left, 1000))))]);
+      clearTimeout(timer);
+    }
+  }
+
+  private notifyState(): void {
+    const changed = this.stateChanged;
+    this.stateChanged = signal();
+    changed.resolve();
+  }
+
   private async drainCopy(r: DrainCopyRequest): Promise<DrainCopyResponse> {
     if (!r.copyId) throw new InvalidArgumentError('copy_id is required');
     const before = this.current ? copyLoads(this.current, this.current.copies[r.copyId]?.app ?? '').get(r.copyId) : undefined;
-    await this.submit({ type: 'DrainRequested', copyId: r.copyId });
+    // Live, like a move: every RS the copy is ACTIVE for is paused there before it is handed over.
+    await this.submitLive({ type: 'DrainRequested', copyId: r.copyId }, `drain of ${r.copyId}`);
     return { movedActive: before?.active ?? 0, movedStandby: before?.standby ?? 0 };
   }
 
@@ -764,4 +985,25 @@ function faultOutcome(d: Decision, copyId: string, incarnation: number): FaultOu
   if (d.moved !== undefined) return FaultOutcome.FAULT_OUTCOME_FAILED_OVER;
   const c = d.state.copies[copyId];
   return c !== undefined && c.incarnation > incarnation ? FaultOutcome.FAULT_OUTCOME_STALE : FaultOutcome.FAULT_OUTCOME_DUPLICATE;
+}
+
+/** The edges out of `app`, in declaration order (the subset of the map a copy of `app` needs). */
+function edgesFrom(state: ClusterState, app: string): ReturnType<typeof edgeToPb>[] {
+  return state.edges.filter((e) => e.from === app).map(edgeToPb);
+}
+
+/** Completed handoffs remembered for MoveRs answers. */
+const MAX_HANDOFF_RECORDS = 10_000;
+/** Longest a MoveRs call waits for a pending move (its target catching up), whatever its deadline. */
+const MAX_MOVE_WAIT_MS = 120_000;
+
+function round2(ms: number): number {
+  return Math.round(ms * 100) / 100;
+}
+
+/** A one-shot wake-up. */
+function signal(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
 }

@@ -51,6 +51,7 @@ export function topologyFromPb(t: PbTopology | undefined): Topology {
     // partitioning so that the core rejects starts on a HASH app instead of dropping them.
     if (partitioning === 'RANGE') spec = { ...spec, partitioning };
     if (a.rangeStarts.length > 0) spec = { ...spec, rangeStarts: [...a.rangeStarts] };
+    if (a.sharedMasterRs !== undefined) spec = { ...spec, sharedMasterRs: a.sharedMasterRs };
     return a.detection === undefined ? spec : { ...spec, detection: { ...a.detection } };
   });
   const edges = t.edges.map((e) => ({ from: e.from, to: e.to, keyField: e.keyField }));
@@ -68,6 +69,7 @@ export function appSpecToPb(s: AppSpec): PbAppSpec {
     partitioning: s.partitioning === 'RANGE' ? Partitioning.PARTITIONING_RANGE : Partitioning.PARTITIONING_HASH,
     detection: { ...compileDetectionPolicy(s.detection) },
     rangeStarts: [...(s.rangeStarts ?? [])],
+    ...(s.sharedMasterRs === undefined ? {} : { sharedMasterRs: s.sharedMasterRs }),
   };
 }
 

@@ -12,8 +12,10 @@ import {
   Client,
   type ClientDuplexStream,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
   type handleBidiStreamingCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -40,6 +42,11 @@ export interface SetRolesRequest {
   entries: RoleEntry[];
   /** When true, RS not listed are dropped (a full resync). */
   full: boolean;
+  /**
+   * The application's shared master RS (AppSpec.shared_master_rs); unset when it shares
+   * nothing. A copy learns it with its roles, before it is asked to handle anything.
+   */
+  sharedMasterRs?: number | undefined;
 }
 
 export interface SetRolesResponse {
@@ -114,6 +121,28 @@ export interface UpdateEntry {
   update: Buffer;
   /** Reply recorded for dedupe so a standby promoted later answers a redelivery the same way. */
   reply: Buffer;
+  /**
+   * Messages the handler sent to other applications while handling this message: they join
+   * the RS's outbox together with the update (upstream backup, R-CKP-5).
+   */
+  outboxAdded: OutboxEntry[];
+  /** Outbox entries the destination acknowledged since the previous entry (tombstones). */
+  outboxDone: string[];
+}
+
+/**
+ * A message of an RS's outbox: sent by the RS's handler to another application along a
+ * data-flow map edge, kept (replicated with the RS state) until the destination's active
+ * copy acknowledged it, and sent again by a new active after a failover.
+ */
+export interface OutboxEntry {
+  /** Deterministic id the destination dedupes by: "{app}:{rs}:{epoch}:{n}" of the sender. */
+  messageId: string;
+  /** Destination application and the key it partitions by. */
+  toApp: string;
+  key: string;
+  /** JSON payload. */
+  payload: Buffer;
 }
 
 export interface ReplicateRequest {
@@ -164,6 +193,8 @@ export interface InstallSnapshotRequest {
   state: Buffer;
   /** Recent message ids with their replies (dedupe survives failover). */
   dedupe: UpdateEntry[];
+  /** The RS's outbox (messages to other applications not yet acknowledged), oldest first. */
+  outbox: OutboxEntry[];
 }
 
 export interface InstallSnapshotResponse {
@@ -182,6 +213,8 @@ export interface RsInfo {
   version: number;
   appliedSeq: number;
   synced: boolean;
+  /** Outbox entries held for the RS (messages to other applications not yet acknowledged). */
+  outboxEntries: number;
 }
 
 export interface GetCopyInfoResponse {
@@ -189,7 +222,61 @@ export interface GetCopyInfoResponse {
   app: string;
   incarnation: number;
   rs: RsInfo[];
-  health: Health | undefined;
+  health:
+    | Health
+    | undefined;
+  /** Shared data this copy follows (unset when the application declares no master RS). */
+  shared: SharedDataInfo | undefined;
+}
+
+/** A copy's view of its application's shared data (the master RS's committed state). */
+export interface SharedDataInfo {
+  masterRs: number;
+  /** False until the first snapshot arrived (handlers of other RS wait for it). */
+  loaded: boolean;
+  /** Epoch and sequence number of the master RS the view is at. */
+  epoch: number;
+  seq: number;
+  /** True while this copy is the master RS's active and serves followers. */
+  source: boolean;
+  /** Followers streaming from this copy (source only). */
+  followers: number;
+}
+
+export interface FollowSharedRequest {
+  app: string;
+  /** The master RS, as the follower knows it from the topology. */
+  rs: number;
+  /** Who follows (logs). */
+  copyId: string;
+  /**
+   * Where the follower's view is: master RS epoch and sequence number, and whether it holds a
+   * view at all (false: send a snapshot first).
+   */
+  epoch: number;
+  seq: number;
+  hasState: boolean;
+}
+
+/** One committed update of the master RS. */
+export interface SharedUpdate {
+  seq: number;
+  /** The JSON list of the application's updates the message produced (as in UpdateEntry). */
+  update: Buffer;
+}
+
+/** One step of a FollowShared stream, at the master RS's epoch `epoch`. */
+export interface FollowSharedResponse {
+  epoch: number;
+  /**
+   * When set, `state` replaces the follower's view: the master RS's committed state (the
+   * application's snapshot, JSON) at sequence number `snapshot_seq`.
+   */
+  snapshot: boolean;
+  snapshotSeq: number;
+  state: Buffer;
+  /** Updates following the snapshot, or the follower's position, contiguous and in order. */
+  updates: SharedUpdate[];
 }
 
 export interface ShutdownRequest {
@@ -217,6 +304,58 @@ export interface FetchStateResponse {
   seq: number;
   state: Buffer;
   dedupe: UpdateEntry[];
+  /** The RS's outbox, oldest first (see InstallSnapshotRequest.outbox). */
+  outbox: OutboxEntry[];
+}
+
+/** One RS at the epoch the controller holds for it. */
+export interface RsEpoch {
+  rs: number;
+  epoch: number;
+}
+
+export interface PauseRsRequest {
+  copyId: string;
+  incarnation: number;
+  app: string;
+  rs: RsEpoch[];
+  /** The pauses end by themselves after this long (1..60000 ms). */
+  leaseMs: number;
+  /** Why (logs). */
+  reason: string;
+}
+
+/** What one RS did on a PauseRs. */
+export interface PausedRs {
+  rs: number;
+  epoch: number;
+  /** False when this RS was not paused (not ACTIVE here at that epoch, recovering…): see detail. */
+  paused: boolean;
+  detail: string;
+  /** Last sequence number recorded and committed for the RS at `epoch`. */
+  lastSeq: number;
+  /** True when a checkpoint covering last_seq at epoch is stored (copies that checkpoint). */
+  checkpointed: boolean;
+  /** Messages waiting behind the pause when it answered. */
+  held: number;
+  /** Time spent letting the running batch finish and replicate (and the final checkpoint), ms. */
+  drainMs: number;
+}
+
+export interface PauseRsResponse {
+  rs: PausedRs[];
+}
+
+export interface ResumeRsRequest {
+  copyId: string;
+  incarnation: number;
+  app: string;
+  rs: number[];
+}
+
+export interface ResumeRsResponse {
+  /** RS whose pause this call ended. */
+  resumed: number;
 }
 
 function createBaseRoleEntry(): RoleEntry {
@@ -369,7 +508,7 @@ export const RoleEntry: MessageFns<RoleEntry> = {
 };
 
 function createBaseSetRolesRequest(): SetRolesRequest {
-  return { copyId: "", incarnation: 0, leaderTerm: 0, entries: [], full: false };
+  return { copyId: "", incarnation: 0, leaderTerm: 0, entries: [], full: false, sharedMasterRs: undefined };
 }
 
 export const SetRolesRequest: MessageFns<SetRolesRequest> = {
@@ -388,6 +527,9 @@ export const SetRolesRequest: MessageFns<SetRolesRequest> = {
     }
     if (message.full !== false) {
       writer.uint32(40).bool(message.full);
+    }
+    if (message.sharedMasterRs !== undefined) {
+      writer.uint32(48).uint32(message.sharedMasterRs);
     }
     return writer;
   },
@@ -445,6 +587,14 @@ export const SetRolesRequest: MessageFns<SetRolesRequest> = {
             message.full = reader.bool();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.sharedMasterRs = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -472,6 +622,11 @@ export const SetRolesRequest: MessageFns<SetRolesRequest> = {
         : 0,
       entries: globalThis.Array.isArray(object?.entries) ? object.entries.map((e: any) => RoleEntry.fromJSON(e)) : [],
       full: isSet(object.full) ? globalThis.Boolean(object.full) : false,
+      sharedMasterRs: isSet(object.sharedMasterRs)
+        ? globalThis.Number(object.sharedMasterRs)
+        : isSet(object.shared_master_rs)
+        ? globalThis.Number(object.shared_master_rs)
+        : undefined,
     };
   },
 
@@ -492,6 +647,9 @@ export const SetRolesRequest: MessageFns<SetRolesRequest> = {
     if (message.full !== false) {
       obj.full = message.full;
     }
+    if (message.sharedMasterRs !== undefined) {
+      obj.sharedMasterRs = Math.round(message.sharedMasterRs);
+    }
     return obj;
   },
 
@@ -505,6 +663,7 @@ export const SetRolesRequest: MessageFns<SetRolesRequest> = {
     message.leaderTerm = object.leaderTerm ?? 0;
     message.entries = object.entries?.map((e) => RoleEntry.fromPartial(e)) || [];
     message.full = object.full ?? false;
+    message.sharedMasterRs = object.sharedMasterRs ?? undefined;
     return message;
   },
 };
@@ -1449,7 +1608,7 @@ export const QueryResponse: MessageFns<QueryResponse> = {
 };
 
 function createBaseUpdateEntry(): UpdateEntry {
-  return { seq: 0, messageId: "", update: Buffer.alloc(0), reply: Buffer.alloc(0) };
+  return { seq: 0, messageId: "", update: Buffer.alloc(0), reply: Buffer.alloc(0), outboxAdded: [], outboxDone: [] };
 }
 
 export const UpdateEntry: MessageFns<UpdateEntry> = {
@@ -1465,6 +1624,12 @@ export const UpdateEntry: MessageFns<UpdateEntry> = {
     }
     if (message.reply.length !== 0) {
       writer.uint32(34).bytes(message.reply);
+    }
+    for (const v of message.outboxAdded) {
+      OutboxEntry.encode(v!, writer.uint32(42).fork()).join();
+    }
+    for (const v of message.outboxDone) {
+      writer.uint32(50).string(v!);
     }
     return writer;
   },
@@ -1514,6 +1679,22 @@ export const UpdateEntry: MessageFns<UpdateEntry> = {
             message.reply = Buffer.from(reader.bytes());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.outboxAdded.push(OutboxEntry.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.outboxDone.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1536,6 +1717,16 @@ export const UpdateEntry: MessageFns<UpdateEntry> = {
         : "",
       update: isSet(object.update) ? Buffer.from(bytesFromBase64(object.update)) : Buffer.alloc(0),
       reply: isSet(object.reply) ? Buffer.from(bytesFromBase64(object.reply)) : Buffer.alloc(0),
+      outboxAdded: globalThis.Array.isArray(object?.outboxAdded)
+        ? object.outboxAdded.map((e: any) => OutboxEntry.fromJSON(e))
+        : globalThis.Array.isArray(object?.outbox_added)
+        ? object.outbox_added.map((e: any) => OutboxEntry.fromJSON(e))
+        : [],
+      outboxDone: globalThis.Array.isArray(object?.outboxDone)
+        ? object.outboxDone.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.outbox_done)
+        ? object.outbox_done.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -1553,6 +1744,12 @@ export const UpdateEntry: MessageFns<UpdateEntry> = {
     if (message.reply.length !== 0) {
       obj.reply = base64FromBytes(message.reply);
     }
+    if (message.outboxAdded?.length) {
+      obj.outboxAdded = message.outboxAdded.map((e) => OutboxEntry.toJSON(e));
+    }
+    if (message.outboxDone?.length) {
+      obj.outboxDone = message.outboxDone;
+    }
     return obj;
   },
 
@@ -1565,6 +1762,133 @@ export const UpdateEntry: MessageFns<UpdateEntry> = {
     message.messageId = object.messageId ?? "";
     message.update = object.update ?? Buffer.alloc(0);
     message.reply = object.reply ?? Buffer.alloc(0);
+    message.outboxAdded = object.outboxAdded?.map((e) => OutboxEntry.fromPartial(e)) || [];
+    message.outboxDone = object.outboxDone?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseOutboxEntry(): OutboxEntry {
+  return { messageId: "", toApp: "", key: "", payload: Buffer.alloc(0) };
+}
+
+export const OutboxEntry: MessageFns<OutboxEntry> = {
+  encode(message: OutboxEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.messageId !== "") {
+      writer.uint32(10).string(message.messageId);
+    }
+    if (message.toApp !== "") {
+      writer.uint32(18).string(message.toApp);
+    }
+    if (message.key !== "") {
+      writer.uint32(26).string(message.key);
+    }
+    if (message.payload.length !== 0) {
+      writer.uint32(34).bytes(message.payload);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OutboxEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOutboxEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.messageId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.toApp = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.payload = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OutboxEntry {
+    return {
+      messageId: isSet(object.messageId)
+        ? globalThis.String(object.messageId)
+        : isSet(object.message_id)
+        ? globalThis.String(object.message_id)
+        : "",
+      toApp: isSet(object.toApp)
+        ? globalThis.String(object.toApp)
+        : isSet(object.to_app)
+        ? globalThis.String(object.to_app)
+        : "",
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      payload: isSet(object.payload) ? Buffer.from(bytesFromBase64(object.payload)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: OutboxEntry): unknown {
+    const obj: any = {};
+    if (message.messageId !== "") {
+      obj.messageId = message.messageId;
+    }
+    if (message.toApp !== "") {
+      obj.toApp = message.toApp;
+    }
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.payload.length !== 0) {
+      obj.payload = base64FromBytes(message.payload);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<OutboxEntry>, I>>(base?: I): OutboxEntry {
+    return OutboxEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<OutboxEntry>, I>>(object: I): OutboxEntry {
+    const message = createBaseOutboxEntry();
+    message.messageId = object.messageId ?? "";
+    message.toApp = object.toApp ?? "";
+    message.key = object.key ?? "";
+    message.payload = object.payload ?? Buffer.alloc(0);
     return message;
   },
 };
@@ -2153,7 +2477,7 @@ export const ReplicateStreamResponse_StatusMetadataEntry: MessageFns<ReplicateSt
 };
 
 function createBaseInstallSnapshotRequest(): InstallSnapshotRequest {
-  return { app: "", rs: 0, epoch: 0, fromCopyId: "", seq: 0, state: Buffer.alloc(0), dedupe: [] };
+  return { app: "", rs: 0, epoch: 0, fromCopyId: "", seq: 0, state: Buffer.alloc(0), dedupe: [], outbox: [] };
 }
 
 export const InstallSnapshotRequest: MessageFns<InstallSnapshotRequest> = {
@@ -2178,6 +2502,9 @@ export const InstallSnapshotRequest: MessageFns<InstallSnapshotRequest> = {
     }
     for (const v of message.dedupe) {
       UpdateEntry.encode(v!, writer.uint32(58).fork()).join();
+    }
+    for (const v of message.outbox) {
+      OutboxEntry.encode(v!, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -2251,6 +2578,14 @@ export const InstallSnapshotRequest: MessageFns<InstallSnapshotRequest> = {
             message.dedupe.push(UpdateEntry.decode(reader, reader.uint32()));
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.outbox.push(OutboxEntry.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2276,6 +2611,7 @@ export const InstallSnapshotRequest: MessageFns<InstallSnapshotRequest> = {
       seq: isSet(object.seq) ? globalThis.Number(object.seq) : 0,
       state: isSet(object.state) ? Buffer.from(bytesFromBase64(object.state)) : Buffer.alloc(0),
       dedupe: globalThis.Array.isArray(object?.dedupe) ? object.dedupe.map((e: any) => UpdateEntry.fromJSON(e)) : [],
+      outbox: globalThis.Array.isArray(object?.outbox) ? object.outbox.map((e: any) => OutboxEntry.fromJSON(e)) : [],
     };
   },
 
@@ -2302,6 +2638,9 @@ export const InstallSnapshotRequest: MessageFns<InstallSnapshotRequest> = {
     if (message.dedupe?.length) {
       obj.dedupe = message.dedupe.map((e) => UpdateEntry.toJSON(e));
     }
+    if (message.outbox?.length) {
+      obj.outbox = message.outbox.map((e) => OutboxEntry.toJSON(e));
+    }
     return obj;
   },
 
@@ -2317,6 +2656,7 @@ export const InstallSnapshotRequest: MessageFns<InstallSnapshotRequest> = {
     message.seq = object.seq ?? 0;
     message.state = object.state ?? Buffer.alloc(0);
     message.dedupe = object.dedupe?.map((e) => UpdateEntry.fromPartial(e)) || [];
+    message.outbox = object.outbox?.map((e) => OutboxEntry.fromPartial(e)) || [];
     return message;
   },
 };
@@ -2447,7 +2787,7 @@ export const GetCopyInfoRequest: MessageFns<GetCopyInfoRequest> = {
 };
 
 function createBaseRsInfo(): RsInfo {
-  return { app: "", rs: 0, role: 0, epoch: 0, version: 0, appliedSeq: 0, synced: false };
+  return { app: "", rs: 0, role: 0, epoch: 0, version: 0, appliedSeq: 0, synced: false, outboxEntries: 0 };
 }
 
 export const RsInfo: MessageFns<RsInfo> = {
@@ -2472,6 +2812,9 @@ export const RsInfo: MessageFns<RsInfo> = {
     }
     if (message.synced !== false) {
       writer.uint32(56).bool(message.synced);
+    }
+    if (message.outboxEntries !== 0) {
+      writer.uint32(64).uint32(message.outboxEntries);
     }
     return writer;
   },
@@ -2545,6 +2888,14 @@ export const RsInfo: MessageFns<RsInfo> = {
             message.synced = reader.bool();
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.outboxEntries = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2570,6 +2921,11 @@ export const RsInfo: MessageFns<RsInfo> = {
         ? globalThis.Number(object.applied_seq)
         : 0,
       synced: isSet(object.synced) ? globalThis.Boolean(object.synced) : false,
+      outboxEntries: isSet(object.outboxEntries)
+        ? globalThis.Number(object.outboxEntries)
+        : isSet(object.outbox_entries)
+        ? globalThis.Number(object.outbox_entries)
+        : 0,
     };
   },
 
@@ -2596,6 +2952,9 @@ export const RsInfo: MessageFns<RsInfo> = {
     if (message.synced !== false) {
       obj.synced = message.synced;
     }
+    if (message.outboxEntries !== 0) {
+      obj.outboxEntries = Math.round(message.outboxEntries);
+    }
     return obj;
   },
 
@@ -2611,12 +2970,13 @@ export const RsInfo: MessageFns<RsInfo> = {
     message.version = object.version ?? 0;
     message.appliedSeq = object.appliedSeq ?? 0;
     message.synced = object.synced ?? false;
+    message.outboxEntries = object.outboxEntries ?? 0;
     return message;
   },
 };
 
 function createBaseGetCopyInfoResponse(): GetCopyInfoResponse {
-  return { copyId: "", app: "", incarnation: 0, rs: [], health: undefined };
+  return { copyId: "", app: "", incarnation: 0, rs: [], health: undefined, shared: undefined };
 }
 
 export const GetCopyInfoResponse: MessageFns<GetCopyInfoResponse> = {
@@ -2635,6 +2995,9 @@ export const GetCopyInfoResponse: MessageFns<GetCopyInfoResponse> = {
     }
     if (message.health !== undefined) {
       Health.encode(message.health, writer.uint32(42).fork()).join();
+    }
+    if (message.shared !== undefined) {
+      SharedDataInfo.encode(message.shared, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -2692,6 +3055,14 @@ export const GetCopyInfoResponse: MessageFns<GetCopyInfoResponse> = {
             message.health = Health.decode(reader, reader.uint32());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.shared = SharedDataInfo.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2715,6 +3086,7 @@ export const GetCopyInfoResponse: MessageFns<GetCopyInfoResponse> = {
       incarnation: isSet(object.incarnation) ? globalThis.Number(object.incarnation) : 0,
       rs: globalThis.Array.isArray(object?.rs) ? object.rs.map((e: any) => RsInfo.fromJSON(e)) : [],
       health: isSet(object.health) ? Health.fromJSON(object.health) : undefined,
+      shared: isSet(object.shared) ? SharedDataInfo.fromJSON(object.shared) : undefined,
     };
   },
 
@@ -2735,6 +3107,9 @@ export const GetCopyInfoResponse: MessageFns<GetCopyInfoResponse> = {
     if (message.health !== undefined) {
       obj.health = Health.toJSON(message.health);
     }
+    if (message.shared !== undefined) {
+      obj.shared = SharedDataInfo.toJSON(message.shared);
+    }
     return obj;
   },
 
@@ -2750,6 +3125,543 @@ export const GetCopyInfoResponse: MessageFns<GetCopyInfoResponse> = {
     message.health = (object.health !== undefined && object.health !== null)
       ? Health.fromPartial(object.health)
       : undefined;
+    message.shared = (object.shared !== undefined && object.shared !== null)
+      ? SharedDataInfo.fromPartial(object.shared)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSharedDataInfo(): SharedDataInfo {
+  return { masterRs: 0, loaded: false, epoch: 0, seq: 0, source: false, followers: 0 };
+}
+
+export const SharedDataInfo: MessageFns<SharedDataInfo> = {
+  encode(message: SharedDataInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.masterRs !== 0) {
+      writer.uint32(8).uint32(message.masterRs);
+    }
+    if (message.loaded !== false) {
+      writer.uint32(16).bool(message.loaded);
+    }
+    if (message.epoch !== 0) {
+      writer.uint32(24).uint64(message.epoch);
+    }
+    if (message.seq !== 0) {
+      writer.uint32(32).uint64(message.seq);
+    }
+    if (message.source !== false) {
+      writer.uint32(40).bool(message.source);
+    }
+    if (message.followers !== 0) {
+      writer.uint32(48).uint32(message.followers);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SharedDataInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSharedDataInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.masterRs = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.loaded = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.epoch = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.seq = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.source = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.followers = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SharedDataInfo {
+    return {
+      masterRs: isSet(object.masterRs)
+        ? globalThis.Number(object.masterRs)
+        : isSet(object.master_rs)
+        ? globalThis.Number(object.master_rs)
+        : 0,
+      loaded: isSet(object.loaded) ? globalThis.Boolean(object.loaded) : false,
+      epoch: isSet(object.epoch) ? globalThis.Number(object.epoch) : 0,
+      seq: isSet(object.seq) ? globalThis.Number(object.seq) : 0,
+      source: isSet(object.source) ? globalThis.Boolean(object.source) : false,
+      followers: isSet(object.followers) ? globalThis.Number(object.followers) : 0,
+    };
+  },
+
+  toJSON(message: SharedDataInfo): unknown {
+    const obj: any = {};
+    if (message.masterRs !== 0) {
+      obj.masterRs = Math.round(message.masterRs);
+    }
+    if (message.loaded !== false) {
+      obj.loaded = message.loaded;
+    }
+    if (message.epoch !== 0) {
+      obj.epoch = Math.round(message.epoch);
+    }
+    if (message.seq !== 0) {
+      obj.seq = Math.round(message.seq);
+    }
+    if (message.source !== false) {
+      obj.source = message.source;
+    }
+    if (message.followers !== 0) {
+      obj.followers = Math.round(message.followers);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SharedDataInfo>, I>>(base?: I): SharedDataInfo {
+    return SharedDataInfo.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SharedDataInfo>, I>>(object: I): SharedDataInfo {
+    const message = createBaseSharedDataInfo();
+    message.masterRs = object.masterRs ?? 0;
+    message.loaded = object.loaded ?? false;
+    message.epoch = object.epoch ?? 0;
+    message.seq = object.seq ?? 0;
+    message.source = object.source ?? false;
+    message.followers = object.followers ?? 0;
+    return message;
+  },
+};
+
+function createBaseFollowSharedRequest(): FollowSharedRequest {
+  return { app: "", rs: 0, copyId: "", epoch: 0, seq: 0, hasState: false };
+}
+
+export const FollowSharedRequest: MessageFns<FollowSharedRequest> = {
+  encode(message: FollowSharedRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.app !== "") {
+      writer.uint32(10).string(message.app);
+    }
+    if (message.rs !== 0) {
+      writer.uint32(16).uint32(message.rs);
+    }
+    if (message.copyId !== "") {
+      writer.uint32(26).string(message.copyId);
+    }
+    if (message.epoch !== 0) {
+      writer.uint32(32).uint64(message.epoch);
+    }
+    if (message.seq !== 0) {
+      writer.uint32(40).uint64(message.seq);
+    }
+    if (message.hasState !== false) {
+      writer.uint32(48).bool(message.hasState);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FollowSharedRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFollowSharedRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.app = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.rs = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.copyId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.epoch = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.seq = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.hasState = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FollowSharedRequest {
+    return {
+      app: isSet(object.app) ? globalThis.String(object.app) : "",
+      rs: isSet(object.rs) ? globalThis.Number(object.rs) : 0,
+      copyId: isSet(object.copyId)
+        ? globalThis.String(object.copyId)
+        : isSet(object.copy_id)
+        ? globalThis.String(object.copy_id)
+        : "",
+      epoch: isSet(object.epoch) ? globalThis.Number(object.epoch) : 0,
+      seq: isSet(object.seq) ? globalThis.Number(object.seq) : 0,
+      hasState: isSet(object.hasState)
+        ? globalThis.Boolean(object.hasState)
+        : isSet(object.has_state)
+        ? globalThis.Boolean(object.has_state)
+        : false,
+    };
+  },
+
+  toJSON(message: FollowSharedRequest): unknown {
+    const obj: any = {};
+    if (message.app !== "") {
+      obj.app = message.app;
+    }
+    if (message.rs !== 0) {
+      obj.rs = Math.round(message.rs);
+    }
+    if (message.copyId !== "") {
+      obj.copyId = message.copyId;
+    }
+    if (message.epoch !== 0) {
+      obj.epoch = Math.round(message.epoch);
+    }
+    if (message.seq !== 0) {
+      obj.seq = Math.round(message.seq);
+    }
+    if (message.hasState !== false) {
+      obj.hasState = message.hasState;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FollowSharedRequest>, I>>(base?: I): FollowSharedRequest {
+    return FollowSharedRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FollowSharedRequest>, I>>(object: I): FollowSharedRequest {
+    const message = createBaseFollowSharedRequest();
+    message.app = object.app ?? "";
+    message.rs = object.rs ?? 0;
+    message.copyId = object.copyId ?? "";
+    message.epoch = object.epoch ?? 0;
+    message.seq = object.seq ?? 0;
+    message.hasState = object.hasState ?? false;
+    return message;
+  },
+};
+
+function createBaseSharedUpdate(): SharedUpdate {
+  return { seq: 0, update: Buffer.alloc(0) };
+}
+
+export const SharedUpdate: MessageFns<SharedUpdate> = {
+  encode(message: SharedUpdate, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.seq !== 0) {
+      writer.uint32(8).uint64(message.seq);
+    }
+    if (message.update.length !== 0) {
+      writer.uint32(18).bytes(message.update);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SharedUpdate {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSharedUpdate();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.seq = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.update = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SharedUpdate {
+    return {
+      seq: isSet(object.seq) ? globalThis.Number(object.seq) : 0,
+      update: isSet(object.update) ? Buffer.from(bytesFromBase64(object.update)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: SharedUpdate): unknown {
+    const obj: any = {};
+    if (message.seq !== 0) {
+      obj.seq = Math.round(message.seq);
+    }
+    if (message.update.length !== 0) {
+      obj.update = base64FromBytes(message.update);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SharedUpdate>, I>>(base?: I): SharedUpdate {
+    return SharedUpdate.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SharedUpdate>, I>>(object: I): SharedUpdate {
+    const message = createBaseSharedUpdate();
+    message.seq = object.seq ?? 0;
+    message.update = object.update ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseFollowSharedResponse(): FollowSharedResponse {
+  return { epoch: 0, snapshot: false, snapshotSeq: 0, state: Buffer.alloc(0), updates: [] };
+}
+
+export const FollowSharedResponse: MessageFns<FollowSharedResponse> = {
+  encode(message: FollowSharedResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.epoch !== 0) {
+      writer.uint32(8).uint64(message.epoch);
+    }
+    if (message.snapshot !== false) {
+      writer.uint32(16).bool(message.snapshot);
+    }
+    if (message.snapshotSeq !== 0) {
+      writer.uint32(24).uint64(message.snapshotSeq);
+    }
+    if (message.state.length !== 0) {
+      writer.uint32(34).bytes(message.state);
+    }
+    for (const v of message.updates) {
+      SharedUpdate.encode(v!, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FollowSharedResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFollowSharedResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.epoch = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.snapshot = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.snapshotSeq = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.state = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.updates.push(SharedUpdate.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FollowSharedResponse {
+    return {
+      epoch: isSet(object.epoch) ? globalThis.Number(object.epoch) : 0,
+      snapshot: isSet(object.snapshot) ? globalThis.Boolean(object.snapshot) : false,
+      snapshotSeq: isSet(object.snapshotSeq)
+        ? globalThis.Number(object.snapshotSeq)
+        : isSet(object.snapshot_seq)
+        ? globalThis.Number(object.snapshot_seq)
+        : 0,
+      state: isSet(object.state) ? Buffer.from(bytesFromBase64(object.state)) : Buffer.alloc(0),
+      updates: globalThis.Array.isArray(object?.updates)
+        ? object.updates.map((e: any) => SharedUpdate.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: FollowSharedResponse): unknown {
+    const obj: any = {};
+    if (message.epoch !== 0) {
+      obj.epoch = Math.round(message.epoch);
+    }
+    if (message.snapshot !== false) {
+      obj.snapshot = message.snapshot;
+    }
+    if (message.snapshotSeq !== 0) {
+      obj.snapshotSeq = Math.round(message.snapshotSeq);
+    }
+    if (message.state.length !== 0) {
+      obj.state = base64FromBytes(message.state);
+    }
+    if (message.updates?.length) {
+      obj.updates = message.updates.map((e) => SharedUpdate.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FollowSharedResponse>, I>>(base?: I): FollowSharedResponse {
+    return FollowSharedResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FollowSharedResponse>, I>>(object: I): FollowSharedResponse {
+    const message = createBaseFollowSharedResponse();
+    message.epoch = object.epoch ?? 0;
+    message.snapshot = object.snapshot ?? false;
+    message.snapshotSeq = object.snapshotSeq ?? 0;
+    message.state = object.state ?? Buffer.alloc(0);
+    message.updates = object.updates?.map((e) => SharedUpdate.fromPartial(e)) || [];
     return message;
   },
 };
@@ -3033,7 +3945,7 @@ export const FetchStateRequest: MessageFns<FetchStateRequest> = {
 };
 
 function createBaseFetchStateResponse(): FetchStateResponse {
-  return { hasState: false, stateEpoch: 0, seq: 0, state: Buffer.alloc(0), dedupe: [] };
+  return { hasState: false, stateEpoch: 0, seq: 0, state: Buffer.alloc(0), dedupe: [], outbox: [] };
 }
 
 export const FetchStateResponse: MessageFns<FetchStateResponse> = {
@@ -3052,6 +3964,9 @@ export const FetchStateResponse: MessageFns<FetchStateResponse> = {
     }
     for (const v of message.dedupe) {
       UpdateEntry.encode(v!, writer.uint32(42).fork()).join();
+    }
+    for (const v of message.outbox) {
+      OutboxEntry.encode(v!, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -3109,6 +4024,14 @@ export const FetchStateResponse: MessageFns<FetchStateResponse> = {
             message.dedupe.push(UpdateEntry.decode(reader, reader.uint32()));
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.outbox.push(OutboxEntry.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3136,6 +4059,7 @@ export const FetchStateResponse: MessageFns<FetchStateResponse> = {
       seq: isSet(object.seq) ? globalThis.Number(object.seq) : 0,
       state: isSet(object.state) ? Buffer.from(bytesFromBase64(object.state)) : Buffer.alloc(0),
       dedupe: globalThis.Array.isArray(object?.dedupe) ? object.dedupe.map((e: any) => UpdateEntry.fromJSON(e)) : [],
+      outbox: globalThis.Array.isArray(object?.outbox) ? object.outbox.map((e: any) => OutboxEntry.fromJSON(e)) : [],
     };
   },
 
@@ -3156,6 +4080,9 @@ export const FetchStateResponse: MessageFns<FetchStateResponse> = {
     if (message.dedupe?.length) {
       obj.dedupe = message.dedupe.map((e) => UpdateEntry.toJSON(e));
     }
+    if (message.outbox?.length) {
+      obj.outbox = message.outbox.map((e) => OutboxEntry.toJSON(e));
+    }
     return obj;
   },
 
@@ -3169,6 +4096,707 @@ export const FetchStateResponse: MessageFns<FetchStateResponse> = {
     message.seq = object.seq ?? 0;
     message.state = object.state ?? Buffer.alloc(0);
     message.dedupe = object.dedupe?.map((e) => UpdateEntry.fromPartial(e)) || [];
+    message.outbox = object.outbox?.map((e) => OutboxEntry.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRsEpoch(): RsEpoch {
+  return { rs: 0, epoch: 0 };
+}
+
+export const RsEpoch: MessageFns<RsEpoch> = {
+  encode(message: RsEpoch, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.rs !== 0) {
+      writer.uint32(8).uint32(message.rs);
+    }
+    if (message.epoch !== 0) {
+      writer.uint32(16).uint64(message.epoch);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RsEpoch {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRsEpoch();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.rs = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.epoch = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RsEpoch {
+    return {
+      rs: isSet(object.rs) ? globalThis.Number(object.rs) : 0,
+      epoch: isSet(object.epoch) ? globalThis.Number(object.epoch) : 0,
+    };
+  },
+
+  toJSON(message: RsEpoch): unknown {
+    const obj: any = {};
+    if (message.rs !== 0) {
+      obj.rs = Math.round(message.rs);
+    }
+    if (message.epoch !== 0) {
+      obj.epoch = Math.round(message.epoch);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RsEpoch>, I>>(base?: I): RsEpoch {
+    return RsEpoch.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RsEpoch>, I>>(object: I): RsEpoch {
+    const message = createBaseRsEpoch();
+    message.rs = object.rs ?? 0;
+    message.epoch = object.epoch ?? 0;
+    return message;
+  },
+};
+
+function createBasePauseRsRequest(): PauseRsRequest {
+  return { copyId: "", incarnation: 0, app: "", rs: [], leaseMs: 0, reason: "" };
+}
+
+export const PauseRsRequest: MessageFns<PauseRsRequest> = {
+  encode(message: PauseRsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.copyId !== "") {
+      writer.uint32(10).string(message.copyId);
+    }
+    if (message.incarnation !== 0) {
+      writer.uint32(16).uint64(message.incarnation);
+    }
+    if (message.app !== "") {
+      writer.uint32(26).string(message.app);
+    }
+    for (const v of message.rs) {
+      RsEpoch.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.leaseMs !== 0) {
+      writer.uint32(40).uint32(message.leaseMs);
+    }
+    if (message.reason !== "") {
+      writer.uint32(50).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PauseRsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePauseRsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.copyId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.incarnation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.app = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.rs.push(RsEpoch.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.leaseMs = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PauseRsRequest {
+    return {
+      copyId: isSet(object.copyId)
+        ? globalThis.String(object.copyId)
+        : isSet(object.copy_id)
+        ? globalThis.String(object.copy_id)
+        : "",
+      incarnation: isSet(object.incarnation) ? globalThis.Number(object.incarnation) : 0,
+      app: isSet(object.app) ? globalThis.String(object.app) : "",
+      rs: globalThis.Array.isArray(object?.rs) ? object.rs.map((e: any) => RsEpoch.fromJSON(e)) : [],
+      leaseMs: isSet(object.leaseMs)
+        ? globalThis.Number(object.leaseMs)
+        : isSet(object.lease_ms)
+        ? globalThis.Number(object.lease_ms)
+        : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: PauseRsRequest): unknown {
+    const obj: any = {};
+    if (message.copyId !== "") {
+      obj.copyId = message.copyId;
+    }
+    if (message.incarnation !== 0) {
+      obj.incarnation = Math.round(message.incarnation);
+    }
+    if (message.app !== "") {
+      obj.app = message.app;
+    }
+    if (message.rs?.length) {
+      obj.rs = message.rs.map((e) => RsEpoch.toJSON(e));
+    }
+    if (message.leaseMs !== 0) {
+      obj.leaseMs = Math.round(message.leaseMs);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PauseRsRequest>, I>>(base?: I): PauseRsRequest {
+    return PauseRsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PauseRsRequest>, I>>(object: I): PauseRsRequest {
+    const message = createBasePauseRsRequest();
+    message.copyId = object.copyId ?? "";
+    message.incarnation = object.incarnation ?? 0;
+    message.app = object.app ?? "";
+    message.rs = object.rs?.map((e) => RsEpoch.fromPartial(e)) || [];
+    message.leaseMs = object.leaseMs ?? 0;
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBasePausedRs(): PausedRs {
+  return { rs: 0, epoch: 0, paused: false, detail: "", lastSeq: 0, checkpointed: false, held: 0, drainMs: 0 };
+}
+
+export const PausedRs: MessageFns<PausedRs> = {
+  encode(message: PausedRs, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.rs !== 0) {
+      writer.uint32(8).uint32(message.rs);
+    }
+    if (message.epoch !== 0) {
+      writer.uint32(16).uint64(message.epoch);
+    }
+    if (message.paused !== false) {
+      writer.uint32(24).bool(message.paused);
+    }
+    if (message.detail !== "") {
+      writer.uint32(34).string(message.detail);
+    }
+    if (message.lastSeq !== 0) {
+      writer.uint32(40).uint64(message.lastSeq);
+    }
+    if (message.checkpointed !== false) {
+      writer.uint32(48).bool(message.checkpointed);
+    }
+    if (message.held !== 0) {
+      writer.uint32(56).uint32(message.held);
+    }
+    if (message.drainMs !== 0) {
+      writer.uint32(65).double(message.drainMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PausedRs {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePausedRs();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.rs = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.epoch = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.paused = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.detail = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.lastSeq = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.checkpointed = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.held = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.drainMs = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PausedRs {
+    return {
+      rs: isSet(object.rs) ? globalThis.Number(object.rs) : 0,
+      epoch: isSet(object.epoch) ? globalThis.Number(object.epoch) : 0,
+      paused: isSet(object.paused) ? globalThis.Boolean(object.paused) : false,
+      detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+      lastSeq: isSet(object.lastSeq)
+        ? globalThis.Number(object.lastSeq)
+        : isSet(object.last_seq)
+        ? globalThis.Number(object.last_seq)
+        : 0,
+      checkpointed: isSet(object.checkpointed) ? globalThis.Boolean(object.checkpointed) : false,
+      held: isSet(object.held) ? globalThis.Number(object.held) : 0,
+      drainMs: isSet(object.drainMs)
+        ? globalThis.Number(object.drainMs)
+        : isSet(object.drain_ms)
+        ? globalThis.Number(object.drain_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: PausedRs): unknown {
+    const obj: any = {};
+    if (message.rs !== 0) {
+      obj.rs = Math.round(message.rs);
+    }
+    if (message.epoch !== 0) {
+      obj.epoch = Math.round(message.epoch);
+    }
+    if (message.paused !== false) {
+      obj.paused = message.paused;
+    }
+    if (message.detail !== "") {
+      obj.detail = message.detail;
+    }
+    if (message.lastSeq !== 0) {
+      obj.lastSeq = Math.round(message.lastSeq);
+    }
+    if (message.checkpointed !== false) {
+      obj.checkpointed = message.checkpointed;
+    }
+    if (message.held !== 0) {
+      obj.held = Math.round(message.held);
+    }
+    if (message.drainMs !== 0) {
+      obj.drainMs = floatToJson(message.drainMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PausedRs>, I>>(base?: I): PausedRs {
+    return PausedRs.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PausedRs>, I>>(object: I): PausedRs {
+    const message = createBasePausedRs();
+    message.rs = object.rs ?? 0;
+    message.epoch = object.epoch ?? 0;
+    message.paused = object.paused ?? false;
+    message.detail = object.detail ?? "";
+    message.lastSeq = object.lastSeq ?? 0;
+    message.checkpointed = object.checkpointed ?? false;
+    message.held = object.held ?? 0;
+    message.drainMs = object.drainMs ?? 0;
+    return message;
+  },
+};
+
+function createBasePauseRsResponse(): PauseRsResponse {
+  return { rs: [] };
+}
+
+export const PauseRsResponse: MessageFns<PauseRsResponse> = {
+  encode(message: PauseRsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.rs) {
+      PausedRs.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PauseRsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePauseRsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.rs.push(PausedRs.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PauseRsResponse {
+    return { rs: globalThis.Array.isArray(object?.rs) ? object.rs.map((e: any) => PausedRs.fromJSON(e)) : [] };
+  },
+
+  toJSON(message: PauseRsResponse): unknown {
+    const obj: any = {};
+    if (message.rs?.length) {
+      obj.rs = message.rs.map((e) => PausedRs.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PauseRsResponse>, I>>(base?: I): PauseRsResponse {
+    return PauseRsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PauseRsResponse>, I>>(object: I): PauseRsResponse {
+    const message = createBasePauseRsResponse();
+    message.rs = object.rs?.map((e) => PausedRs.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseResumeRsRequest(): ResumeRsRequest {
+  return { copyId: "", incarnation: 0, app: "", rs: [] };
+}
+
+export const ResumeRsRequest: MessageFns<ResumeRsRequest> = {
+  encode(message: ResumeRsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.copyId !== "") {
+      writer.uint32(10).string(message.copyId);
+    }
+    if (message.incarnation !== 0) {
+      writer.uint32(16).uint64(message.incarnation);
+    }
+    if (message.app !== "") {
+      writer.uint32(26).string(message.app);
+    }
+    if (message.rs.length !== 0) {
+      writer.uint32(34).fork();
+      for (const v of message.rs) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResumeRsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResumeRsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.copyId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.incarnation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.app = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag === 32) {
+              message.rs.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 34) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.rs.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResumeRsRequest {
+    return {
+      copyId: isSet(object.copyId)
+        ? globalThis.String(object.copyId)
+        : isSet(object.copy_id)
+        ? globalThis.String(object.copy_id)
+        : "",
+      incarnation: isSet(object.incarnation) ? globalThis.Number(object.incarnation) : 0,
+      app: isSet(object.app) ? globalThis.String(object.app) : "",
+      rs: globalThis.Array.isArray(object?.rs) ? object.rs.map((e: any) => globalThis.Number(e)) : [],
+    };
+  },
+
+  toJSON(message: ResumeRsRequest): unknown {
+    const obj: any = {};
+    if (message.copyId !== "") {
+      obj.copyId = message.copyId;
+    }
+    if (message.incarnation !== 0) {
+      obj.incarnation = Math.round(message.incarnation);
+    }
+    if (message.app !== "") {
+      obj.app = message.app;
+    }
+    if (message.rs?.length) {
+      obj.rs = message.rs.map((e) => Math.round(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResumeRsRequest>, I>>(base?: I): ResumeRsRequest {
+    return ResumeRsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResumeRsRequest>, I>>(object: I): ResumeRsRequest {
+    const message = createBaseResumeRsRequest();
+    message.copyId = object.copyId ?? "";
+    message.incarnation = object.incarnation ?? 0;
+    message.app = object.app ?? "";
+    message.rs = object.rs?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseResumeRsResponse(): ResumeRsResponse {
+  return { resumed: 0 };
+}
+
+export const ResumeRsResponse: MessageFns<ResumeRsResponse> = {
+  encode(message: ResumeRsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.resumed !== 0) {
+      writer.uint32(8).uint32(message.resumed);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResumeRsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResumeRsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.resumed = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResumeRsResponse {
+    return { resumed: isSet(object.resumed) ? globalThis.Number(object.resumed) : 0 };
+  },
+
+  toJSON(message: ResumeRsResponse): unknown {
+    const obj: any = {};
+    if (message.resumed !== 0) {
+      obj.resumed = Math.round(message.resumed);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResumeRsResponse>, I>>(base?: I): ResumeRsResponse {
+    return ResumeRsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResumeRsResponse>, I>>(object: I): ResumeRsResponse {
+    const message = createBaseResumeRsResponse();
+    message.resumed = object.resumed ?? 0;
     return message;
   },
 };
@@ -3304,6 +4932,55 @@ export const AdsmServiceService = {
     responseSerialize: (value: FetchStateResponse): Buffer => Buffer.from(FetchStateResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): FetchStateResponse => FetchStateResponse.decode(value),
   },
+  /**
+   * Shared data (AppSpec.shared_master_rs): a copy follows the committed state of its
+   * application's master RS from that RS's ACTIVE copy. The stream starts with a snapshot when
+   * the follower is new, behind the active's log tail, or at an older epoch, then carries every
+   * committed update in sequence order. Refused with FAILED_PRECONDITION (NOT_ACTIVE) by a copy
+   * that is not the master RS's active, and STALE_EPOCH when the follower has seen a newer
+   * epoch of the master RS than this copy holds (a deposed active). The stream ends when this
+   * copy stops being the master RS's active at the epoch it started with.
+   */
+  followShared: {
+    path: "/understudy.v1.AdsmService/FollowShared" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: FollowSharedRequest): Buffer => Buffer.from(FollowSharedRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): FollowSharedRequest => FollowSharedRequest.decode(value),
+    responseSerialize: (value: FollowSharedResponse): Buffer =>
+      Buffer.from(FollowSharedResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): FollowSharedResponse => FollowSharedResponse.decode(value),
+  },
+  /**
+   * Live migration (R-TR-4): the controller is about to move the ACTIVE role of the listed RS
+   * away from this copy. For each RS this copy is ACTIVE for at the given epoch it starts no new
+   * message (arriving ones wait in order and are refused NOT_ACTIVE once the role moves, so
+   * senders resend them to the new active), lets the running batch finish and replicate (and
+   * writes a final checkpoint when it checkpoints), then answers with the last sequence number.
+   * The pause is a lease: it ends by itself after lease_ms (a controller that died mid-move
+   * cannot leave an RS stopped), on ResumeRs, or when the RS's role changes. Refused
+   * (FAILED_PRECONDITION) when the incarnation is not this process's; an RS this copy is not
+   * ACTIVE for at that epoch is answered `paused = false` with the reason.
+   */
+  pauseRs: {
+    path: "/understudy.v1.AdsmService/PauseRs" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PauseRsRequest): Buffer => Buffer.from(PauseRsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PauseRsRequest => PauseRsRequest.decode(value),
+    responseSerialize: (value: PauseRsResponse): Buffer => Buffer.from(PauseRsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PauseRsResponse => PauseRsResponse.decode(value),
+  },
+  /** End pauses early (the move was refused or abandoned). Idempotent. */
+  resumeRs: {
+    path: "/understudy.v1.AdsmService/ResumeRs" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ResumeRsRequest): Buffer => Buffer.from(ResumeRsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ResumeRsRequest => ResumeRsRequest.decode(value),
+    responseSerialize: (value: ResumeRsResponse): Buffer => Buffer.from(ResumeRsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ResumeRsResponse => ResumeRsResponse.decode(value),
+  },
 } as const;
 
 export interface AdsmServiceServer extends UntypedServiceImplementation {
@@ -3350,6 +5027,30 @@ export interface AdsmServiceServer extends UntypedServiceImplementation {
    * members before serving. An ACTIVE source at an older epoch stops committing first.
    */
   fetchState: handleUnaryCall<FetchStateRequest, FetchStateResponse>;
+  /**
+   * Shared data (AppSpec.shared_master_rs): a copy follows the committed state of its
+   * application's master RS from that RS's ACTIVE copy. The stream starts with a snapshot when
+   * the follower is new, behind the active's log tail, or at an older epoch, then carries every
+   * committed update in sequence order. Refused with FAILED_PRECONDITION (NOT_ACTIVE) by a copy
+   * that is not the master RS's active, and STALE_EPOCH when the follower has seen a newer
+   * epoch of the master RS than this copy holds (a deposed active). The stream ends when this
+   * copy stops being the master RS's active at the epoch it started with.
+   */
+  followShared: handleServerStreamingCall<FollowSharedRequest, FollowSharedResponse>;
+  /**
+   * Live migration (R-TR-4): the controller is about to move the ACTIVE role of the listed RS
+   * away from this copy. For each RS this copy is ACTIVE for at the given epoch it starts no new
+   * message (arriving ones wait in order and are refused NOT_ACTIVE once the role moves, so
+   * senders resend them to the new active), lets the running batch finish and replicate (and
+   * writes a final checkpoint when it checkpoints), then answers with the last sequence number.
+   * The pause is a lease: it ends by itself after lease_ms (a controller that died mid-move
+   * cannot leave an RS stopped), on ResumeRs, or when the RS's role changes. Refused
+   * (FAILED_PRECONDITION) when the incarnation is not this process's; an RS this copy is not
+   * ACTIVE for at that epoch is answered `paused = false` with the reason.
+   */
+  pauseRs: handleUnaryCall<PauseRsRequest, PauseRsResponse>;
+  /** End pauses early (the move was refused or abandoned). Idempotent. */
+  resumeRs: handleUnaryCall<ResumeRsRequest, ResumeRsResponse>;
 }
 
 export interface AdsmServiceClient extends Client {
@@ -3518,6 +5219,66 @@ export interface AdsmServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: FetchStateResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Shared data (AppSpec.shared_master_rs): a copy follows the committed state of its
+   * application's master RS from that RS's ACTIVE copy. The stream starts with a snapshot when
+   * the follower is new, behind the active's log tail, or at an older epoch, then carries every
+   * committed update in sequence order. Refused with FAILED_PRECONDITION (NOT_ACTIVE) by a copy
+   * that is not the master RS's active, and STALE_EPOCH when the follower has seen a newer
+   * epoch of the master RS than this copy holds (a deposed active). The stream ends when this
+   * copy stops being the master RS's active at the epoch it started with.
+   */
+  followShared(
+    request: FollowSharedRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<FollowSharedResponse>;
+  followShared(
+    request: FollowSharedRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<FollowSharedResponse>;
+  /**
+   * Live migration (R-TR-4): the controller is about to move the ACTIVE role of the listed RS
+   * away from this copy. For each RS this copy is ACTIVE for at the given epoch it starts no new
+   * message (arriving ones wait in order and are refused NOT_ACTIVE once the role moves, so
+   * senders resend them to the new active), lets the running batch finish and replicate (and
+   * writes a final checkpoint when it checkpoints), then answers with the last sequence number.
+   * The pause is a lease: it ends by itself after lease_ms (a controller that died mid-move
+   * cannot leave an RS stopped), on ResumeRs, or when the RS's role changes. Refused
+   * (FAILED_PRECONDITION) when the incarnation is not this process's; an RS this copy is not
+   * ACTIVE for at that epoch is answered `paused = false` with the reason.
+   */
+  pauseRs(
+    request: PauseRsRequest,
+    callback: (error: ServiceError | null, response: PauseRsResponse) => void,
+  ): ClientUnaryCall;
+  pauseRs(
+    request: PauseRsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PauseRsResponse) => void,
+  ): ClientUnaryCall;
+  pauseRs(
+    request: PauseRsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PauseRsResponse) => void,
+  ): ClientUnaryCall;
+  /** End pauses early (the move was refused or abandoned). Idempotent. */
+  resumeRs(
+    request: ResumeRsRequest,
+    callback: (error: ServiceError | null, response: ResumeRsResponse) => void,
+  ): ClientUnaryCall;
+  resumeRs(
+    request: ResumeRsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ResumeRsResponse) => void,
+  ): ClientUnaryCall;
+  resumeRs(
+    request: ResumeRsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ResumeRsResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const AdsmServiceClient = makeGenericClientConstructor(
@@ -3535,6 +5296,10 @@ function bytesFromBase64(b64: string): Uint8Array {
 
 function base64FromBytes(arr: Uint8Array): string {
   return globalThis.Buffer.from(arr).toString("base64");
+}
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;

@@ -360,6 +360,14 @@ export interface AppSpec {
    * U+FFFD, as in the hash). With rs_count 1 the list is empty and every key is RS 0.
    */
   rangeStarts: string[];
+  /**
+   * Shared data (R-ADSM): the RS whose state every copy of the application follows. Its
+   * ACTIVE copy commits updates like any RS (acknowledged once the RS's standbys applied
+   * them), then streams each committed update, in sequence order, to every other copy
+   * (AdsmService.FollowShared); handlers of every RS read that state, read-only. Unset: the
+   * application shares nothing. Must be < rs_count; fixed once the application is declared.
+   */
+  sharedMasterRs?: number | undefined;
 }
 
 /**
@@ -1147,6 +1155,7 @@ function createBaseAppSpec(): AppSpec {
     partitioning: 0,
     detection: undefined,
     rangeStarts: [],
+    sharedMasterRs: undefined,
   };
 }
 
@@ -1175,6 +1184,9 @@ export const AppSpec: MessageFns<AppSpec> = {
     }
     for (const v of message.rangeStarts) {
       writer.uint32(66).string(v!);
+    }
+    if (message.sharedMasterRs !== undefined) {
+      writer.uint32(72).uint32(message.sharedMasterRs);
     }
     return writer;
   },
@@ -1256,6 +1268,14 @@ export const AppSpec: MessageFns<AppSpec> = {
             message.rangeStarts.push(reader.string());
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.sharedMasterRs = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1290,6 +1310,11 @@ export const AppSpec: MessageFns<AppSpec> = {
         : globalThis.Array.isArray(object?.range_starts)
         ? object.range_starts.map((e: any) => globalThis.String(e))
         : [],
+      sharedMasterRs: isSet(object.sharedMasterRs)
+        ? globalThis.Number(object.sharedMasterRs)
+        : isSet(object.shared_master_rs)
+        ? globalThis.Number(object.shared_master_rs)
+        : undefined,
     };
   },
 
@@ -1319,6 +1344,9 @@ export const AppSpec: MessageFns<AppSpec> = {
     if (message.rangeStarts?.length) {
       obj.rangeStarts = message.rangeStarts;
     }
+    if (message.sharedMasterRs !== undefined) {
+      obj.sharedMasterRs = Math.round(message.sharedMasterRs);
+    }
     return obj;
   },
 
@@ -1337,6 +1365,7 @@ export const AppSpec: MessageFns<AppSpec> = {
       ? DetectionPolicy.fromPartial(object.detection)
       : undefined;
     message.rangeStarts = object.rangeStarts?.map((e) => e) || [];
+    message.sharedMasterRs = object.sharedMasterRs ?? undefined;
     return message;
   },
 };

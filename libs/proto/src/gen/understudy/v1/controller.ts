@@ -161,6 +161,21 @@ export interface GetStatusResponse {
   assignments: RsAssignment[];
   edges: Edge[];
   stateVersion: number;
+  /** RS moves waiting for their target to catch up (see MoveRs). */
+  moves: PendingMove[];
+}
+
+/** One RS move in progress: the target is listed as an extra STANDBY until it caught up. */
+export interface PendingMove {
+  app: string;
+  rs: number;
+  /** The ACTIVE copy the RS moves away from. */
+  fromCopyId: string;
+  /** The copy that becomes ACTIVE. */
+  toCopyId: string;
+  /** When the move started (controller clock). */
+  sinceUnixMs: number;
+  reason: string;
 }
 
 export interface ApplyTopologyRequest {
@@ -210,6 +225,11 @@ export interface EnableCopyResponse {
 export interface WatchRoutesRequest {
   /** Restrict to one application (empty: all). */
   app: string;
+  /**
+   * Also carry the data-flow map edges out of this application: the subset of the map a copy
+   * of it needs (R-DFM-6), in the first message and again whenever it changes. Empty: none.
+   */
+  edgesFrom: string;
 }
 
 export interface WatchRoutesResponse {
@@ -219,6 +239,12 @@ export interface WatchRoutesResponse {
   routes: Route[];
   /** Per application: rs_count, so clients can map keys to RS. */
   apps: AppSpec[];
+  /**
+   * Set when `edges` is the complete current list of edges out of the requested `edges_from`
+   * application (it may be empty): always in the first message, then on every change.
+   */
+  hasEdges: boolean;
+  edges: Edge[];
 }
 
 /** One copy named in a fault report. */
@@ -299,6 +325,43 @@ export interface ReportSyncedRequest {
 export interface ReportSyncedResponse {
   /** Entries that cleared a catching-up mark (the rest were already caught up or stale). */
   cleared: number;
+}
+
+export interface MoveRsRequest {
+  app: string;
+  rs: number;
+  /** The copy that is to become the RS's ACTIVE. */
+  toCopyId: string;
+  /** Why (operator, load-manager plan…), for logs and status. */
+  reason: string;
+}
+
+export interface MoveRsResponse {
+  /** The RS's ACTIVE before the move. */
+  fromCopyId: string;
+  /** The RS's ACTIVE after the move. */
+  toCopyId: string;
+  /** The RS's epoch after the move (the new active's). */
+  epoch: number;
+  /**
+   * How long the RS started no new message, as the controller measured it: from the pause
+   * request to the old active until the new active acknowledged its role, the old one its new
+   * role, and the routes were published.
+   */
+  pauseMs: number;
+  /** From the request to the completed move (a target's catch-up included). */
+  totalMs: number;
+  /**
+   * False when the old active could not be paused in time (unreachable, hung, already moved):
+   * the move went on anyway, fenced by the epoch.
+   */
+  paused: boolean;
+  /** The old active's last sequence number for the RS when it paused (0 when not paused). */
+  lastSeq: number;
+  /** True when the target was first added as a standby and had to catch up. */
+  caughtUpFirst: boolean;
+  /** The RS's assignment after the move. */
+  assignment: RsAssignment | undefined;
 }
 
 function createBaseRegisterCopyRequest(): RegisterCopyRequest {
@@ -1172,6 +1235,7 @@ function createBaseGetStatusResponse(): GetStatusResponse {
     assignments: [],
     edges: [],
     stateVersion: 0,
+    moves: [],
   };
 }
 
@@ -1206,6 +1270,9 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     }
     if (message.stateVersion !== 0) {
       writer.uint32(80).uint64(message.stateVersion);
+    }
+    for (const v of message.moves) {
+      PendingMove.encode(v!, writer.uint32(90).fork()).join();
     }
     return writer;
   },
@@ -1303,6 +1370,14 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
             message.stateVersion = longToNumber(reader.uint64());
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.moves.push(PendingMove.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1351,6 +1426,9 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
         : isSet(object.state_version)
         ? globalThis.Number(object.state_version)
         : 0,
+      moves: globalThis.Array.isArray(object?.moves)
+        ? object.moves.map((e: any) => PendingMove.fromJSON(e))
+        : [],
     };
   },
 
@@ -1386,6 +1464,9 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     if (message.stateVersion !== 0) {
       obj.stateVersion = Math.round(message.stateVersion);
     }
+    if (message.moves?.length) {
+      obj.moves = message.moves.map((e) => PendingMove.toJSON(e));
+    }
     return obj;
   },
 
@@ -1404,6 +1485,168 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     message.assignments = object.assignments?.map((e) => RsAssignment.fromPartial(e)) || [];
     message.edges = object.edges?.map((e) => Edge.fromPartial(e)) || [];
     message.stateVersion = object.stateVersion ?? 0;
+    message.moves = object.moves?.map((e) => PendingMove.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePendingMove(): PendingMove {
+  return { app: "", rs: 0, fromCopyId: "", toCopyId: "", sinceUnixMs: 0, reason: "" };
+}
+
+export const PendingMove: MessageFns<PendingMove> = {
+  encode(message: PendingMove, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.app !== "") {
+      writer.uint32(10).string(message.app);
+    }
+    if (message.rs !== 0) {
+      writer.uint32(16).uint32(message.rs);
+    }
+    if (message.fromCopyId !== "") {
+      writer.uint32(26).string(message.fromCopyId);
+    }
+    if (message.toCopyId !== "") {
+      writer.uint32(34).string(message.toCopyId);
+    }
+    if (message.sinceUnixMs !== 0) {
+      writer.uint32(40).int64(message.sinceUnixMs);
+    }
+    if (message.reason !== "") {
+      writer.uint32(50).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PendingMove {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePendingMove();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.app = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.rs = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.fromCopyId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.toCopyId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.sinceUnixMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PendingMove {
+    return {
+      app: isSet(object.app) ? globalThis.String(object.app) : "",
+      rs: isSet(object.rs) ? globalThis.Number(object.rs) : 0,
+      fromCopyId: isSet(object.fromCopyId)
+        ? globalThis.String(object.fromCopyId)
+        : isSet(object.from_copy_id)
+        ? globalThis.String(object.from_copy_id)
+        : "",
+      toCopyId: isSet(object.toCopyId)
+        ? globalThis.String(object.toCopyId)
+        : isSet(object.to_copy_id)
+        ? globalThis.String(object.to_copy_id)
+        : "",
+      sinceUnixMs: isSet(object.sinceUnixMs)
+        ? globalThis.Number(object.sinceUnixMs)
+        : isSet(object.since_unix_ms)
+        ? globalThis.Number(object.since_unix_ms)
+        : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: PendingMove): unknown {
+    const obj: any = {};
+    if (message.app !== "") {
+      obj.app = message.app;
+    }
+    if (message.rs !== 0) {
+      obj.rs = Math.round(message.rs);
+    }
+    if (message.fromCopyId !== "") {
+      obj.fromCopyId = message.fromCopyId;
+    }
+    if (message.toCopyId !== "") {
+      obj.toCopyId = message.toCopyId;
+    }
+    if (message.sinceUnixMs !== 0) {
+      obj.sinceUnixMs = Math.round(message.sinceUnixMs);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PendingMove>, I>>(base?: I): PendingMove {
+    return PendingMove.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PendingMove>, I>>(object: I): PendingMove {
+    const message = createBasePendingMove();
+    message.app = object.app ?? "";
+    message.rs = object.rs ?? 0;
+    message.fromCopyId = object.fromCopyId ?? "";
+    message.toCopyId = object.toCopyId ?? "";
+    message.sinceUnixMs = object.sinceUnixMs ?? 0;
+    message.reason = object.reason ?? "";
     return message;
   },
 };
@@ -2193,13 +2436,16 @@ export const EnableCopyResponse: MessageFns<EnableCopyResponse> = {
 };
 
 function createBaseWatchRoutesRequest(): WatchRoutesRequest {
-  return { app: "" };
+  return { app: "", edgesFrom: "" };
 }
 
 export const WatchRoutesRequest: MessageFns<WatchRoutesRequest> = {
   encode(message: WatchRoutesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.app !== "") {
       writer.uint32(10).string(message.app);
+    }
+    if (message.edgesFrom !== "") {
+      writer.uint32(18).string(message.edgesFrom);
     }
     return writer;
   },
@@ -2225,6 +2471,14 @@ export const WatchRoutesRequest: MessageFns<WatchRoutesRequest> = {
             message.app = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.edgesFrom = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2238,13 +2492,23 @@ export const WatchRoutesRequest: MessageFns<WatchRoutesRequest> = {
   },
 
   fromJSON(object: any): WatchRoutesRequest {
-    return { app: isSet(object.app) ? globalThis.String(object.app) : "" };
+    return {
+      app: isSet(object.app) ? globalThis.String(object.app) : "",
+      edgesFrom: isSet(object.edgesFrom)
+        ? globalThis.String(object.edgesFrom)
+        : isSet(object.edges_from)
+        ? globalThis.String(object.edges_from)
+        : "",
+    };
   },
 
   toJSON(message: WatchRoutesRequest): unknown {
     const obj: any = {};
     if (message.app !== "") {
       obj.app = message.app;
+    }
+    if (message.edgesFrom !== "") {
+      obj.edgesFrom = message.edgesFrom;
     }
     return obj;
   },
@@ -2255,12 +2519,13 @@ export const WatchRoutesRequest: MessageFns<WatchRoutesRequest> = {
   fromPartial<I extends Exact<DeepPartial<WatchRoutesRequest>, I>>(object: I): WatchRoutesRequest {
     const message = createBaseWatchRoutesRequest();
     message.app = object.app ?? "";
+    message.edgesFrom = object.edgesFrom ?? "";
     return message;
   },
 };
 
 function createBaseWatchRoutesResponse(): WatchRoutesResponse {
-  return { full: false, stateVersion: 0, routes: [], apps: [] };
+  return { full: false, stateVersion: 0, routes: [], apps: [], hasEdges: false, edges: [] };
 }
 
 export const WatchRoutesResponse: MessageFns<WatchRoutesResponse> = {
@@ -2276,6 +2541,12 @@ export const WatchRoutesResponse: MessageFns<WatchRoutesResponse> = {
     }
     for (const v of message.apps) {
       AppSpec.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.hasEdges !== false) {
+      writer.uint32(40).bool(message.hasEdges);
+    }
+    for (const v of message.edges) {
+      Edge.encode(v!, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -2325,6 +2596,22 @@ export const WatchRoutesResponse: MessageFns<WatchRoutesResponse> = {
             message.apps.push(AppSpec.decode(reader, reader.uint32()));
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.hasEdges = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.edges.push(Edge.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2347,6 +2634,12 @@ export const WatchRoutesResponse: MessageFns<WatchRoutesResponse> = {
         : 0,
       routes: globalThis.Array.isArray(object?.routes) ? object.routes.map((e: any) => Route.fromJSON(e)) : [],
       apps: globalThis.Array.isArray(object?.apps) ? object.apps.map((e: any) => AppSpec.fromJSON(e)) : [],
+      hasEdges: isSet(object.hasEdges)
+        ? globalThis.Boolean(object.hasEdges)
+        : isSet(object.has_edges)
+        ? globalThis.Boolean(object.has_edges)
+        : false,
+      edges: globalThis.Array.isArray(object?.edges) ? object.edges.map((e: any) => Edge.fromJSON(e)) : [],
     };
   },
 
@@ -2364,6 +2657,12 @@ export const WatchRoutesResponse: MessageFns<WatchRoutesResponse> = {
     if (message.apps?.length) {
       obj.apps = message.apps.map((e) => AppSpec.toJSON(e));
     }
+    if (message.hasEdges !== false) {
+      obj.hasEdges = message.hasEdges;
+    }
+    if (message.edges?.length) {
+      obj.edges = message.edges.map((e) => Edge.toJSON(e));
+    }
     return obj;
   },
 
@@ -2376,6 +2675,8 @@ export const WatchRoutesResponse: MessageFns<WatchRoutesResponse> = {
     message.stateVersion = object.stateVersion ?? 0;
     message.routes = object.routes?.map((e) => Route.fromPartial(e)) || [];
     message.apps = object.apps?.map((e) => AppSpec.fromPartial(e)) || [];
+    message.hasEdges = object.hasEdges ?? false;
+    message.edges = object.edges?.map((e) => Edge.fromPartial(e)) || [];
     return message;
   },
 };
@@ -3486,6 +3787,360 @@ export const ReportSyncedResponse: MessageFns<ReportSyncedResponse> = {
   },
 };
 
+function createBaseMoveRsRequest(): MoveRsRequest {
+  return { app: "", rs: 0, toCopyId: "", reason: "" };
+}
+
+export const MoveRsRequest: MessageFns<MoveRsRequest> = {
+  encode(message: MoveRsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.app !== "") {
+      writer.uint32(10).string(message.app);
+    }
+    if (message.rs !== 0) {
+      writer.uint32(16).uint32(message.rs);
+    }
+    if (message.toCopyId !== "") {
+      writer.uint32(26).string(message.toCopyId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(34).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MoveRsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMoveRsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.app = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.rs = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.toCopyId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MoveRsRequest {
+    return {
+      app: isSet(object.app) ? globalThis.String(object.app) : "",
+      rs: isSet(object.rs) ? globalThis.Number(object.rs) : 0,
+      toCopyId: isSet(object.toCopyId)
+        ? globalThis.String(object.toCopyId)
+        : isSet(object.to_copy_id)
+        ? globalThis.String(object.to_copy_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: MoveRsRequest): unknown {
+    const obj: any = {};
+    if (message.app !== "") {
+      obj.app = message.app;
+    }
+    if (message.rs !== 0) {
+      obj.rs = Math.round(message.rs);
+    }
+    if (message.toCopyId !== "") {
+      obj.toCopyId = message.toCopyId;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MoveRsRequest>, I>>(base?: I): MoveRsRequest {
+    return MoveRsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MoveRsRequest>, I>>(object: I): MoveRsRequest {
+    const message = createBaseMoveRsRequest();
+    message.app = object.app ?? "";
+    message.rs = object.rs ?? 0;
+    message.toCopyId = object.toCopyId ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseMoveRsResponse(): MoveRsResponse {
+  return {
+    fromCopyId: "",
+    toCopyId: "",
+    epoch: 0,
+    pauseMs: 0,
+    totalMs: 0,
+    paused: false,
+    lastSeq: 0,
+    caughtUpFirst: false,
+    assignment: undefined,
+  };
+}
+
+export const MoveRsResponse: MessageFns<MoveRsResponse> = {
+  encode(message: MoveRsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.fromCopyId !== "") {
+      writer.uint32(10).string(message.fromCopyId);
+    }
+    if (message.toCopyId !== "") {
+      writer.uint32(18).string(message.toCopyId);
+    }
+    if (message.epoch !== 0) {
+      writer.uint32(24).uint64(message.epoch);
+    }
+    if (message.pauseMs !== 0) {
+      writer.uint32(33).double(message.pauseMs);
+    }
+    if (message.totalMs !== 0) {
+      writer.uint32(41).double(message.totalMs);
+    }
+    if (message.paused !== false) {
+      writer.uint32(48).bool(message.paused);
+    }
+    if (message.lastSeq !== 0) {
+      writer.uint32(56).uint64(message.lastSeq);
+    }
+    if (message.caughtUpFirst !== false) {
+      writer.uint32(64).bool(message.caughtUpFirst);
+    }
+    if (message.assignment !== undefined) {
+      RsAssignment.encode(message.assignment, writer.uint32(74).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MoveRsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMoveRsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.fromCopyId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.toCopyId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.epoch = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.pauseMs = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.totalMs = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.paused = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.lastSeq = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.caughtUpFirst = reader.bool();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.assignment = RsAssignment.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MoveRsResponse {
+    return {
+      fromCopyId: isSet(object.fromCopyId)
+        ? globalThis.String(object.fromCopyId)
+        : isSet(object.from_copy_id)
+        ? globalThis.String(object.from_copy_id)
+        : "",
+      toCopyId: isSet(object.toCopyId)
+        ? globalThis.String(object.toCopyId)
+        : isSet(object.to_copy_id)
+        ? globalThis.String(object.to_copy_id)
+        : "",
+      epoch: isSet(object.epoch) ? globalThis.Number(object.epoch) : 0,
+      pauseMs: isSet(object.pauseMs)
+        ? globalThis.Number(object.pauseMs)
+        : isSet(object.pause_ms)
+        ? globalThis.Number(object.pause_ms)
+        : 0,
+      totalMs: isSet(object.totalMs)
+        ? globalThis.Number(object.totalMs)
+        : isSet(object.total_ms)
+        ? globalThis.Number(object.total_ms)
+        : 0,
+      paused: isSet(object.paused) ? globalThis.Boolean(object.paused) : false,
+      lastSeq: isSet(object.lastSeq)
+        ? globalThis.Number(object.lastSeq)
+        : isSet(object.last_seq)
+        ? globalThis.Number(object.last_seq)
+        : 0,
+      caughtUpFirst: isSet(object.caughtUpFirst)
+        ? globalThis.Boolean(object.caughtUpFirst)
+        : isSet(object.caught_up_first)
+        ? globalThis.Boolean(object.caught_up_first)
+        : false,
+      assignment: isSet(object.assignment) ? RsAssignment.fromJSON(object.assignment) : undefined,
+    };
+  },
+
+  toJSON(message: MoveRsResponse): unknown {
+    const obj: any = {};
+    if (message.fromCopyId !== "") {
+      obj.fromCopyId = message.fromCopyId;
+    }
+    if (message.toCopyId !== "") {
+      obj.toCopyId = message.toCopyId;
+    }
+    if (message.epoch !== 0) {
+      obj.epoch = Math.round(message.epoch);
+    }
+    if (message.pauseMs !== 0) {
+      obj.pauseMs = floatToJson(message.pauseMs);
+    }
+    if (message.totalMs !== 0) {
+      obj.totalMs = floatToJson(message.totalMs);
+    }
+    if (message.paused !== false) {
+      obj.paused = message.paused;
+    }
+    if (message.lastSeq !== 0) {
+      obj.lastSeq = Math.round(message.lastSeq);
+    }
+    if (message.caughtUpFirst !== false) {
+      obj.caughtUpFirst = message.caughtUpFirst;
+    }
+    if (message.assignment !== undefined) {
+      obj.assignment = RsAssignment.toJSON(message.assignment);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MoveRsResponse>, I>>(base?: I): MoveRsResponse {
+    return MoveRsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MoveRsResponse>, I>>(object: I): MoveRsResponse {
+    const message = createBaseMoveRsResponse();
+    message.fromCopyId = object.fromCopyId ?? "";
+    message.toCopyId = object.toCopyId ?? "";
+    message.epoch = object.epoch ?? 0;
+    message.pauseMs = object.pauseMs ?? 0;
+    message.totalMs = object.totalMs ?? 0;
+    message.paused = object.paused ?? false;
+    message.lastSeq = object.lastSeq ?? 0;
+    message.caughtUpFirst = object.caughtUpFirst ?? false;
+    message.assignment = (object.assignment !== undefined && object.assignment !== null)
+      ? RsAssignment.fromPartial(object.assignment)
+      : undefined;
+    return message;
+  },
+};
+
 /**
  * The System Controller (R-SC). Only the leader replica serves ops and copy RPCs;
  * a follower answers UNAVAILABLE with trailing metadata `understudy-leader-address`.
@@ -3646,6 +4301,26 @@ export const ControllerServiceService = {
       Buffer.from(ReportSyncedResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ReportSyncedResponse => ReportSyncedResponse.decode(value),
   },
+  /**
+   * Move the ACTIVE role of one RS to another copy, live and lossless (R-LM, R-SC, R-TR-4): the
+   * current active is paused first (AdsmService.PauseRs: it starts no new message for the RS,
+   * finishes and replicates or checkpoints what it started), then the target is promoted with a
+   * new epoch and routes are published; senders resend what the old active held to the new one.
+   * A target that is not yet a caught-up STANDBY of the RS is first added as an extra standby
+   * (make-before-break); the call then waits, within its deadline, until the target caught up
+   * and the move completed (DEADLINE_EXCEEDED: the move goes on, see GetStatus.moves). Refused
+   * with INVALID_ARGUMENT / NOT_FOUND / FAILED_PRECONDITION (unknown copy, target not UP, target
+   * already ACTIVE, FAULT_TOLERANT app: use Switchover) before anything is disturbed.
+   */
+  moveRs: {
+    path: "/understudy.v1.ControllerService/MoveRs" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: MoveRsRequest): Buffer => Buffer.from(MoveRsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): MoveRsRequest => MoveRsRequest.decode(value),
+    responseSerialize: (value: MoveRsResponse): Buffer => Buffer.from(MoveRsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): MoveRsResponse => MoveRsResponse.decode(value),
+  },
 } as const;
 
 export interface ControllerServiceServer extends UntypedServiceImplementation {
@@ -3691,6 +4366,18 @@ export interface ControllerServiceServer extends UntypedServiceImplementation {
    * duplicate reports are ignored.
    */
   reportSynced: handleUnaryCall<ReportSyncedRequest, ReportSyncedResponse>;
+  /**
+   * Move the ACTIVE role of one RS to another copy, live and lossless (R-LM, R-SC, R-TR-4): the
+   * current active is paused first (AdsmService.PauseRs: it starts no new message for the RS,
+   * finishes and replicates or checkpoints what it started), then the target is promoted with a
+   * new epoch and routes are published; senders resend what the old active held to the new one.
+   * A target that is not yet a caught-up STANDBY of the RS is first added as an extra standby
+   * (make-before-break); the call then waits, within its deadline, until the target caught up
+   * and the move completed (DEADLINE_EXCEEDED: the move goes on, see GetStatus.moves). Refused
+   * with INVALID_ARGUMENT / NOT_FOUND / FAILED_PRECONDITION (unknown copy, target not UP, target
+   * already ACTIVE, FAULT_TOLERANT app: use Switchover) before anything is disturbed.
+   */
+  moveRs: handleUnaryCall<MoveRsRequest, MoveRsResponse>;
 }
 
 export interface ControllerServiceClient extends Client {
@@ -3909,6 +4596,32 @@ export interface ControllerServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ReportSyncedResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Move the ACTIVE role of one RS to another copy, live and lossless (R-LM, R-SC, R-TR-4): the
+   * current active is paused first (AdsmService.PauseRs: it starts no new message for the RS,
+   * finishes and replicates or checkpoints what it started), then the target is promoted with a
+   * new epoch and routes are published; senders resend what the old active held to the new one.
+   * A target that is not yet a caught-up STANDBY of the RS is first added as an extra standby
+   * (make-before-break); the call then waits, within its deadline, until the target caught up
+   * and the move completed (DEADLINE_EXCEEDED: the move goes on, see GetStatus.moves). Refused
+   * with INVALID_ARGUMENT / NOT_FOUND / FAILED_PRECONDITION (unknown copy, target not UP, target
+   * already ACTIVE, FAULT_TOLERANT app: use Switchover) before anything is disturbed.
+   */
+  moveRs(
+    request: MoveRsRequest,
+    callback: (error: ServiceError | null, response: MoveRsResponse) => void,
+  ): ClientUnaryCall;
+  moveRs(
+    request: MoveRsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: MoveRsResponse) => void,
+  ): ClientUnaryCall;
+  moveRs(
+    request: MoveRsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: MoveRsResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const ControllerServiceClient = makeGenericClientConstructor(
@@ -3926,6 +4639,10 @@ function bytesFromBase64(b64: string): Uint8Array {
 
 function base64FromBytes(arr: Uint8Array): string {
   return globalThis.Buffer.from(arr).toString("base64");
+}
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
