@@ -45,7 +45,6 @@ import { freePort, startControllerProc, startFaultManagerProc, startProcess, sta
 import { waitFor } from '../harness/wait';
 
 const RS = 4;
-const ACCOUNTS = Array.from({ length: 16 }, (_, i) => `acct-${i}`);
 const EDGE: Edge = { from: 'fwd', to: 'sink', keyField: 'account' };
 /** Set FLOW_LOG_DIR to keep every copy's log lines there (debugging). */
 const LOG_DIR = process.env.FLOW_LOG_DIR ?? '';
@@ -57,8 +56,25 @@ function logTo(name: string): (line: string) => void {
 }
 
 function appSpec(name: string): AppSpec {
-  return { name, mode: Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, rsCount: RS, standbys: 1, minCopies: 3, partitioning: Partitioning.PARTITIONING_HASH, rangeStarts: [], detection: undefined };
+  return { name, mode: Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, rsCount: RS, standbys: 1, minCopies: 3, partitioning: Partitioning.PARTITIONING_HASH, rangeStarts: [], detection: DETECTION };
 }
+
+/**
+ * Crashes are seen at once (the heartbeat stream breaks); a hang only after 10 s: on a loaded
+ * 2-core machine a starved copy can miss 600 ms of heartbeats, these tests kill on purpose, and
+ * the bounds test stops every sink copy for a moment.
+ */
+const DETECTION = {
+  heartbeatIntervalMs: 200,
+  missedHeartbeats: 50,
+  maxEventLoopLagMs: 0,
+  maxCpuPercent: 0,
+  maxRssBytes: 0,
+  maxQueueDepth: 0,
+  breachSamples: 0,
+  probeIntervalMs: 0,
+  probeTimeoutMs: 0,
+};
 
 /** A running fwd -> sink deployment. */
 interface Flow {
@@ -71,10 +87,12 @@ interface Flow {
   status(): Promise<GetStatusResponse>;
   applyEdges(edges: Edge[]): Promise<void>;
   restart(copyId: string): Promise<void>;
+  /** Copies whose process ended (killed, or fenced and exited). */
+  readonly exited: Set<string>;
   stop(): Promise<void>;
 }
 
-async function startFlow(o: { router: boolean }): Promise<Flow> {
+async function startFlow(o: { router: boolean; maxOutboxPerRs?: number }): Promise<Flow> {
   const port = await freePort();
   const controllers = [`127.0.0.1:${port}`];
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'understudy-flow-'));
@@ -92,6 +110,7 @@ async function startFlow(o: { router: boolean }): Promise<Flow> {
   if (router) procs.push(router);
   const copies = new Map<string, Proc>();
   const replayed = { n: 0 };
+  const exited = new Set<string>();
   const startCopy = async (copyId: string): Promise<void> => {
     const app = copyId.startsWith('f') ? 'fwd' : 'sink';
     const keep = LOG_DIR ? logTo(`${copyId}-${o.router ? 'r' : 'd'}`) : undefined;
@@ -105,6 +124,7 @@ async function startFlow(o: { router: boolean }): Promise<Flow> {
         '--heartbeat-interval-ms', '200',
         '--fault-managers', fm.address,
         ...(router ? ['--routers', router.address] : []),
+        ...(o.maxOutboxPerRs !== undefined && app === 'fwd' ? ['--max-outbox-per-rs', String(o.maxOutboxPerRs)] : []),
       ],
       // fwd logs at info: the test counts its failover replays.
       env: { FLOW_APP: app, ...(app === 'fwd' ? { LOG_LEVEL: 'info' } : {}) },
@@ -116,6 +136,10 @@ async function startFlow(o: { router: boolean }): Promise<Flow> {
       },
     });
     copies.set(copyId, p);
+    exited.delete(copyId);
+    void p.exited.then(() => {
+      if (copies.get(copyId) === p) exited.add(copyId);
+    });
   };
   await Promise.all(['f1', 'f2', 'f3', 's1', 's2', 's3'].map(startCopy));
   const status = (): Promise<GetStatusResponse> => ctl.withLeader((c) => unaryCall(c.getStatus.bind(c), { app: '', includeAssignments: true }, { deadlineMs: 3000 }), 10_000);
@@ -132,6 +156,7 @@ async function startFlow(o: { router: boolean }): Promise<Flow> {
     copies,
     router,
     replayed,
+    exited,
     status,
     applyEdges,
     restart: startCopy,
@@ -153,6 +178,9 @@ async function startFlow(o: { router: boolean }): Promise<Flow> {
  */
 async function settled(flow: Flow, what: string): Promise<void> {
   await waitFor(async () => {
+    // A copy that left by itself (fenced after a spurious hang verdict on a starved machine)
+    // comes back like a supervisor would bring it back.
+    for (const id of [...flow.exited]) await flow.restart(id);
     const s = await flow.status();
     const up = new Set(s.copies.filter((c) => c.status === CopyStatus.COPY_STATUS_UP && c.activeCount + c.standbyCount > 0).map((c) => c.copyId));
     if ([...flow.copies.keys()].some((id) => !up.has(id))) return false;
@@ -170,19 +198,25 @@ async function activeOf(flow: Flow, app: string, rs: number): Promise<string> {
   return id;
 }
 
-/** Outbox entries held on the ACTIVE copies of `fwd` (GetCopyInfo of every live fwd copy). */
-async function outboxHeld(flow: Flow): Promise<number> {
-  let n = 0;
+/** Outbox entries held per RS on the ACTIVE copies of `fwd` (GetCopyInfo of every live fwd copy). */
+async function outboxByRs(flow: Flow): Promise<Map<number, number>> {
+  const held = new Map<number, number>();
   for (const [id, p] of flow.copies) {
     if (!id.startsWith('f')) continue;
     const c = new AdsmServiceClient(p.address, insecureCredentials());
     try {
       const info = await unaryCall(c.getCopyInfo.bind(c), {}, { deadlineMs: 3000 });
-      for (const r of info.rs) if (r.role === Role.ROLE_ACTIVE) n += r.outboxEntries;
+      for (const r of info.rs) if (r.role === Role.ROLE_ACTIVE) held.set(r.rs, r.outboxEntries);
     } finally {
       c.close();
     }
   }
+  return held;
+}
+
+async function outboxHeld(flow: Flow): Promise<number> {
+  let n = 0;
+  for (const v of (await outboxByRs(flow)).values()) n += v;
   return n;
 }
 
@@ -193,15 +227,22 @@ async function outboxHeld(flow: Flow): Promise<number> {
  */
 class Load {
   readonly acked = new Map<string, number>();
+  /** The accounts this load sends to (its own: sink totals start at 0). */
+  readonly accounts: string[];
+  /** fwd's count of forwarded messages before this load. */
+  forwardedBefore = 0;
   total = 0;
   resends = 0;
   private running = false;
   private loops: Promise<void>[] = [];
   private next = 0;
 
-  constructor(private readonly routing: RoutingClient, private readonly tag: string, private readonly workers = 8) {}
+  constructor(private readonly routing: RoutingClient, private readonly tag: string, private readonly workers = 8) {
+    this.accounts = Array.from({ length: 16 }, (_, i) => `${tag}-acct-${i}`);
+  }
 
-  start(): void {
+  async start(): Promise<void> {
+    this.forwardedBefore = await forwarded(this.routing);
     this.running = true;
     this.loops = Array.from({ length: this.workers }, () => this.loop());
   }
@@ -220,7 +261,7 @@ class Load {
   private async loop(): Promise<void> {
     while (this.running) {
       const i = this.next++;
-      const account = ACCOUNTS[i % ACCOUNTS.length]!;
+      const account = this.accounts[i % this.accounts.length]!;
       const messageId = `${this.tag}-${i}`;
       const giveUpAt = Date.now() + 90_000;
       for (;;) {
@@ -243,14 +284,19 @@ class Load {
 /** Wait until fwd's outboxes are empty, then every sink total must equal what fwd acknowledged. */
 async function assertExactlyOnce(flow: Flow, load: Load): Promise<void> {
   await waitFor(async () => (await outboxHeld(flow)) === 0, { what: "fwd's outboxes drained", timeoutMs: 60_000 });
-  const sums = await Promise.all(ACCOUNTS.map((a) => flow.routing.query<number>('sink', flow.routing.rsForKey('sink', a), { account: a })));
-  const got = new Map(ACCOUNTS.map((a, i) => [a, sums[i]!]));
-  const want = new Map(ACCOUNTS.map((a) => [a, load.acked.get(a) ?? 0]));
+  const sums = await Promise.all(load.accounts.map((a) => flow.routing.query<number>('sink', flow.routing.rsForKey('sink', a), { account: a })));
+  const got = new Map(load.accounts.map((a, i) => [a, sums[i]!]));
+  const want = new Map(load.accounts.map((a) => [a, load.acked.get(a) ?? 0]));
   assert.deepEqual(got, want, 'sink totals must equal the messages fwd acknowledged, per account');
   // fwd applied each acknowledged message once too (its own dedupe).
-  let forwarded = 0;
-  for (let rs = 0; rs < RS; rs++) forwarded += await flow.routing.query<number>('fwd', rs, {});
-  assert.equal(forwarded, load.total, "fwd's own count equals the messages it acknowledged");
+  assert.equal((await forwarded(flow.routing)) - load.forwardedBefore, load.total, "fwd's own count grew by the messages it acknowledged");
+}
+
+/** fwd's count of messages it forwarded, over all its RS. */
+async function forwarded(routing: RoutingClient): Promise<number> {
+  let n = 0;
+  for (let rs = 0; rs < RS; rs++) n += await routing.query<number>('fwd', rs, {});
+  return n;
 }
 
 /** Kill the copies, keep the load running until it made progress without them, restart them. */
@@ -276,12 +322,12 @@ describe('data flow fwd -> sink through a router', () => {
 
   test('exactly once through kill -9 of the sender\'s active, the receiver\'s active, and both together', async (t) => {
     const load = new Load(flow.routing, 'r');
-    load.start();
+    await load.start();
     try {
       await load.progress(300, 'before any fault');
-      const fwdVictim = await activeOf(flow, 'fwd', flow.routing.rsForKey('fwd', ACCOUNTS[0]!));
+      const fwdVictim = await activeOf(flow, 'fwd', flow.routing.rsForKey('fwd', load.accounts[0]!));
       await killDuringLoad(flow, load, [fwdVictim], "fwd's active");
-      const sinkVictim = await activeOf(flow, 'sink', flow.routing.rsForKey('sink', ACCOUNTS[1]!));
+      const sinkVictim = await activeOf(flow, 'sink', flow.routing.rsForKey('sink', load.accounts[1]!));
       await killDuringLoad(flow, load, [sinkVictim], "sink's active");
       const both = [await activeOf(flow, 'fwd', 1), await activeOf(flow, 'sink', 2)];
       await killDuringLoad(flow, load, both, 'both actives together');
@@ -355,9 +401,10 @@ describe('data flow fwd -> sink through a router', () => {
 
 describe('data flow fwd -> sink directly (no router)', () => {
   let flow: Flow;
+  const MAX_OUTBOX = 50;
 
   before(async () => {
-    flow = await startFlow({ router: false });
+    flow = await startFlow({ router: false, maxOutboxPerRs: MAX_OUTBOX });
   });
 
   after(async () => {
@@ -366,7 +413,7 @@ describe('data flow fwd -> sink directly (no router)', () => {
 
   test('exactly once through kill -9 of the sender\'s and the receiver\'s actives together', async (t) => {
     const load = new Load(flow.routing, 'd');
-    load.start();
+    await load.start();
     try {
       await load.progress(300, 'before any fault');
       const both = [await activeOf(flow, 'fwd', 0), await activeOf(flow, 'sink', 0)];
@@ -377,5 +424,38 @@ describe('data flow fwd -> sink directly (no router)', () => {
     }
     await assertExactlyOnce(flow, load);
     t.diagnostic(`${load.total} messages acknowledged by fwd (${load.resends} client resends); ${flow.replayed.n} outbox entries resent by new fwd actives`);
+  });
+
+  test('bounds: with every sink copy stopped, fwd outboxes stay within --max-outbox-per-rs and fwd stops taking input; all arrives once when sink is back', async (t) => {
+    const load = new Load(flow.routing, 'b');
+    await load.start();
+    const sinks = [...flow.copies.keys()].filter((id) => id.startsWith('s'));
+    let stopped = false;
+    try {
+      await load.progress(100, 'before stopping sink');
+      for (const id of sinks) flow.copies.get(id)!.signal('SIGSTOP');
+      stopped = true;
+      // Back-pressure: some RS fills its outbox and takes no more input; none goes past the bound.
+      const full = await waitFor(async () => {
+        const held = await outboxByRs(flow);
+        for (const v of held.values()) assert.ok(v <= MAX_OUTBOX, `an outbox holds ${v} entries, over the bound ${MAX_OUTBOX}`);
+        return [...held.values()].some((v) => v === MAX_OUTBOX) && held;
+      }, { what: `an fwd outbox reaching ${MAX_OUTBOX} entries`, timeoutMs: 6000 });
+      const totalWhenFull = load.total;
+      const heldTotal = [...full.values()].reduce((a, b) => a + b, 0);
+      // While sink is stopped fwd acknowledges only what its outboxes can hold.
+      await new Promise((r) => setTimeout(r, 500)); // a fixed observation window, not a synchronisation
+      const held = await outboxByRs(flow);
+      for (const v of held.values()) assert.ok(v <= MAX_OUTBOX, `an outbox holds ${v} entries, over the bound ${MAX_OUTBOX}`);
+      t.diagnostic(`outboxes at the bound: ${JSON.stringify(Object.fromEntries(held))}; acknowledged ${totalWhenFull} -> ${load.total} meanwhile (${heldTotal} held when the first filled up)`);
+      assert.ok(load.total - totalWhenFull <= 4 * MAX_OUTBOX, 'fwd acknowledges no more than its outboxes can hold while sink is stopped');
+      for (const id of sinks) flow.copies.get(id)!.signal('SIGCONT');
+      stopped = false;
+      await load.progress(200, 'after sink came back');
+    } finally {
+      if (stopped) for (const id of sinks) flow.copies.get(id)!.signal('SIGCONT');
+      await load.stop();
+    }
+    await assertExactlyOnce(flow, load);
   });
 });

@@ -178,5 +178,5 @@ export function decodeCheckpoint(bytes: Uint8Array): RsCheckpoint {
   }
   if (o !== b.length) throw new InvalidArgumentError(`checkpoint has ${b.length - o} trailing bytes`);
   if (!Number.isSafeInteger(epoch) || !Number.isSafeInteger(seq) || seq < 0) throw new InvalidArgumentError(`checkpoint has a bad epoch ${epoch} or seq ${seq}`);
-  return { epoch, seq, state, dedupe, outbox };
+  return version === VERSION_OUTBOX ? { epoch, seq, state, dedupe, outbox } : { epoch, seq, state, dedupe };
 }

@@ -58,7 +58,9 @@ export interface DataFlowOptions {
   /**
    * Outbox entries held per RS (sent, not yet acknowledged downstream). While the outbox is full
    * the RS takes no new input: its queue fills and senders get RESOURCE_EXHAUSTED (back-pressure).
-   * Keep it well below the destinations' `dedupeWindow` (see the README). @default 1000
+   * A message is taken while the outbox is below the bound, so its own sends may pass it by up to
+   * `maxSendsPerMessage - 1`. Keep it well below the destinations' `dedupeWindow` (see the
+   * README). @default 1000
    */
   readonly maxOutboxPerRs?: number;
   /** Outbox bytes (payloads, ids, keys) held per RS; same back-pressure. @default 16777216 (16 MiB) */
@@ -257,6 +259,7 @@ export class DataFlow {
    * never loaded (the sender retries).
    */
   prepare(slot: OutboxSlot, sends: readonly OutgoingMessage[], messageId: string): OutboxEntry[] {
+    if (Array.isArray(sends) && sends.length === 0) return [];
     const edges = this.watch?.edges();
     try {
       if (edges === undefined) throw new UnavailableError(`the data-flow map of ${this.app} has not been loaded from the controller yet; retry`);
@@ -531,16 +534,14 @@ class RouterLink {
 
   /** Messages unanswered past their deadline: the router is hung or gone; start over elsewhere. */
   private sweep(): void {
-    const now = performance.now();
-    for (const w of this.waiting.values()) {
-      if (w.dueAt > now) continue;
-      const call = this.call;
-      this.call = undefined;
-      call?.cancel();
-      this.failAll(new DeadlineExceededError(`router ${this.address} did not answer in time`));
-      this.onFailed('a message stayed unanswered past its deadline');
-      return;
-    }
+    // Every message of a link has the same deadline, so the oldest is due first.
+    const oldest = this.waiting.values().next().value;
+    if (oldest === undefined || oldest.dueAt > performance.now()) return;
+    const call = this.call;
+    this.call = undefined;
+    call?.cancel();
+    this.failAll(new DeadlineExceededError(`router ${this.address} did not answer in time`));
+    this.onFailed('a message stayed unanswered past its deadline');
   }
 
   private failAll(err: Error): void {
