@@ -2,7 +2,7 @@
  * The `understudy` ops command as a library: run it in-process ({@link runCli}), parse
  * topology files, render controller responses, and map failures to exit codes.
  */
-export { runCli, processIo, parseControllerList, shortReason, DEFAULT_CONTROLLERS, CONTROLLERS_ENV, DEFAULT_TIMEOUT_MS, type CliIo } from './cli';
+export { runCli, processIo, parseControllerList, shortReason, DEFAULT_CONTROLLERS, CONTROLLERS_ENV, DEFAULT_TIMEOUT_MS, MOVE_TIMEOUT_MS, type CliIo } from './cli';
 export {
   ExitCode,
   UsageError,
@@ -24,6 +24,8 @@ export {
   renderEdges,
   renderApplyResult,
   renderSwitchover,
+  renderMove,
+  renderMoves,
   renderDrain,
   renderDisable,
   renderEnable,

@@ -200,7 +200,9 @@ export class LoadReporter {
       this.detach();
       if (this.stopped) return;
       this.downUntil.set(address, Date.now() + (this.o.retryBackoffMs ?? 2000));
-      log.warn({ why }, 'load manager stream lost; reporting to another instance');
+      // Loud once per lost instance; retries against instances that never answered stay quiet.
+      if (acked) log.warn({ why }, 'load manager stream lost; reporting to another instance');
+      else log.debug({ why }, 'load manager not reachable; trying the next instance');
       const allDown = this.order.every((a) => (this.downUntil.get(a) ?? 0) > Date.now());
       this.reattachTimer = setTimeout(() => this.attach(), allDown ? 500 : 0);
       this.reattachTimer.unref();

@@ -14,8 +14,10 @@
  *   capacity estimate when they say the copy saturates earlier than its message rate suggests
  *   (a slow host, expensive messages): capacity = handled msg/s ÷ pressure.
  * - Levels and trends are least-squares fits over `trendWindowMs` (the level is the fitted value
- *   now, robust to one noisy sample). An RS's trend is its own (it moves with the RS); a copy's
- *   projected utilization `horizonMs` ahead is its level plus the summed trend of its RS.
+ *   now, robust to one noisy sample). A trend counts only when it is sustained (both halves of the
+ *   window move the same way): a step is a new level, not a ramp to extrapolate. An RS's trend is
+ *   its own (it moves with the RS); a copy's projected utilization `horizonMs` ahead is its level
+ *   plus the summed trend of its RS.
  *
  * The rules:
  * - No moves while the controller is passive (R-HM-3), while a failover is in progress, or while
@@ -172,6 +174,13 @@ export interface LoadPlanOptions {
   readonly minTrendSamples?: number;
   /** A projected rise below this (utilization over the horizon) is noise, not a trend. @default 0.05 */
   readonly minTrendRise?: number;
+  /**
+   * A trend must be sustained: the samples must cover at least three quarters of the window, and,
+   * fitted separately, both halves must move the same way at least this fraction of the whole
+   * window's slope. A step (load that just started or stopped) is flat on at least one side, so
+   * it is a new level, not a trend to project. @default 0.5
+   */
+  readonly trendConsistency?: number;
   /** A copy whose last report is older than this has no load data (neither source nor target). @default 5000 */
   readonly staleAfterMs?: number;
   /** Moves under way at once (in flight plus new). @default 2 */
@@ -201,6 +210,7 @@ export const LOAD_PLAN_DEFAULTS: CompiledLoadPlanOptions = Object.freeze({
   trendWindowMs: 10_000,
   minTrendSamples: 4,
   minTrendRise: 0.05,
+  trendConsistency: 0.5,
   staleAfterMs: 5000,
   maxConcurrentMoves: 2,
   rsCooldownMs: 30_000,
@@ -223,6 +233,7 @@ const OPTION_BOUNDS: { readonly [K in keyof LoadPlanOptions]-?: readonly [number
   trendWindowMs: [100, 3_600_000, 'int'],
   minTrendSamples: [2, 100_000, 'int'],
   minTrendRise: [0, 10, 'num'],
+  trendConsistency: [0, 1, 'num'],
   staleAfterMs: [1, 3_600_000, 'int'],
   maxConcurrentMoves: [1, 10_000, 'int'],
   rsCooldownMs: [0, 86_400_000, 'int'],
@@ -880,8 +891,31 @@ function fitRs(series: RsLoadSeries | undefined, nowMs: number, windowStart: num
   const pts = series.samples.filter((x) => x.atMs >= windowStart && x.atMs <= nowMs && Number.isFinite(x.msgsPerS) && x.msgsPerS >= 0);
   const stateBytes = Number.isFinite(last.stateBytes) ? Math.max(0, last.stateBytes) : 0;
   if (pts.length === 0) return { level: 0, slopePerS: 0, stateBytes, lastAtMs: last.atMs };
-  const f = fitTrend(pts.map((x) => ({ atMs: x.atMs, value: x.msgsPerS })), nowMs, o.minTrendSamples);
-  return { level: Math.max(0, f.level), slopePerS: f.slopePerS, stateBytes, lastAtMs: last.atMs };
+  const t = sustainedTrend(pts.map((x) => ({ atMs: x.atMs, value: x.msgsPerS })), nowMs, o);
+  return { level: Math.max(0, t.level), slopePerS: t.slopePerS, stateBytes, lastAtMs: last.atMs };
+}
+
+/**
+ * The fitted level and slope, where the slope counts only when it is sustained (see
+ * `trendConsistency`); otherwise the slope is 0 and the level is the mean of the recent half of
+ * the window (after a step, that is the new level).
+ */
+function sustainedTrend(points: readonly { atMs: number; value: number }[], nowMs: number, o: CompiledLoadPlanOptions): { level: number; slopePerS: number } {
+  const f = fitTrend(points, nowMs, o.minTrendSamples);
+  if (f.n < o.minTrendSamples || f.n < 4) return { level: f.level, slopePerS: 0 };
+  // Split at the middle of the covered time span (not the sample count: reports may bunch).
+  const mid = (points[0]!.atMs + points[points.length - 1]!.atMs) / 2;
+  const older = points.filter((p) => p.atMs < mid);
+  const recent = points.filter((p) => p.atMs >= mid);
+  const flat = { level: recent.reduce((a, p) => a + p.value, 0) / Math.max(1, recent.length), slopePerS: 0 };
+  if (f.slopePerS === 0 || older.length < 2 || recent.length < 2) return flat;
+  // Too little history (a load manager that just started, a copy that just began reporting).
+  if (nowMs - points[0]!.atMs < 0.75 * o.trendWindowMs) return flat;
+  const a = fitTrend(older, nowMs, 2).slopePerS;
+  const b = fitTrend(recent, nowMs, 2).slopePerS;
+  const need = o.trendConsistency * Math.abs(f.slopePerS);
+  const same = (x: number): boolean => Math.sign(x) === Math.sign(f.slopePerS) && Math.abs(x) >= need;
+  return same(a) && same(b) ? { level: f.level, slopePerS: f.slopePerS } : flat;
 }
 
 function finiteSample(x: CopyLoadSample): boolean {

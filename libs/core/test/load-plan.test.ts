@@ -316,6 +316,47 @@ test('anticipation: a copy whose load rises toward saturation moves an RS before
   assert.deepEqual(planLoad(world(rising), NOW, { ...opts, horizonMs: 0 }).moves, []);
 });
 
+test('anticipation ignores a step: load that just started is a new level, not a ramp', () => {
+  // c1's RS jumped from 0 to 35 msg/s five seconds ago: a straight-line fit would see +7 msg/s².
+  const step = (t: number): number => (t > -5 ? 35 : 0);
+  const p = planLoad(
+    world({
+      copies: ['c1', 'c2', 'c3'],
+      rs: [
+        { active: 'c1', standbys: ['c2'], msgs: step },
+        { active: 'c1', standbys: ['c3'], msgs: step },
+        { active: 'c2', msgs: 10 },
+        { active: 'c3', msgs: 10 },
+      ],
+    }),
+    NOW,
+    { ...O, bandFraction: 2 },
+  );
+  assert.deepEqual(p.moves, [], p.summary.join('\n'));
+  assert.equal(view(p, 'c1').verdict, 'OK');
+  // The level after the step is the new rate, not the line's value.
+  assert.ok(Math.abs(p.rs[0]!.msgsPerS - 35) < 1e-9, String(p.rs[0]!.msgsPerS));
+  assert.equal(p.rs[0]!.slopePerS, 0);
+  // A ramp seen for less than three quarters of the window is not a trend yet either.
+  const ramp = (t: number): number => 35 + 1.5 * t;
+  const short = planLoad(
+    world({
+      historyS: 6,
+      copies: ['c1', 'c2', 'c3'],
+      rs: [
+        { active: 'c1', standbys: ['c2'], msgs: ramp },
+        { active: 'c1', standbys: ['c3'], msgs: ramp },
+        { active: 'c2', msgs: 10 },
+        { active: 'c3', msgs: 10 },
+      ],
+    }),
+    NOW,
+    { ...O, bandFraction: 2 },
+  );
+  assert.deepEqual(short.moves, []);
+  assert.equal(short.rs[0]!.slopePerS, 0);
+});
+
 test('saturated copy: reason SATURATED; a target is never pushed above saturation − margin', () => {
   const p = planLoad(
     world({ copies: ['c1', 'c2'], rs: [{ active: 'c1', msgs: 50 }, { active: 'c1', msgs: 45 }, { active: 'c2', msgs: 20 }] }),
