@@ -1,5 +1,5 @@
 /**
- * `npm start`: the quickstart. Starts a System Controller (embedded store, or Redis when
+ * `npm run start:counter`: the small quickstart. Starts a System Controller (embedded store, or Redis when
  * REDIS_URL is set), a Fault Manager and three counter copies as separate processes in
  * DISTRIBUTED_FAULT_TOLERANT mode (1 active + 1 standby per RS), drives a few increments,
  * prints where everything runs and how to use the CLI, then keeps running until Ctrl-C.

@@ -383,9 +383,9 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       deliver: unaryHandler('Deliver', this.log, (req: DeliverRequest) => this.onDeliver(req)),
       deliverStream: (call) => this.serveCorrelated(call, 'DeliverStream', (req: DeliverRequest) => this.onDeliver(req)),
       query: unaryHandler('Query', this.log, (req: QueryRequest) => this.onQuery(req)),
-      replicate: unaryHandler('Replicate', this.log, (req: ReplicateRequest) => this.onReplicate(req)),
-      replicateStream: (call) => this.serveCorrelated(call, 'ReplicateStream', (req: ReplicateRequest) => this.onReplicate(req)),
-      installSnapshot: unaryHandler('InstallSnapshot', this.log, (req: InstallSnapshotRequest) => this.onInstallSnapshot(req)),
+      replicate: unaryHandler('Replicate', this.log, (req: ReplicateRequest) => this.whenRoleKnown(req.rs, req.epoch, () => this.onReplicate(req))),
+      replicateStream: (call) => this.serveCorrelated(call, 'ReplicateStream', (req: ReplicateRequest) => this.whenRoleKnown(req.rs, req.epoch, () => this.onReplicate(req))),
+      installSnapshot: unaryHandler('InstallSnapshot', this.log, (req: InstallSnapshotRequest) => this.whenRoleKnown(req.rs, req.epoch, () => this.onInstallSnapshot(req))),
       getCopyInfo: unaryHandler('GetCopyInfo', this.log, () => this.onGetCopyInfo()),
       shutdown: unaryHandler('Shutdown', this.log, (req: ShutdownRequest) => this.onShutdown(req)),
       fetchState: unaryHandler('FetchState', this.log, (req: FetchStateRequest) => this.onFetchState(req)),
@@ -1215,7 +1215,8 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     if (slot.role !== 'ACTIVE' || !slot.hasState || this.stopped || this.slots.get(slot.rs) !== slot) return;
     // Busy: the batch (or sync round, or pause) that runs calls drain, which comes back here.
     if (slot.running || slot.recovering !== null || this.pauses.isPaused(slot.rs, slot.epoch)) return;
-    const uncommitted = ob.size > 0 && !isCommitted(slot);
+    // Scheduled only by outbox work, so an uncommitted tail here holds entries or tombstones.
+    const uncommitted = !isCommitted(slot);
     if (!ob.hasDone() && !uncommitted) {
       if (ob.size > 0) this.flow.pump(slot);
       return;
@@ -1372,6 +1373,28 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
 
   // ---- standby side -------------------------------------------------------------------
 
+  /**
+   * Run a standby-side request at `epoch` once this copy knows that epoch for `rs`: right after a
+   * switchover or move the new active replicates to the old one before the controller's SetRoles
+   * (sent in parallel) has arrived there. Waiting for it briefly (up to `roleWaitMs`, at most
+   * 500 ms) instead of answering UNAVAILABLE spares the active a retry backoff on the first batch
+   * at the new epoch. Synchronous when the epoch is known (stream order is kept).
+   */
+  private whenRoleKnown<T>(rs: number, epoch: number, fn: () => T): T | Promise<T> {
+    if (!(epoch > (this.slots.get(rs)?.epoch ?? 0))) return fn();
+    const deadline = Date.now() + Math.min(this.o.roleWaitMs, 500);
+    return (async () => {
+      while (epoch > (this.slots.get(rs)?.epoch ?? 0) && !this.stopped) {
+        const left = deadline - Date.now();
+        if (left <= 0) break;
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([this.roleSignal.promise, new Promise((r) => (timer = setTimeout(r, left)))]);
+        clearTimeout(timer);
+      }
+      return fn();
+    })();
+  }
+
   private standbySlot(app: string, rs: number, epoch: number, from: string): RsSlot<S> {
     if (app !== this.appName) throw new NotFoundError(`application ${JSON.stringify(app)} is not served by this copy`);
     const slot = this.slots.get(rs);
@@ -1409,6 +1432,13 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
 
   private onInstallSnapshot(req: InstallSnapshotRequest): InstallSnapshotResponse {
     const slot = this.standbySlot(req.app, req.rs, req.epoch, req.fromCopyId);
+    // Never move back within an epoch. Two replication rounds of the active (a message batch and
+    // a query, say) can both decide to send a snapshot; a big older snapshot may then arrive AFTER
+    // a Replicate the other round sent later. Installing it would drop updates the active already
+    // counted as applied here, i.e. acknowledged ones, lost if this standby is promoted next
+    // (seen as ~1% of a stage's records missing in test/e2e/usage-accounting.test.ts). What this
+    // standby holds at this epoch came from this active's log, so it is the newer truth.
+    if (slot.synced && req.seq <= slot.seq) return { appliedSeq: slot.seq };
     let snap: unknown;
     try {
       snap = decodeJson(req.state);

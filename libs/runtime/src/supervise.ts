@@ -57,6 +57,12 @@ export interface StartOptions {
   readonly readyMsg: string;
   /** @default 30000 */
   readonly readyTimeoutMs?: number;
+  /**
+   * Own process group: a terminal's Ctrl-C (SIGINT to the foreground group) reaches the parent
+   * only, which then stops the child itself (e.g. after draining). The child is still killed when
+   * the parent exits, but not when the parent is killed with SIGKILL. @default false
+   */
+  readonly detached?: boolean;
 }
 
 /** Spawn a TypeScript entry point with `node --import tsx` and wait for its ready line. */
@@ -65,6 +71,7 @@ export function startProcess(o: StartOptions): Promise<Proc> {
     cwd: o.cwd,
     env: { ...process.env, ...o.env },
     stdio: ['ignore', 'pipe', 'pipe'],
+    detached: o.detached ?? false,
   });
   live.add(child);
   const lines: string[] = [];
