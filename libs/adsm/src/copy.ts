@@ -230,6 +230,8 @@ class RsSlot<S> {
    */
   committedSeq = 0;
   committedEpoch = -1;
+  /** Woken when `committedSeq` advances (queries waiting for the round that runs; bounded). */
+  readonly commitWaiters: (() => void)[] = [];
   /** Messages to other applications not yet acknowledged downstream; replicated with the state (outbox.ts). */
   readonly outbox = new Outbox();
   /** Resolved and replaced whenever the controller changes this RS (wakes replication waits). */
@@ -1163,6 +1165,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     if (slot.committedEpoch !== epoch || slot.committedSeq < seq) {
       slot.committedEpoch = epoch;
       slot.committedSeq = seq;
+      for (const w of slot.commitWaiters.splice(0)) w();
       this.shared.committed(slot.rs);
       // Outbox entries up to `seq` can no longer be taken back by a failover: send them.
       if (slot.outbox.size > 0) this.flow.pump(slot);
@@ -1482,11 +1485,44 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     const seq = slot.seq;
     const result = encodeJson(this.handler.query(slot.state, q as Q));
     if (!isCommitted(slot)) {
-      await withTimeout(this.replicateUntilCommitted(slot, epoch, false), this.o.deliverTimeoutMs, () =>
+      await withTimeout(this.awaitCommit(slot, epoch, seq), this.o.deliverTimeoutMs, () =>
         new UnavailableError(`${this.appName}/${req.rs}: the state this query reads was not replicated within ${this.o.deliverTimeoutMs} ms; retry`),
       );
     }
     return { result, epoch, seq };
+  }
+
+  /**
+   * Waits until `seq` is committed at `epoch`. Runs a replication round itself only when no
+   * other round runs on the RS: two concurrent rounds could each send a standby a snapshot, and
+   * the older one landing last would roll the standby back (see `onInstallSnapshot`).
+   */
+  private async awaitCommit(slot: RsSlot<S>, epoch: number, seq: number): Promise<void> {
+    for (;;) {
+      if (slot.role !== 'ACTIVE' || slot.epoch !== epoch || this.slots.get(slot.rs) !== slot) {
+        throw new NotActiveError(`NOT_ACTIVE: ${this.appName}/${slot.rs} was handed over at epoch ${slot.epoch}`);
+      }
+      if (slot.committedEpoch === epoch && slot.committedSeq >= seq) return;
+      if (!slot.running && slot.recovering === null) {
+        slot.running = true;
+        let committed = false;
+        try {
+          committed = await this.replicateUntilCommitted(slot, epoch, true);
+        } finally {
+          slot.running = false;
+          this.pauses.idle(slot.rs);
+          if (slot.queue.length > 0) void this.drain(slot);
+        }
+        if (committed) continue;
+      }
+      // Another round runs (or this one failed): wait for a commit, a role change or a short
+      // retry delay. Waiters are few (queries); past the cap the delay alone wakes us.
+      let timer: NodeJS.Timeout | undefined;
+      const waits: Promise<unknown>[] = [slot.changed, new Promise((r) => (timer = setTimeout(r, 20)))];
+      if (slot.commitWaiters.length < 1000) waits.push(new Promise<void>((r) => slot.commitWaiters.push(r)));
+      await Promise.race(waits);
+      clearTimeout(timer);
+    }
   }
 
   /**
