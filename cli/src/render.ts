@@ -137,6 +137,7 @@ export function renderStatus(s: GetStatusResponse, opts: RenderStatusOptions = {
     `Copies\n${renderCopies(s.copies, nowMs)}`,
   ];
   if (s.edges.length > 0) parts.push(`Data-flow map\n${renderEdges(s.edges)}`);
+  if (s.moves.length > 0) parts.push(`Moves in progress (target catching up)\n${renderMoves(s.moves, nowMs)}`);
   if (opts.assignments) parts.push(`Assignments\n${renderAssignments(s.assignments)}`);
   return `${parts.join('\n\n')}\n`;
 }
@@ -154,6 +155,13 @@ export function renderSwitchover(app: string, rs: number, r: SwitchoverResponse)
   if (!a) return `switchover of ${app}/${rs} done\n`;
   const active = a.members.find((m) => m.role === Role.ROLE_ACTIVE);
   return `switchover of ${app}/${rs} done: active is ${active ? `${active.copyId} (${active.address})` : '(none)'} at epoch ${a.epoch}\n${renderAssignments([a])}\n`;
+}
+
+/** Pending RS moves: app/RS, from → to, since when, why. */
+export function renderMoves(moves: GetStatusResponse['moves'], nowMs: number): string {
+  const t = table(['RS', 'from', 'to', 'since', 'reason']);
+  for (const m of moves) t.push([`${m.app}/${m.rs}`, m.fromCopyId, m.toCopyId, formatAge(m.sinceUnixMs, nowMs), m.reason || '-']);
+  return t.toString();
 }
 
 /** `understudy move`: from → to, epoch, and how long the RS paused. */

@@ -86,10 +86,16 @@ import {
   routeToPb,
   topologyFromPb,
 } from './convert';
-import { key as rsKey, LiveHandoffs, plannedHandoffs, type HandoffRecord, type PauseResult } from './migration';
+import { handedOver, key as rsKey, LiveHandoffs, plannedHandoffs, type Handoff, type HandoffRecord, type PauseResult } from './migration';
 
 /** Tracer name of the controller's spans. */
 const TRACER = 'understudy.controller';
+
+/**
+ * Called inside the decision loop with the state before and the decision (not yet persisted);
+ * may return work to run after the persist and before the commands go out (see `submitLive`).
+ */
+type LiveStep = (before: ClusterState, d: Decision) => (() => Promise<void>) | undefined;
 
 /** Runs one step of a decision, optionally as a span. */
 type Step = <T>(name: string, attributes: Attributes, fn: () => Promise<T>) => Promise<T>;
@@ -126,7 +132,7 @@ export interface ControllerOptions {
   readonly maxPendingEvents?: number;
   /**
    * Live moves (MoveRs, drain, completion of a pending move): deadline of the PauseRs call to the
-   * RS's old active; past it the move goes on unpaused (the epoch fences the old active). @default 500
+   * RS's old active, inside the decision loop; past it the move goes on unpaused (the epoch fences the old active). @default 300
    */
   readonly pauseTimeoutMs?: number;
   /** Lease of such a pause: the old active resumes by itself after it (controller died mid-move). @default 3000 */
@@ -364,12 +370,12 @@ class ControllerNode implements ControllerHandle {
   }
 
   /** Decide, persist, execute, in event order. `phase` names the trace spans (e.g. `failover`). */
-  private async submit(event: ControllerEvent, phase?: string): Promise<Decision> {
+  private async submit(event: ControllerEvent, phase?: string, live?: LiveStep): Promise<Decision> {
     const { d, executed } = await this.serial(async () => {
       const state = this.requireLeader();
       const d = decide(state, event, Date.now());
       if (d.rejection) throw rejectionToError(d.rejection);
-      const { executed } = await this.commit(d, phase);
+      const { executed } = await this.commit(d, phase, live?.(state, d));
       return { d, executed };
     });
     // The caller (an RPC) answers once the commands went out; the decision loop did not wait.
@@ -386,12 +392,14 @@ class ControllerNode implements ControllerHandle {
    * copies ignore role entries older than what they hold. With `phase`, each step is a span
    * `<phase>.isolate|promote|routes_published`.
    */
-  private async commit(d: Decision, phase?: string): Promise<{ executed: Promise<void> }> {
+  private async commit(d: Decision, phase?: string, beforeExecute?: () => Promise<void>): Promise<{ executed: Promise<void> }> {
     const step: Step = phase ? (name, attrs, fn) => withSpan(TRACER, `${phase}.${name}`, attrs, fn) : (_n, _a, fn) => fn();
     if (this.current === undefined || d.state.version !== this.current.version || d.state !== this.current) {
       await step('isolate', { 'understudy.state_version': d.state.version }, () => this.persist(d));
     }
     for (const n of d.notes) this.log.info({ version: d.state.version }, n);
+    // Live handoffs: the old actives pause (bounded) after the persist, right before the roles go out.
+    if (beforeExecute) await beforeExecute();
     const executed = this.execute(d.commands, step).catch((e: unknown) => this.log.warn({ err: ensureError(e).message }, 'executing commands failed'));
     return { executed };
   }
@@ -819,7 +827,7 @@ class ControllerNode implements ControllerHandle {
     // written one; a copy that does not checkpoint at all would hand over an empty RS.
     const needsCheckpoint = (pauses: ReadonlyMap<string, PauseResult>): void => {
       const p = pauses.get(where);
-      if (app?.spec.mode === 'DISTRIBUTED' && p?.paused === true && !p.checkpointed) {
+      if (p?.paused === true && !p.checkpointed) {
         throw new FailedPreconditionError(
           `cannot move ${where}: app ${r.app} is DISTRIBUTED and its copies do not checkpoint (start them with --checkpoint-before-ack or --checkpoint-interval-ms), so the target could not restore the RS state`,
         );
@@ -827,7 +835,8 @@ class ControllerNode implements ControllerHandle {
     };
     const attrs = { 'understudy.app': r.app, 'understudy.rs': r.rs, 'understudy.to_copy_id': r.toCopyId, 'understudy.reason': r.reason };
     return withSpan(TRACER, 'move', attrs, async (span) => {
-      const { d, records } = await this.submitLive(event, `move to ${r.toCopyId}${r.reason ? ` (${r.reason})` : ''}`, needsCheckpoint, 'move');
+      const check = app?.spec.mode === 'DISTRIBUTED' ? needsCheckpoint : undefined;
+      const { d, records } = await this.submitLive(event, `move to ${r.toCopyId}${r.reason ? ` (${r.reason})` : ''}`, check, 'move');
       let state = d.state;
       const pending = state.apps[r.app]?.moves?.[r.rs];
       if (pending !== undefined) {
@@ -871,13 +880,16 @@ class ControllerNode implements ControllerHandle {
   }
 
   /**
-   * `submit` for decisions that hand RS over from a live ACTIVE (moves, their completion, drain):
-   * a dry run of the pure core finds the RS whose ACTIVE role leaves a live copy, that copy is
-   * asked to pause them (bounded; a failure is logged and the move goes on, fenced by the epoch),
-   * then the event is decided for real, persisted and executed. RS the real decision did not hand
-   * over after all (the state changed in between) are resumed, and so is everything when the
-   * event is refused (also by `check`, which sees the pause results first). A refusal in the dry
-   * run disturbs nothing.
+   * `submit` for decisions that hand RS over from a live ACTIVE (moves, their completion, drain).
+   * Inside the decision loop, the RS whose ACTIVE role the decision takes from a live copy are
+   * found (`plannedHandoffs`); after the new state is persisted and right before the roles go
+   * out, that copy is asked to pause them (bounded by `pauseTimeoutMs`; a failure is logged and
+   * the move goes on, fenced by the epoch). Pausing after the persist keeps the store write out
+   * of the pause window, and a refused event pauses nothing.
+   *
+   * With `check` (a condition on the pause results that may still refuse the event: DISTRIBUTED
+   * moves need the old active's final checkpoint), the pause comes first, from a dry run of the
+   * pure core, and a refusal resumes what was paused.
    */
   private async submitLive(
     event: ControllerEvent,
@@ -885,45 +897,65 @@ class ControllerNode implements ControllerHandle {
     check?: (pauses: ReadonlyMap<string, PauseResult>) => void,
     phase?: string,
   ): Promise<{ d: Decision; records: HandoffRecord[] }> {
-    const state = this.requireLeader();
-    const dry = decide(state, event, Date.now());
-    if (dry.rejection) throw rejectionToError(dry.rejection);
-    const planned = plannedHandoffs(state, dry.state);
-    if (planned.length === 0) return { d: await this.submit(event, phase), records: [] };
-    for (const h of planned) this.handoffsInFlight.set(rsKey(h.app, h.rs), (this.handoffsInFlight.get(rsKey(h.app, h.rs)) ?? 0) + 1);
+    let planned: Handoff[] = [];
+    let pauses: ReadonlyMap<string, PauseResult> = new Map();
+    let started = 0;
+    let pausedAt = 0;
+    const mark = (hs: readonly Handoff[]): void => {
+      for (const h of hs) this.handoffsInFlight.set(rsKey(h.app, h.rs), (this.handoffsInFlight.get(rsKey(h.app, h.rs)) ?? 0) + 1);
+    };
     try {
-      const started = performance.now();
-      const pauses = await this.handoffs.pause(state, planned, reason);
-      const pausedOnly = (hs: typeof planned): typeof planned => hs.filter((h) => pauses.get(rsKey(h.app, h.rs))?.paused === true);
       let d: Decision;
-      try {
-        check?.(pauses);
-        d = await this.submit(event, phase);
-      } catch (e) {
-        this.handoffs.resume(state, pausedOnly(planned));
-        throw e;
+      if (check === undefined) {
+        d = await this.submit(event, phase, (before, dec) => {
+          planned = plannedHandoffs(before, dec.state);
+          if (planned.length === 0) return undefined;
+          mark(planned); // before the persist: a MoveRs waiting on the state must also wait for the record
+          return async () => {
+            started = performance.now();
+            pauses = await this.handoffs.pause(before, planned, reason);
+            pausedAt = performance.now();
+          };
+        });
+      } else {
+        const state = this.requireLeader();
+        const dry = decide(state, event, Date.now());
+        if (dry.rejection) throw rejectionToError(dry.rejection);
+        planned = plannedHandoffs(state, dry.state);
+        mark(planned);
+        started = performance.now();
+        pauses = planned.length > 0 ? await this.handoffs.pause(state, planned, reason) : new Map();
+        pausedAt = performance.now();
+        const pausedOnly = (hs: readonly Handoff[]): Handoff[] => hs.filter((h) => pauses.get(rsKey(h.app, h.rs))?.paused === true);
+        try {
+          check(pauses);
+          d = await this.submit(event, phase);
+        } catch (e) {
+          this.handoffs.resume(state, pausedOnly(planned));
+          throw e;
+        }
+        // The state may have changed between the dry run and the decision: resume what stayed put.
+        const missed = planned.filter((h) => !handedOver(d.state, h));
+        if (missed.length > 0) this.handoffs.resume(state, pausedOnly(missed));
       }
+      if (planned.length === 0) return { d, records: [] };
       const pauseMs = performance.now() - started;
       const records: HandoffRecord[] = [];
-      const missed: typeof planned = [];
       for (const h of planned) {
-        const a = d.state.apps[h.app]?.rs[h.rs];
-        const head = a?.members[0];
-        if (a === undefined || (head?.role === 'ACTIVE' && head.copyId === h.fromCopyId && a.epoch === h.epoch)) {
-          missed.push(h);
-          continue;
-        }
-        const rec: HandoffRecord = { app: h.app, rs: h.rs, fromCopyId: h.fromCopyId, toCopyId: head?.role === 'ACTIVE' ? head.copyId : '', epoch: a.epoch, pauseMs, pause: pauses.get(rsKey(h.app, h.rs))! };
+        if (!handedOver(d.state, h)) continue;
+        const a = d.state.apps[h.app]!.rs[h.rs]!;
+        const head = a.members[0];
+        const pause = pauses.get(rsKey(h.app, h.rs)) ?? { paused: false, detail: 'not asked', lastSeq: 0, checkpointed: false, held: 0 };
+        const rec: HandoffRecord = { app: h.app, rs: h.rs, fromCopyId: h.fromCopyId, toCopyId: head?.role === 'ACTIVE' ? head.copyId : '', epoch: a.epoch, pauseMs, pause };
         records.push(rec);
         this.handoffRecords.delete(rsKey(h.app, h.rs));
         this.handoffRecords.set(rsKey(h.app, h.rs), rec);
         if (this.handoffRecords.size > MAX_HANDOFF_RECORDS) this.handoffRecords.delete(this.handoffRecords.keys().next().value as string);
       }
-      if (missed.length > 0) this.handoffs.resume(state, pausedOnly(missed));
       const paused = records.filter((x) => x.pause.paused).length;
       const one = records.length === 1 ? records[0]! : undefined;
       this.log.info(
-        { reason, handoffs: records.length, paused, pauseMs: round2(pauseMs), ...(one ? { app: one.app, rs: one.rs, epoch: one.epoch, from: one.fromCopyId, to: one.toCopyId, lastSeq: one.pause.lastSeq } : {}) },
+        { reason, handoffs: records.length, paused, pauseMs: round2(pauseMs), pauseRpcMs: round2(pausedAt - started), ...(one ? { app: one.app, rs: one.rs, epoch: one.epoch, from: one.fromCopyId, to: one.toCopyId, lastSeq: one.pause.lastSeq } : {}) },
         'live handoff done',
       );
       return { d, records };
@@ -934,7 +966,7 @@ class ControllerNode implements ControllerHandle {
         if (n <= 0) this.handoffsInFlight.delete(k);
         else this.handoffsInFlight.set(k, n);
       }
-      this.notifyState();
+      if (planned.length > 0) this.notifyState();
     }
   }
 

@@ -54,7 +54,7 @@ export interface HandoffRecord {
 
 /** Options of {@link LiveHandoffs}. */
 export interface LiveHandoffOptions {
-  /** Deadline of one PauseRs call; past it the move goes on unpaused. @default 500 */
+  /** Deadline of one PauseRs call; past it the move goes on unpaused. It runs inside the decision loop, so keep it short. @default 300 */
   readonly pauseTimeoutMs?: number;
   /**
    * Lease of a pause: the copy resumes the RS by itself after this long (a controller that dies
@@ -96,6 +96,14 @@ export function plannedHandoffs(before: ClusterState, after: ClusterState): Hand
   return out;
 }
 
+/** True when `after` no longer has the handoff's old active as the RS's ACTIVE at its old epoch. */
+export function handedOver(after: ClusterState, h: Handoff): boolean {
+  const a = after.apps[h.app]?.rs[h.rs];
+  if (a === undefined) return false;
+  const head = a.members[0];
+  return !(head?.role === 'ACTIVE' && head.copyId === h.fromCopyId && a.epoch === h.epoch);
+}
+
 function live(c: CopyInfo | undefined): boolean {
   return c !== undefined && c.status === 'UP' && c.failed !== true;
 }
@@ -113,7 +121,7 @@ export class LiveHandoffs {
     private readonly log: Logger,
     opts: LiveHandoffOptions = {},
   ) {
-    this.pauseTimeoutMs = opts.pauseTimeoutMs ?? 500;
+    this.pauseTimeoutMs = opts.pauseTimeoutMs ?? 300;
     this.pauseLeaseMs = opts.pauseLeaseMs ?? 3000;
     if (!Number.isSafeInteger(this.pauseTimeoutMs) || this.pauseTimeoutMs < 1) throw new TypeError(`pauseTimeoutMs must be a positive integer, got ${this.pauseTimeoutMs}`);
     if (!Number.isSafeInteger(this.pauseLeaseMs) || this.pauseLeaseMs < 1 || this.pauseLeaseMs > 60_000) {

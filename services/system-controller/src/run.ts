@@ -14,7 +14,7 @@ const schema = defineConfig({
   leaseTtlMs: { env: 'UNDERSTUDY_LEASE_TTL_MS', flag: 'lease-ttl-ms', type: 'ms', default: 2000, min: 100, max: 60_000, description: 'leader lease TTL' },
   passiveTimeoutMs: { env: 'UNDERSTUDY_PASSIVE_TIMEOUT_MS', flag: 'passive-timeout-ms', type: 'ms', default: 2000, min: 0, max: 600_000, description: 'longest passive phase of a new leader' },
   tickIntervalMs: { env: 'UNDERSTUDY_TICK_INTERVAL_MS', flag: 'tick-interval-ms', type: 'ms', default: 200, min: 10, max: 60_000, description: 'reconcile period' },
-  pauseTimeoutMs: { env: 'UNDERSTUDY_PAUSE_TIMEOUT_MS', flag: 'pause-timeout-ms', type: 'ms', default: 500, min: 1, max: 60_000, description: 'live move: deadline of the pause request to the old active (past it the move goes on unpaused)' },
+  pauseTimeoutMs: { env: 'UNDERSTUDY_PAUSE_TIMEOUT_MS', flag: 'pause-timeout-ms', type: 'ms', default: 300, min: 1, max: 60_000, description: 'live move: deadline of the pause request to the old active (past it the move goes on unpaused)' },
   pauseLeaseMs: { env: 'UNDERSTUDY_PAUSE_LEASE_MS', flag: 'pause-lease-ms', type: 'ms', default: 3000, min: 1, max: 60_000, description: 'live move: the old active resumes a paused RS by itself after this long' },
 });
 
