@@ -28,7 +28,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { CopyStatus, Role, type GetStatusResponse, type MoveRsResponse, type RsAssignment } from '@understudy/proto';
-import { keyToRs } from '@understudy/core';
+import { keysPerRs, pct, r2 } from './lib';
 import { unaryCall } from '@understudy/runtime';
 import { startCounterCluster, type CounterCluster } from '../test/harness/cluster';
 import { freePort, startLoadManagerProc, type Proc } from '../test/harness/processes';
@@ -53,27 +53,7 @@ interface Ack {
   readonly epoch: number;
 }
 
-function pct(xs: number[], p: number): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!;
-}
-const r2 = (x: number): number => Math.round(x * 100) / 100;
 
-/** One key per RS, so every RS has workers. */
-function keysPerRs(): string[] {
-  const out: string[] = new Array(RS);
-  let found = 0;
-  for (let i = 0; found < RS; i++) {
-    const k = `mig-${i}`;
-    const rs = keyToRs(k, RS);
-    if (out[rs] === undefined) {
-      out[rs] = k;
-      found++;
-    }
-  }
-  return out;
-}
 
 class Load {
   readonly acked = new Map<string, number>();
@@ -230,7 +210,7 @@ async function main(): Promise<void> {
     // The copies stream their load to the load manager (started for phase 3).
     copyEnv: CONVERGE === 'greedy' ? {} : { UNDERSTUDY_LOAD_MANAGERS: lmAddress, UNDERSTUDY_LOAD_REPORT_INTERVAL_MS: '250' },
   });
-  const keys = keysPerRs();
+  const keys = keysPerRs(RS, 'mig-');
   const load = new Load(cl, keys);
   let rateLoad: RateLoad | undefined;
   let lm: Proc | undefined;

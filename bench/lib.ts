@@ -1,0 +1,29 @@
+/** Small helpers the benchmarks share (percentiles, rounding, one key per RS). */
+import { keyToRs } from '@understudy/core';
+
+/** The p-th percentile (nearest rank) of `xs`; NaN when empty. */
+export function pct(xs: readonly number[], p: number): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!;
+}
+
+/** Rounded to 1 decimal. */
+export const r1 = (x: number): number => Math.round(x * 10) / 10;
+/** Rounded to 2 decimals. */
+export const r2 = (x: number): number => Math.round(x * 100) / 100;
+
+/** One key per RS of a hash-partitioned app with `rsCount` RS (`${prefix}${i}`), so every RS gets load. */
+export function keysPerRs(rsCount: number, prefix: string): string[] {
+  const out: string[] = new Array(rsCount);
+  let found = 0;
+  for (let i = 0; found < rsCount; i++) {
+    const k = `${prefix}${i}`;
+    const rs = keyToRs(k, rsCount);
+    if (out[rs] === undefined) {
+      out[rs] = k;
+      found++;
+    }
+  }
+  return out;
+}
