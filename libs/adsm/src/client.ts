@@ -10,6 +10,7 @@ import {
   NotActiveError,
   NotFoundError,
   UnavailableError,
+  ClientCache,
   clientChannelOptions,
   ensureError,
   fromServiceError,
@@ -76,7 +77,8 @@ export interface Delivered<R> {
  */
 export class RoutingClient {
   private readonly tables = new Map<string, AppTable>();
-  private readonly copies = new Map<string, AdsmServiceClient>();
+  /** Clients of active copies by address; closed once no route points at the address (restarts bring new ports). */
+  private readonly copies = new ClientCache((address) => new AdsmServiceClient(address, insecureCredentials(), clientChannelOptions()));
   private readonly events = new EventEmitter();
   private readonly controller: ControllerClient;
   private readonly log: Logger;
@@ -84,6 +86,8 @@ export class RoutingClient {
   private closed = false;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private tableVersion = 0;
+  /** When the client cache was last swept (see `apply`). */
+  private lastSweepMs = 0;
   /** A full snapshot arrived at least once (before that, an unknown app may just be not loaded yet). */
   private synced = false;
   /** The controller's state version of the last routing message. */
@@ -267,12 +271,7 @@ export class RoutingClient {
   }
 
   private copyClient(address: string): AdsmServiceClient {
-    let c = this.copies.get(address);
-    if (!c) {
-      c = new AdsmServiceClient(address, insecureCredentials(), clientChannelOptions());
-      this.copies.set(address, c);
-    }
-    return c;
+    return this.copies.get(address);
   }
 
   /** Resolves on the next routing-table change or after `ms` (whichever first). */
@@ -335,6 +334,14 @@ export class RoutingClient {
       t.routes.set(r.rs, { app: r.app, rs: r.rs, epoch: r.epoch, activeCopyId: r.activeCopyId, activeAddress: r.activeAddress });
     }
     this.tableVersion++;
+    // At most once a second: a sweep walks every route (100,000 RS in a big cluster).
+    const now = Date.now();
+    if (msg.routes.length > 0 && now - this.lastSweepMs >= 1000) {
+      this.lastSweepMs = now;
+      const live = new Set<string>();
+      for (const t of this.tables.values()) for (const r of t.routes.values()) if (r.activeAddress) live.add(r.activeAddress);
+      this.copies.sweep(live, now);
+    }
     if (msg.hasEdges) {
       this.edgeList = msg.edges;
       this.events.emit('edges', msg.edges);
@@ -364,8 +371,7 @@ export class RoutingClient {
     this.closed = true;
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     this.stream?.cancel();
-    for (const c of this.copies.values()) c.close();
-    this.copies.clear();
+    this.copies.closeAll();
     this.controller.close();
     this.events.removeAllListeners();
   }

@@ -48,6 +48,7 @@ import {
   StaleEpochError,
   UnavailableError,
   malformedReason,
+  ClientCache,
   toServiceError,
   clientChannelOptions,
   createLogger,
@@ -280,8 +281,9 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
   private readonly appName: string;
   private readonly log: Logger;
   private readonly slots = new Map<number, RsSlot<S>>();
-  private readonly peerClients = new Map<string, AdsmServiceClient>();
-  private readonly replicationLinks = new Map<string, ReplicationLink>();
+  /** Clients of the other members, by address; closed once no RS lists the address (restarted peers get new ports). */
+  private readonly peerClients = new ClientCache((address) => new AdsmServiceClient(address, insecureCredentials(), clientChannelOptions()));
+  private readonly replicationLinks = new ClientCache((address) => new ReplicationLink(this.peerClients.get(address)));
   private readonly controller: ControllerClient;
   private server: GrpcServer | undefined;
   private heartbeatTimer: NodeJS.Timeout | undefined;
@@ -505,8 +507,8 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     this.flow.close();
     for (const slot of this.slots.values()) this.failQueued(slot, new UnavailableError('copy is stopping'));
     await this.server?.shutdown(1000);
-    for (const l of this.replicationLinks.values()) l.close();
-    for (const c of this.peerClients.values()) c.close();
+    this.replicationLinks.closeAll();
+    this.peerClients.closeAll();
     this.controller.close();
   }
 
@@ -611,6 +613,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     }
     this.shared.setMaster(req.sharedMasterRs);
     this.rolesChanged();
+    this.sweepPeerClients();
     return { applied, ignoredStale };
   }
 
@@ -1357,21 +1360,20 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
   }
 
   private replicationLink(address: string): ReplicationLink {
-    let l = this.replicationLinks.get(address);
-    if (!l) {
-      l = new ReplicationLink(this.peerClient(address));
-      this.replicationLinks.set(address, l);
-    }
-    return l;
+    return this.replicationLinks.get(address);
   }
 
   private peerClient(address: string): AdsmServiceClient {
-    let c = this.peerClients.get(address);
-    if (!c) {
-      c = new AdsmServiceClient(address, insecureCredentials(), clientChannelOptions());
-      this.peerClients.set(address, c);
-    }
-    return c;
+    return this.peerClients.get(address);
+  }
+
+  /** Closes clients of addresses no RS lists any more (see `ClientCache`). */
+  private sweepPeerClients(): void {
+    const live = new Set<string>();
+    for (const slot of this.slots.values()) for (const m of slot.members) if (m.address) live.add(m.address);
+    const now = Date.now();
+    this.replicationLinks.sweep(live, now);
+    this.peerClients.sweep(live, now);
   }
 
   // ---- standby side -------------------------------------------------------------------

@@ -4,6 +4,11 @@ import { test } from 'node:test';
 import { InvalidArgumentError } from '@understudy/runtime';
 import { RsPauses } from '../src/pause';
 
+// Lease timers are unref'd (a pause must not keep a stopping copy alive): keep this test's event
+// loop alive while it waits for one.
+const keepAlive = setInterval(() => {}, 1000);
+test.after(() => clearInterval(keepAlive));
+
 function recorder(): { pauses: RsPauses; ended: [number, number, string][]; next: () => Promise<[number, number, string]> } {
   const ended: [number, number, string][] = [];
   let wake: ((e: [number, number, string]) => void) | undefined;

@@ -63,6 +63,7 @@ import {
   ResourceExhaustedError,
   UnavailableError,
   checkpointKey,
+  ClientCache,
   clientChannelOptions,
   ensureError,
   insecureCredentials,
@@ -194,7 +195,8 @@ class ControllerNode implements ControllerHandle {
   private chain: Promise<unknown> = Promise.resolve();
   private pending = 0;
   private readonly watchers = new Set<Watcher>();
-  private readonly copyClients = new Map<string, AdsmServiceClient>();
+  /** Clients of copies by address; closed once no registered copy has the address (a restart brings a new port). */
+  private readonly copyClients = new ClientCache((address) => new AdsmServiceClient(address, insecureCredentials(), clientChannelOptions()));
   private readonly lastHeard = new Map<string, number>();
   private readonly resync = new Set<string>();
   private readonly sendQueues = new Map<string, { tail: Promise<void>; depth: number }>();
@@ -279,7 +281,7 @@ class ControllerNode implements ControllerHandle {
       await this.store.releaseLease(LEADER_LEASE, this.controllerId, this.token).catch(() => undefined);
     }
     await this.server?.shutdown(1000);
-    for (const c of this.copyClients.values()) c.close();
+    this.copyClients.closeAll();
   }
 
   // ---- leadership -------------------------------------------------------------------------
@@ -420,8 +422,15 @@ class ControllerNode implements ControllerHandle {
       this.current = d.state;
       this.notifyState();
       if (edgesBefore !== undefined && edgesBefore !== d.state.edges) this.publishEdges(d.state);
+      if (d.state.copies !== this.sweptCopies) {
+        this.sweptCopies = d.state.copies;
+        this.copyClients.sweep(new Set(Object.values(d.state.copies).map((c) => c.address)), Date.now());
+      }
     }
   }
+
+  /** The copies record the client cache was last swept against (sweep only when it changes). */
+  private sweptCopies: ClusterState['copies'] | undefined;
 
   /** Executes a decision's commands: SetRoles (per-copy ordered), routes, stop requests. */
   private async execute(commands: readonly ControllerCommand[], step: Step = (_n, _a, fn) => fn()): Promise<void> {
@@ -526,12 +535,7 @@ class ControllerNode implements ControllerHandle {
   }
 
   private copyClient(address: string): AdsmServiceClient {
-    let cl = this.copyClients.get(address);
-    if (!cl) {
-      cl = new AdsmServiceClient(address, insecureCredentials(), clientChannelOptions());
-      this.copyClients.set(address, cl);
-    }
-    return cl;
+    return this.copyClients.get(address);
   }
 
   private tickBusy = false;
