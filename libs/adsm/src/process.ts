@@ -64,6 +64,15 @@ export const copyProcessConfig = defineConfig({
     max: 1024 * 1024 * 1024,
     description: 'bytes of outgoing messages held per RS (same back-pressure)',
   },
+  dedupeWindow: {
+    env: 'UNDERSTUDY_DEDUPE_WINDOW',
+    flag: 'dedupe-window',
+    type: 'int',
+    default: 10_000,
+    min: 1,
+    max: 10_000_000,
+    description: 'message ids remembered per RS for dedupe; replicated, and sent in every snapshot (so it sets the cost of catching a new standby up, e.g. after a failover)',
+  },
   checkpointRedisPrefix: {
     env: 'UNDERSTUDY_CHECKPOINT_REDIS_PREFIX',
     flag: 'checkpoint-redis-prefix',
@@ -121,6 +130,7 @@ export async function runCopyProcess<S, M, U, R, Q, QR>(
       maxOutboxPerRs: c.maxOutboxPerRs,
       maxOutboxBytesPerRs: c.maxOutboxBytesPerRs,
     },
+    dedupeWindow: c.dedupeWindow,
     ...(checkpointStore ? { checkpoints: storeCheckpoints(checkpointStore) } : {}),
     onFenced: async () => {
       await copy.stop();
