@@ -98,13 +98,21 @@ async function measure(load: Load, t0: number, victim: string, rs: number[]): Pr
 
 async function settle(cl: CounterCluster, victim: string): Promise<void> {
   await settleOnce(cl, victim).catch(async (e: unknown) => {
-    // What the cluster looked like when it did not settle (catching-up standbys are starred).
-    const st = await cl.status(true);
-    console.log(`  not settled: ${JSON.stringify(st.copies.map((c) => [c.copyId, CopyStatus[c.status], c.activeCount, c.standbyCount, c.incarnation]))}`);
-    for (const a of st.assignments) console.log(`    rs ${a.rs} epoch ${a.epoch} v${a.version}: ${a.members.map((m) => `${m.copyId}:${Role[m.role]}${m.catchingUp ? '*' : ''}`).join(' ')}`);
-    for (const [id, p] of cl.copies) for (const l of p.output().split('\n').filter((x) => /"level":(40|50)/.test(x)).slice(-5)) console.log(`    ${id}: ${l.slice(0, 300)}`);
+    await dump(cl, 'not settled');
     throw e;
   });
+}
+
+/** What the cluster looked like when a step stalled (catching-up standbys are starred). */
+async function dump(cl: CounterCluster, what: string): Promise<void> {
+  {
+    const st = await cl.status(true);
+    console.log(`  ${what}: ${JSON.stringify(st.copies.map((c) => [c.copyId, CopyStatus[c.status], c.activeCount, c.standbyCount, c.incarnation]))}`);
+    for (const a of st.assignments) console.log(`    rs ${a.rs} epoch ${a.epoch} v${a.version}: ${a.members.map((m) => `${m.copyId}:${Role[m.role]}${m.catchingUp ? '*' : ''}`).join(' ')}`);
+    for (const [id, p] of cl.copies) for (const l of p.output().split('\n').filter((x) => /"level":(40|50)/.test(x)).slice(-5)) console.log(`    ${id}: ${l.slice(0, 300)}`);
+    for (const [i, p] of cl.controllers.entries()) for (const l of (p?.output() ?? '').split('\n').filter((x) => /"level":(40|50)/.test(x)).slice(-8)) console.log(`    ctl-${i + 1}: ${l.slice(0, 300)}`);
+    for (const [i, p] of cl.faultManagers.entries()) for (const l of (p?.output() ?? '').split('\n').filter((x) => /"level":(40|50)/.test(x)).slice(-5)) console.log(`    fm-${i + 1}: ${l.slice(0, 300)}`);
+  }
 }
 
 async function settleOnce(cl: CounterCluster, victim: string): Promise<void> {
@@ -149,7 +157,10 @@ async function main(): Promise<void> {
       const p = cl.copies.get(victim)!;
       const t0 = performance.now();
       p.signal(isHang ? 'SIGSTOP' : 'SIGKILL');
-      const m = await measure(load, t0, victim, rs);
+      const m = await measure(load, t0, victim, rs).catch(async (e: unknown) => {
+        await dump(cl, `no acks from new actives for all of ${rs.join(',')}`);
+        throw e;
+      });
       (isHang ? hang : crash).push(m);
       console.log(`  ${isHang ? 'hang ' : 'crash'} ${i + 1}/${CRASH_RUNS + HANG_RUNS}: ${victim} (${rs.length} RS active) first ${m.first.toFixed(1)} ms, all ${m.all.toFixed(1)} ms`);
       if (isHang) p.signal('SIGCONT');
