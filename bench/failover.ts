@@ -41,7 +41,10 @@ interface Ack {
 
 class Load {
   readonly acked = new Map<string, number>();
+  /** Recent acks; the oldest are dropped in halves (bounded), counted in `dropped`. */
   readonly acks: Ack[] = [];
+  /** Acks dropped from the front of `acks` so far: absolute position = dropped + index. */
+  dropped = 0;
   failures = 0;
   private running = true;
   private readonly loops: Promise<void>[];
@@ -57,7 +60,10 @@ class Load {
         const d = await this.cl.routing.deliver('counter', key, { key, by: 1 }, { deadlineMs: 30_000 });
         this.acked.set(key, (this.acked.get(key) ?? 0) + 1);
         this.acks.push({ t: performance.now(), rs, copyId: d.copyId });
-        if (this.acks.length > 100_000) this.acks.splice(0, 50_000);
+        if (this.acks.length > 100_000) {
+          this.acks.splice(0, 50_000);
+          this.dropped += 50_000;
+        }
       } catch {
         this.failures++;
       }
@@ -81,11 +87,14 @@ async function activesOf(cl: CounterCluster): Promise<{ victim: string; rs: numb
 async function measure(load: Load, t0: number, victim: string, rs: number[]): Promise<{ first: number; all: number }> {
   const want = new Set(rs);
   const seen = new Map<number, number>();
-  let scanned = 0;
+  // An absolute position: a plain index would point past the end after the load drops old acks
+  // (that made runs look stalled for up to 30 s, and some 'all' figures ~1 s too long).
+  let scanned = load.dropped;
   await waitFor(
     () => {
-      for (; scanned < load.acks.length; scanned++) {
-        const a = load.acks[scanned]!;
+      if (scanned < load.dropped) scanned = load.dropped;
+      for (; scanned - load.dropped < load.acks.length; scanned++) {
+        const a = load.acks[scanned - load.dropped]!;
         if (a.t >= t0 && want.has(a.rs) && a.copyId !== victim && !seen.has(a.rs)) seen.set(a.rs, a.t - t0);
       }
       return seen.size === want.size;
@@ -159,6 +168,14 @@ async function main(): Promise<void> {
       p.signal(isHang ? 'SIGSTOP' : 'SIGKILL');
       const m = await measure(load, t0, victim, rs).catch(async (e: unknown) => {
         await dump(cl, `no acks from new actives for all of ${rs.join(',')}`);
+        // The client's side: its route per RS and the copy that acknowledged each RS last.
+        const last = new Map<number, Ack>();
+        for (const a of load.acks) last.set(a.rs, a);
+        for (const r of rs) {
+          const ro = cl.routing.route('counter', r);
+          const la = last.get(r);
+          console.log(`    client rs ${r}: route ${ro?.activeCopyId ?? 'none'} epoch ${ro?.epoch ?? '-'}; last ack ${la ? `${(performance.now() - la.t).toFixed(0)} ms ago from ${la.copyId}` : 'none'}; failures so far ${load.failures}`);
+        }
         throw e;
       });
       (isHang ? hang : crash).push(m);
