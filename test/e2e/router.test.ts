@@ -37,6 +37,7 @@ import {
 import { insecureCredentials, unaryCall } from '@understudy/runtime';
 import { keys, startCounterCluster, type CounterCluster } from '../harness/cluster';
 import { startRouterProc, type Proc } from '../harness/processes';
+import { readFileSync } from 'node:fs';
 import { waitFor } from '../harness/wait';
 
 // ------------------------------------------------------------------------------- plumbing
@@ -406,6 +407,19 @@ describe('router holding, DISTRIBUTED (1 copy, 2 RS)', () => {
     // A unary Send is refused the same way.
     const full = await send(client, inc(k1[1]!));
     assert.equal(full.code, grpc.status.RESOURCE_EXHAUSTED);
+    // Memory stays bounded under a sustained overflow: 20,000 more messages are all refused, the
+    // held count stays at its bound and the router's resident memory does not grow with them.
+    const rss = (): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${router.pid}/status`, 'utf8'))![1]) * 1024;
+    const rssBefore = rss();
+    for (let b = 0; b < 40; b++) {
+      const flood = await Promise.all(s.send(Array.from({ length: 500 }, () => inc(k1[1]!, { deadlineMs: 60_000 }))));
+      assert.ok(flood.every((r) => r.statusCode === grpc.status.RESOURCE_EXHAUSTED), 'every overflow message refused');
+    }
+    const flooded = await stats(client);
+    assert.equal(flooded.heldTotal, 8);
+    assert.equal(flooded.rejectedOverflow, 3 + 1 + 20_000);
+    const grewMb = (rss() - rssBefore) / 1024 / 1024;
+    assert.ok(grewMb < 64, `router RSS grew ${grewMb.toFixed(1)} MB over 20,000 refused messages`);
 
     // A copy comes back: everything held is delivered.
     await cl.restartCopy('c1');
