@@ -105,7 +105,14 @@ async function underLoad(cl: CounterCluster, scenario: (load: CounterLoad) => Pr
   } finally {
     await load.stop();
   }
-  await assertExact(load);
+  try {
+    await assertExact(load);
+  } catch (e) {
+    // What the controller decided around the loss (promotions of standbys still catching up,
+    // RS reassigned without a standby) and the copies' warnings.
+    const notes = cl.controllers[0]!.output().split('\n').filter((l) => /catching up|balanced|fault|promot|restor/.test(l)).slice(-40);
+    throw new Error(`${(e as Error).message}\ncontroller notes:\n${notes.join('\n')}`);
+  }
 }
 
 for (const mode of [Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, Mode.MODE_FAULT_TOLERANT, Mode.MODE_DISTRIBUTED]) {
@@ -231,15 +238,22 @@ describe('host fault', () => {
     await cl?.stop();
   });
 
-  // KNOWN BUG (issue 3 note): fresh-clone CI lost acknowledged increments here in 2 of 3 runs
-  // this session (counter 4 where 5 were acknowledged; 2 where 5), even starting every round
-  // from full redundancy; it passes locally. Suspected: after the host's copies restart,
-  // balancing may leave an RS's active and its only standby on the same host (its moves fall
-  // back to same-host targets), so the host fault takes both. Reported as a todo so it keeps
-  // running and printing in CI without hiding the rest; remove the todo once fixed.
-  test(`every copy of one host killed: host fault reported, every RS recovered (x${REPS})`, { todo: 'known bug: acknowledged increments lost in some CI runs (see issue 3 note)' }, async () => {
+  // Balancing used to leave an RS's active and its only standby on host-a now and then (a
+  // fallback move to a same-host copy), and the host fault then took both: acknowledged
+  // increments lost. Balancing now never makes an RS's host spread worse when the spread can be
+  // had, and re-spreads RS that lost it (reconcile.ts, Phase H); the check before each kill
+  // asserts it.
+  test(`every copy of one host killed: host fault reported, every RS recovered (x${REPS})`, async () => {
     for (let i = 0; i < REPS; i++) {
       await underLoad(cl, async () => {
+        // Host spread: no RS may have every member on host-a, or the host fault takes its state.
+        const before = await cl.status(true);
+        const sameHost = before.assignments.filter((a) => a.members.filter((m) => (m.copyId === 'c1' || m.copyId === 'c2') && m.role !== Role.ROLE_OUT_OF_SERVICE).length > 1);
+        assert.deepEqual(
+          sameHost.map((a) => `${a.rs}[${a.members.map((m) => `${m.copyId}:${Role[m.role]}`).join(',')}]`),
+          [],
+          `round ${i}: RS with two members on host-a before the kill`,
+        );
         await Promise.all(['c1', 'c2'].map((id) => cl.copies.get(id)!.kill()));
         await recovered(cl, ['c1', 'c2']);
       });

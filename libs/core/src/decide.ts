@@ -5,7 +5,7 @@
 import { compileDetectionPolicy } from './detection';
 import type { AppSpec, ClusterState, CopyInfo, Edge, Topology } from './model';
 import type { ControllerCommand, ControllerEvent, Decision, Rejection } from './events';
-import { Tx, type AppTx } from './tx';
+import { standbyMoveHolds, Tx, type AppTx } from './tx';
 import { reconcile } from './reconcile';
 import { validateTopology } from './validate';
 import { listedRs, peekIndex } from './derived';
@@ -205,6 +205,8 @@ function onSynced(state: ClusterState, e: ControllerEvent & { type: 'StandbysSyn
     cleared++;
     const mv = at.moveOf(x.rs);
     if (mv !== undefined && mv.toCopyId === x.copyId) completeMove(tx, at, x.rs);
+    const sm = at.standbyMoveOf(x.rs);
+    if (sm !== undefined && sm.toCopyId === x.copyId) completeStandbyMove(tx, at, x.rs);
   }
   if (cleared === 0) return noop(state, `no standby newly caught up (${e.entries.length} reported)`);
   tx.notes.push(`${cleared} standby entr${cleared === 1 ? 'y' : 'ies'} caught up`);
@@ -224,12 +226,53 @@ function onTick(state: ClusterState, now: number): Decision {
 }
 
 /**
+ * Finishes the pending standby move of RS r (its new standby is caught up): the leaving standby
+ * leaves the RS.
+ */
+function completeStandbyMove(tx: Tx, at: AppTx, r: number): void {
+  const mv = at.standbyMoveOf(r)!;
+  at.setStandbyMove(r, undefined);
+  const members = at.get(r).members;
+  if (!standbyMoveHolds(mv, members)) return;
+  const p = parseMembers(members);
+  // The factor may have been raised meanwhile: then the old standby stays.
+  if (p.standbys.length <= at.spec.standbys) return;
+  at.put(r, buildMembers(tx.pool, p.active, p.standbys.filter((x) => x !== mv.fromCopyId), p.oos), false);
+  tx.notes.push(`standby move ${at.name}/${r}: ${mv.fromCopyId} -> ${mv.toCopyId} done (new standby caught up)`);
+}
+
+/**
+ * Undoes the pending standby move of RS r: the new standby (still catching up) leaves again, the
+ * old one stays.
+ */
+function abandonStandbyMove(tx: Tx, at: AppTx, r: number, why: string): void {
+  const mv = at.standbyMoveOf(r)!;
+  at.setStandbyMove(r, undefined);
+  const members = at.get(r).members;
+  if (!standbyMoveHolds(mv, members)) return;
+  const p = parseMembers(members);
+  tx.notes.push(`standby move ${at.name}/${r}: ${mv.fromCopyId} -> ${mv.toCopyId} abandoned: ${why}`);
+  // The factor may have been raised meanwhile: then the new standby stays too.
+  if (p.standbys.length <= at.spec.standbys) return;
+  at.put(r, buildMembers(tx.pool, p.active, p.standbys.filter((x) => x !== mv.toCopyId), p.oos), false);
+}
+
+/**
  * Moves whose target has not caught up within {@link MOVE_CATCH_UP_TIMEOUT_MS} are abandoned:
  * the target leaves the RS again (the active stays where it is). Cheap: moves are few.
  */
 function abandonStaleMoves(tx: Tx): void {
   for (const name of Object.keys(tx.base.apps)) {
     const base = tx.base.apps[name]!;
+    if (base.standbyMoves !== undefined) {
+      const at = tx.app(name)!;
+      for (const key of Object.keys(base.standbyMoves)) {
+        const mv = at.standbyMoveOf(Number(key));
+        if (mv !== undefined && tx.now - mv.sinceMs >= MOVE_CATCH_UP_TIMEOUT_MS) {
+          abandonStandbyMove(tx, at, Number(key), `the new standby did not catch up within ${MOVE_CATCH_UP_TIMEOUT_MS} ms`);
+        }
+      }
+    }
     if (base.moves === undefined) continue;
     const at = tx.app(name)!;
     for (const key of Object.keys(base.moves)) {
@@ -519,6 +562,8 @@ function onSwitchover(state: ClusterState, e: ControllerEvent & { type: 'Switcho
   const targets = app.spec.mode === 'FAULT_TOLERANT' ? [...Array(at.rsCount).keys()] : [e.rs];
   let from: string | null = null;
   for (const r of targets) {
+    // One change of the RS at a time: a pending standby move gives way (the old standby stays).
+    if (at.standbyMoveOf(r) !== undefined) abandonStandbyMove(tx, at, r, `switchover to ${e.toCopyId}`);
     const p = parseMembers(at.get(r).members);
     if (!p.standbys.includes(e.toCopyId)) continue;
     from = p.active;
@@ -566,7 +611,7 @@ function onMove(state: ClusterState, e: ControllerEvent & { type: 'MoveRequested
     return reject(state, 'FAILED_PRECONDITION', `copy ${e.toCopyId} is ${c.status}${c.failed === true ? ' (failed)' : ''}, not UP; an RS can only move to a healthy, enabled copy`);
   }
   const members = app.rs[e.rs]!.members;
-  const p = parseMembers(members);
+  let p = parseMembers(members);
   if (p.active === e.toCopyId) return reject(state, 'FAILED_PRECONDITION', `copy ${e.toCopyId} is already ACTIVE for ${where}`);
   if (p.active === null) return reject(state, 'FAILED_PRECONDITION', `${where} has no ACTIVE copy right now (failover in progress); retry once it has one`);
   const pending = own(app.moves ?? {}, e.rs);
@@ -576,7 +621,12 @@ function onMove(state: ClusterState, e: ControllerEvent & { type: 'MoveRequested
   }
   const tx = new Tx(state, now);
   const at = tx.app(e.app)!;
-  const from = p.active;
+  if (at.standbyMoveOf(e.rs) !== undefined) {
+    // One change of the RS at a time: balancing's standby move gives way to the operator's.
+    abandonStandbyMove(tx, at, e.rs, `RS moves to ${e.toCopyId}`);
+    p = parseMembers(at.get(e.rs).members);
+  }
+  const from = p.active!; // checked above; abandoning a standby move keeps the active
   const why = e.reason !== undefined && e.reason.length > 0 ? ` (${e.reason})` : '';
   if (app.spec.mode === 'DISTRIBUTED' || at.spec.standbys === 0) {
     // No standby holds the state: the target restores from the RS's checkpoint (the shell asks

@@ -2,14 +2,14 @@
  * @understudy/core — the pure decision core of the System Controller (DESIGN §3): cluster
  * model, `decide(state, event, now)`, placement, and read-side helpers. No I/O, no clock.
  */
-export type { AppSpec, AppState, ClusterState, CopyInfo, CopyStatus, Edge, LeaderPhase, Member, Mode, PendingMove, Role, RsAssignment, Topology } from './model';
+export type { AppSpec, AppState, ClusterState, CopyInfo, CopyStatus, Edge, LeaderPhase, Member, Mode, PendingMove, Role, RsAssignment, StandbyMove, Topology } from './model';
 export type { ControllerCommand, ControllerEvent, Decision, MemberView, Rejection, RoleEntry, RouteChange, SyncedStandby } from './events';
 export { decide, MAX_SYNCED_ENTRIES, MOVE_CATCH_UP_TIMEOUT_MS } from './decide';
 export { validateTopology, APP_NAME_RE, MAX_RS_COUNT, MAX_STANDBYS } from './validate';
 export { keyToRs } from './hash';
 export { rsOfKey, compareKeys, validatePartitioning, PARTITIONINGS, MAX_RANGE_START_LENGTH, type KeyPartition, type PartitioningName } from './partition';
 export { emptyState, routesOf, fullRoleSet, copyLoads } from './views';
-export { checkInvariants, checkBalance } from './invariants';
+export { checkInvariants, checkBalance, checkSpread } from './invariants';
 export { placeInitial, spreadOrder } from './placement';
 export { MAX_OOS_ENTRIES } from './members';
 export { compileDetectionPolicy, validateDetectionPolicy, DETECTION_DEFAULTS, type DetectionPolicy, type CompiledDetectionPolicy } from './detection';

@@ -1,7 +1,7 @@
 /** Checks of the safety and shape invariants of a state (used by tests and the simulation). */
 import type { ClusterState } from './model';
 import { own } from './members';
-import { moveHolds } from './tx';
+import { moveHolds, standbyMoveHolds } from './tx';
 
 const LIMIT = 50;
 
@@ -60,6 +60,15 @@ export function checkInvariants(state: ClusterState): string[] {
         add(`${name}/${r}: pending move to ${mv.toCopyId}, which is not catching up (the move should have completed)`);
       }
     }
+    for (const [r, mv] of Object.entries(app.standbyMoves ?? {})) {
+      const a = app.rs[Number(r)];
+      if (spec.mode !== 'DISTRIBUTED_FAULT_TOLERANT') add(`${name}/${r}: pending standby move in a ${spec.mode} app`);
+      if (app.moves?.[r] !== undefined) add(`${name}/${r}: a standby move and a move of the active at once`);
+      if (a === undefined || !standbyMoveHolds(mv, a.members)) add(`${name}/${r}: pending standby move ${mv.fromCopyId} -> ${mv.toCopyId} does not hold`);
+      else if (own(app.syncing?.[r] ?? {}, mv.toCopyId) === undefined) {
+        add(`${name}/${r}: pending standby move to ${mv.toCopyId}, which is not catching up (the move should have completed)`);
+      }
+    }
     const ft0 = app.rs[0]?.members;
     for (let r = 0; r < app.rs.length; r++) {
       const a = app.rs[r]!;
@@ -102,7 +111,7 @@ export function checkInvariants(state: ClusterState): string[] {
       if (actives === 1 && a.epoch < 1) add(`${at}: ACTIVE with epoch ${a.epoch}`);
       // A pending move's target (make-before-break); while passive, a move just abandoned by a
       // fenced source keeps its target until the repairs resume.
-      const extra = app.moves?.[r] !== undefined || passive ? 1 : 0;
+      const extra = app.moves?.[r] !== undefined || app.standbyMoves?.[r] !== undefined || passive ? 1 : 0;
       if (sbs > k + extra) add(`${at}: ${sbs} standbys, spec allows ${k}${extra ? ' (+1 moving in)' : ''}`);
       if (oos > 2) add(`${at}: ${oos} OUT_OF_SERVICE entries (max 2)`);
       if (!passive && up > 0) {
@@ -127,7 +136,7 @@ function sameList(a: readonly { copyId: string; role: string }[], b: readonly { 
  * over UP copies, active counts and total (ACTIVE+STANDBY) counts each within 1. Apps with
  * fewer UP copies than 1 + standbys are skipped (every RS then spans all copies anyway).
  */
-export function checkBalance(state: ClusterState, apps?: Iterable<string>): string[] {
+export function checkBalance(state: ClusterState, apps?: Iterable<string>, spreadSlack = 0): string[] {
   const out: string[] = [];
   const names = apps === undefined ? Object.keys(state.apps) : [...apps];
   for (const name of names) {
@@ -143,8 +152,12 @@ export function checkBalance(state: ClusterState, apps?: Iterable<string>): stri
     }
     if (act.size < 1 + app.spec.standbys) continue;
     for (const a of app.rs) {
+      // A pending standby move counts as done (its leaving standby is already gone for balancing).
+      // (only if the RS keeps its factor without it, see `completeStandbyMove`).
+      let leaving = app.standbyMoves?.[a.rs]?.fromCopyId;
+      if (leaving !== undefined && a.members.filter((m) => m.role === 'STANDBY').length <= app.spec.standbys) leaving = undefined;
       for (const m of a.members) {
-        if (m.role === 'OUT_OF_SERVICE' || !act.has(m.copyId)) continue;
+        if (m.role === 'OUT_OF_SERVICE' || !act.has(m.copyId) || m.copyId === leaving) continue;
         tot.set(m.copyId, tot.get(m.copyId)! + 1);
         if (m.role === 'ACTIVE') act.set(m.copyId, act.get(m.copyId)! + 1);
       }
@@ -152,12 +165,61 @@ export function checkBalance(state: ClusterState, apps?: Iterable<string>): stri
     const spread = (m: Map<string, number>): [number, number] => [Math.min(...m.values()), Math.max(...m.values())];
     const [amin, amax] = spread(act);
     const [tmin, tmax] = spread(tot);
+    // Host spread binds (see `spreadEnforced`): totals may stay a little apart.
+    const tslack = spreadEnforced(state, name) ? spreadSlack : 0;
     if (amax - amin > 1) add(`${name}: active counts ${amin}..${amax} over ${act.size} UP copies`);
-    if (tmax - tmin > 1) add(`${name}: total counts ${tmin}..${tmax} over ${tot.size} UP copies`);
+    if (tmax - tmin > 1 + tslack) add(`${name}: total counts ${tmin}..${tmax} over ${tot.size} UP copies`);
   }
   return out;
 
   function add(s: string): void {
     out.push(s);
   }
+}
+
+/**
+ * Whether balancing enforces host spread for an app (the rule in `reconcile.ts`): a
+ * DISTRIBUTED_FAULT_TOLERANT app whose UP copies sit on ≥ 1 + standbys hosts, some host with two
+ * or more, and no host with more than copies/(1 + standbys) of them.
+ */
+export function spreadEnforced(state: ClusterState, name: string): boolean {
+  const app = own(state.apps, name);
+  if (app === undefined || app.spec.mode !== 'DISTRIBUTED_FAULT_TOLERANT' || app.spec.standbys < 1) return false;
+  const per = new Map<string, number>();
+  let n = 0;
+  for (const c of Object.values(state.copies)) {
+    if (c.app !== name || c.status !== 'UP') continue;
+    per.set(c.host, (per.get(c.host) ?? 0) + 1);
+    n++;
+  }
+  const max = Math.max(0, ...per.values());
+  return max >= 2 && per.size >= 1 + app.spec.standbys && max * (1 + app.spec.standbys) <= n;
+}
+
+/**
+ * Host-spread check for activated DISTRIBUTED_FAULT_TOLERANT apps (all, or `apps`) where
+ * balancing enforces it (`spreadEnforced`): no RS keeps two live members on one host (a host
+ * fault would take both). Pending standby moves count as done.
+ */
+export function checkSpread(state: ClusterState, apps?: Iterable<string>): string[] {
+  const out: string[] = [];
+  const names = apps === undefined ? Object.keys(state.apps) : [...apps];
+  for (const name of names) {
+    const app = own(state.apps, name);
+    if (app === undefined || !app.activated || app.spec.mode !== 'DISTRIBUTED_FAULT_TOLERANT') continue;
+    if (!spreadEnforced(state, name)) continue;
+    const hostOf = new Map<string, string>();
+    for (const c of Object.values(state.copies)) if (c.app === name && c.status === 'UP') hostOf.set(c.copyId, c.host);
+    for (const a of app.rs) {
+      const leaving = app.standbyMoves?.[a.rs]?.fromCopyId;
+      const hosts: string[] = [];
+      for (const m of a.members) {
+        const h = hostOf.get(m.copyId);
+        if (m.role === 'OUT_OF_SERVICE' || m.copyId === leaving || h === undefined) continue;
+        if (hosts.includes(h)) out.push(`${name}/${a.rs}: two live members on host ${h} (${a.members.map((x) => `${x.copyId}:${x.role}`).join(',')})`);
+        hosts.push(h);
+      }
+    }
+  }
+  return out;
 }

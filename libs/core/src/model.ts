@@ -130,6 +130,24 @@ export interface AppState {
    * is promoted and the source copy leaves the RS. Balancing leaves such an RS alone.
    */
   readonly moves?: Readonly<Record<string, PendingMove>>;
+  /**
+   * Balancing's standby moves waiting for their new standby to catch up, per RS id (absent when
+   * none). Make-before-break: the leaving STANDBY stays listed (one above the replication
+   * factor) until the active reports the new one caught up, so a failure of the active inside
+   * that window still promotes a standby that holds every acknowledged update. Balancing counts
+   * the move as done. A move whose members change otherwise is dropped.
+   */
+  readonly standbyMoves?: Readonly<Record<string, StandbyMove>>;
+}
+
+/** One standby move waiting for its new standby to catch up (see `AppState.standbyMoves`). */
+export interface StandbyMove {
+  /** The STANDBY that leaves the RS once `toCopyId` is caught up. */
+  readonly fromCopyId: string;
+  /** The new STANDBY (catching up meanwhile). */
+  readonly toCopyId: string;
+  /** Decision time the move started (abandoned on a Tick after the catch-up timeout). */
+  readonly sinceMs: number;
 }
 
 /** One RS move waiting for its target to catch up (see `AppState.moves`). */

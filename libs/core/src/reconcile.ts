@@ -16,6 +16,7 @@ import type { Tx, AppTx } from './tx';
 import { ensureSlot, listedRs, sortedRs } from './derived';
 import { appendOos, buildMembers, cmpStr, MemberBuf, parseMembers, roleOf } from './members';
 import { Board, mix32, placeInitial } from './placement';
+import { standbyMoveHolds } from './tx';
 import { keyToRs } from './hash';
 
 /** Index of the first element ≥ x in an ascending list. */
@@ -263,6 +264,31 @@ function repairList(tx: Tx, cur: readonly Member[], curLen: number, repair: Repa
   let changed = activate;
   // A pending move lists its target as one standby above the factor until it is caught up.
   let kk = k;
+  if (active !== null && repair.r >= 0) {
+    // A pending standby move lists its leaving standby until the new one is caught up.
+    const sm = repair.at.standbyMoveOf(repair.r);
+    if (sm !== undefined) {
+      let both = 0;
+      let toAt = -1;
+      for (let i = first; i < sbs.n; i++) {
+        if (sbs.at(i).copyId === sm.fromCopyId) both++;
+        else if (sbs.at(i).copyId === sm.toCopyId) {
+          both++;
+          toAt = i;
+        }
+      }
+      if (both === 2 && sbs.n - first <= k + 1) kk = k + 1;
+      else if (both === 2) {
+        // The factor was lowered mid-move: the move is moot, its new standby (no state yet) goes.
+        repair.at.setStandbyMove(repair.r, undefined);
+        const items = sbs.items as Member[];
+        for (let i = toAt; i + 1 < sbs.n; i++) items[i] = items[i + 1]!;
+        sbs.n--;
+        board.totalsDecreased();
+        changed = true;
+      }
+    }
+  }
   if (active !== null && !activate && repair.r >= 0) {
     const mv = repair.at.moveOf(repair.r);
     if (mv !== undefined && mv.fromCopyId === active.copyId) {
@@ -389,6 +415,34 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
     if (h === undefined) idHash.set(p, (h = keyToRs(ids[p]!, 0x7fffffff)));
     return mix32(h ^ Math.imul(counter + 1, 0x9e3779b1)) % at.rsCount;
   };
+  // Pending standby moves count as done: their leaving standby stays listed (make-before-break,
+  // `AppState.standbyMoves`) but no longer counts towards its copy's total.
+  const leave = new Int32Array(n);
+  const sbMoves = at.standbyMoves();
+  for (const key in sbMoves) {
+    const mv = sbMoves[key]!;
+    const p = board.posOf.get(mv.fromCopyId);
+    const m = at.get(Number(key)).members;
+    // It leaves only if the RS keeps its factor without it (see `completeStandbyMove`).
+    if (p !== undefined && standbyMoveHolds(mv, m) && parseMembers(m).standbys.length > k) leave[p]++;
+  }
+  const tot = (p: number): number => board.tot(p) - leave[p]!;
+  /** Host number → copies of the board on it. */
+  const hostSize = new Int32Array(n);
+  for (let i = 0; i < n; i++) hostSize[board.host[i]!]++;
+  let hosts = 0;
+  let maxHost = 0;
+  for (let i = 0; i < n; i++) {
+    if (hostSize[i]! > 0) hosts++;
+    if (hostSize[i]! > maxHost) maxHost = hostSize[i]!;
+  }
+  /**
+   * Whether every RS can have its members on distinct hosts with balanced counts: no host holds
+   * more than copies/(1+k) copies (each RS has at most one member per host, so a host's copies
+   * share at most one entry per RS). Then balancing never makes an RS's spread worse; otherwise
+   * counts come first (the spread cannot be had anyway) and hosts are only preferred.
+   */
+  const spreadFeasible = k > 0 && maxHost >= 2 && hosts >= 1 + k && maxHost * (1 + k) <= n;
   const live = (members: readonly Member[], skip: number): number[] => {
     const out: number[] = [];
     for (const m of members) {
@@ -398,13 +452,20 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
     }
     return out;
   };
-  /** First light copy (in `light` order) that could join `members` (strict: on a new host). */
+  /** True when a member at position p shares its host with one of `others`. */
+  const hostClash = (others: readonly number[], p: number): boolean => others.some((o) => board.host[o] === board.host[p]);
+  /**
+   * First light copy (in `light` order) that could replace h in `members`. Strict: on a host the
+   * other members do not use. Otherwise: the RS's host spread must not get worse (a host fault
+   * would take more of it), so a copy on a used host only replaces one on a used host.
+   */
   const firstLight = (members: readonly Member[], h: number, light: readonly number[], strict: boolean): number => {
     const others = live(members, h);
-    const limit = board.tot(h) - 2;
+    const limit = tot(h) - 2;
+    const hWasClash = !spreadFeasible || hostClash(others, h);
     for (const l of light) {
-      if (l === h || board.tot(l) > limit || others.includes(l)) continue;
-      if (strict && others.some((o) => board.host[o] === board.host[l])) continue;
+      if (l === h || tot(l) > limit || others.includes(l)) continue;
+      if (hostClash(others, l) && (strict || !hWasClash)) continue;
       return l;
     }
     return -1;
@@ -412,7 +473,30 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
   /** May the copy at position p be promoted in RS r by balancing? (see rules above) */
   // RS with a pending move (issue 5) keep their members until the move completes or is abandoned.
   const moving = at.hasMoves();
-  const still = (r: number): boolean => !moving || at.moveOf(r) === undefined;
+  let sbMoving = at.hasStandbyMoves();
+  const sbPending = (r: number): boolean => {
+    const mv = at.standbyMoveOf(r);
+    return mv !== undefined && standbyMoveHolds(mv, at.get(r).members);
+  };
+  const still = (r: number): boolean => (!moving || at.moveOf(r) === undefined) && (!sbMoving || !sbPending(r));
+  /**
+   * Replaces standby `from` of RS r by copy `to`, make-before-break: `to` is listed next to
+   * `from`, which leaves once the active reports `to` caught up (`AppState.standbyMoves`). At
+   * epoch 0 (nothing acknowledged yet) every member holds the whole state: `from` leaves at once.
+   * `active` becomes (or stays) the RS's ACTIVE; `sbs` are its standbys, `from` included.
+   */
+  const moveStandby = (r: number, active: string, sbs: readonly string[], oos: readonly string[], from: string, to: string, activate: boolean): void => {
+    at.put(r, buildMembers(tx.pool, active, [...sbs, to], oos), activate);
+    if (sbs.length < k) {
+      // Under-replicated (too few copies before): `to` is simply one more standby.
+    } else if (at.isSyncing(r, to)) {
+      at.setStandbyMove(r, { fromCopyId: from, toCopyId: to, sinceMs: tx.now });
+      sbMoving = true;
+      const p = board.posOf.get(from);
+      if (p !== undefined) leave[p]++;
+    } else at.put(r, buildMembers(tx.pool, active, sbs.filter((x) => x !== from).concat(to), oos), activate);
+    st.standbyMoves++;
+  };
   const promotable = (r: number, p: number): boolean =>
     still(r) && !at.failedOver(r) && !tx.fenced.has(ids[p]!) && at.hadState(r, ids[p]!) && !at.isSyncing(r, ids[p]!);
   const swap = (r: number, to: number): void => {
@@ -449,15 +533,13 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
       if (k === 0) {
         at.put(bestR, buildMembers(tx.pool, ids[bestL]!, [], p.oos), true);
         st.activeMoves++;
-      } else {
-        const sbs = p.standbys.filter((x) => x !== ids[h]).concat(ids[bestL]!);
-        at.put(bestR, buildMembers(tx.pool, p.active, sbs, p.oos), false);
-        st.standbyMoves++;
-      }
+      } else moveStandby(bestR, p.active!, p.standbys, p.oos, ids[h]!, ids[bestL]!, false);
       return true;
     }
     return false;
   };
+
+  if (spreadFeasible) spread();
 
   let guard = at.rsCount * (1 + k) + n + 16;
   // Phase T: totals. One pass per load level: every heaviest copy sheds one entry, then the
@@ -466,7 +548,7 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
     let max = -1;
     let min = 0x7fffffff;
     for (let i = 0; i < n; i++) {
-      const t = board.tot(i);
+      const t = tot(i);
       if (t > max) max = t;
       if (t < min) min = t;
     }
@@ -475,7 +557,7 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
     const lightest: number[] = [];
     const lighter: number[] = [];
     for (let i = 0; i < n; i++) {
-      const t = board.tot(i);
+      const t = tot(i);
       if (t === max) heavy.push(i);
       else if (t === min) lightest.push(i);
       else if (t <= max - 2) lighter.push(i);
@@ -484,17 +566,30 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
     const light = lightest.concat(lighter);
     // Room left on the light copies: stop the pass when it is used up (no futile scans).
     let room = 0;
-    for (const l of light) room += max - 1 - board.tot(l);
+    for (const l of light) room += max - 1 - tot(l);
     let progress = 0;
     for (const h of heavy) {
       if (room <= 0) break;
-      if (board.tot(h) === max && shedFrom(h, light)) {
+      if (tot(h) === max && shedFrom(h, light)) {
         progress++;
         room--;
       }
     }
     if (progress > 0) continue;
-    if (k === 0 || !handOff(heavy, light)) break;
+    if (k === 0 || (!handOff(heavy, light) && !(spreadFeasible && shedVia(heavy, light, max)))) break;
+  }
+
+  if (sbMoving) {
+    // RS with a pending standby move are left alone until it completes: resume on a later Tick
+    // if the totals are still apart (the moves complete with the catch-up reports).
+    let max = -1;
+    let min = 0x7fffffff;
+    for (let i = 0; i < n; i++) {
+      const t = tot(i);
+      if (t > max) max = t;
+      if (t < min) min = t;
+    }
+    if (max - min > 1) at.balancePending = true;
   }
 
   guard = at.rsCount * (1 + k) + n + 16;
@@ -576,6 +671,99 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
   if (guard < 0) at.balancePending = true;
 
   /**
+   * Phase H: host spread. An RS with two live members on one host loses both to one host fault,
+   * so its standby there moves (make-before-break) to the least-loaded copy on a host the RS does
+   * not use. Only when every RS can be spread with balanced counts (no host holds more than
+   * copies/(1+k) of them); Phase T then restores the counts without undoing the spread. Scans
+   * only the RS of copies that share their host with another copy.
+   */
+  function spread(): void {
+    // A pending standby move started before the spread could be had may end on a used host:
+    // undo it (its new standby has no state yet); the loop below then places that RS properly.
+    if (sbMoving) {
+      const pending = at.standbyMoves();
+      for (const key in pending) {
+        const r = Number(key);
+        const mv = pending[key]!;
+        if (!sbPending(r)) continue;
+        const m = at.get(r).members;
+        const lv = live(m, -1);
+        const from = board.posOf.get(mv.fromCopyId);
+        const to = board.posOf.get(mv.toCopyId);
+        if (from === undefined || to === undefined) continue;
+        const rest = lv.filter((x) => x !== from && x !== to);
+        if (!hostClash(rest, to) || hostClash(rest, from)) continue;
+        const p = parseMembers(m);
+        at.setStandbyMove(r, undefined);
+        if (p.standbys.length <= k) continue; // under-replicated: both stay (see `moveStandby`)
+        at.put(r, buildMembers(tx.pool, p.active, p.standbys.filter((x) => x !== mv.toCopyId), p.oos), false);
+        leave[from]--;
+        st.standbyMoves++;
+      }
+    }
+    for (let p = 0; p < n; p++) {
+      if (hostSize[board.host[p]!]! < 2) continue;
+      const list = sortedRs(idx, board.slot[p]!);
+      for (let q = 0; q < list.length; q++) {
+        const r = list[q]!;
+        if (!still(r) || at.failedOver(r)) continue;
+        const m = at.get(r).members;
+        if (m.length < 2 || m[0]!.role !== 'ACTIVE') continue;
+        const lv = live(m, -1);
+        if (lv.length !== m.filter((x) => x.role !== 'OUT_OF_SERVICE').length) continue; // a member off the board
+        // The standby to move: the last one whose host an earlier member uses.
+        let s = -1;
+        for (let i = 1; i < lv.length; i++) if (hostClash(lv.slice(0, i), lv[i]!)) s = lv[i]!;
+        if (s < 0) continue;
+        const rest = lv.filter((x) => x !== s);
+        let best = -1;
+        for (let l = 0; l < n; l++) {
+          if (lv.includes(l) || hostClash(rest, l)) continue;
+          if (best < 0 || tot(l) < tot(best)) best = l;
+        }
+        if (best < 0) continue;
+        const pm = parseMembers(m);
+        moveStandby(r, pm.active!, pm.standbys, pm.oos, ids[s]!, ids[best]!, false);
+      }
+    }
+  }
+
+  /**
+   * Phase T fallback under host spread: no light copy may replace a heavy copy's standby
+   * directly (each would share a host with the RS's other members). Two standby moves through a
+   * middle copy m one below the top: h → m in one RS, m → l in another. Totals: h −1, l +1.
+   */
+  function shedVia(heavy: readonly number[], light: readonly number[], max: number): boolean {
+    const middle: number[] = [];
+    for (let i = 0; i < n; i++) if (tot(i) === max - 1) middle.push(i);
+    if (middle.length === 0) return false;
+    for (const h of heavy) {
+      for (const r1 of sortedRs(idx, board.slot[h]!)) {
+        const m1 = at.get(r1).members;
+        if (roleOf(m1, ids[h]!) !== 'STANDBY' || !still(r1)) continue;
+        const others1 = live(m1, h);
+        for (const m of middle) {
+          if (others1.includes(m) || (hostClash(others1, m) && !hostClash(others1, h))) continue;
+          // m hands one of its standbys (another RS) to a light copy.
+          for (const r2 of sortedRs(idx, board.slot[m]!)) {
+            if (r2 === r1) continue;
+            const m2 = at.get(r2).members;
+            if (roleOf(m2, ids[m]!) !== 'STANDBY' || !still(r2)) continue;
+            const l = firstLight(m2, m, light, false);
+            if (l < 0 || tot(l) > max - 2) continue;
+            const p1 = parseMembers(m1);
+            moveStandby(r1, p1.active!, p1.standbys, p1.oos, ids[h]!, ids[m]!, false);
+            const p2 = parseMembers(m2);
+            moveStandby(r2, p2.active!, p2.standbys, p2.oos, ids[m]!, ids[l]!, false);
+            return true;
+          }
+        }
+      }
+    }
+    return false;
+  }
+
+  /**
    * Phase T fallback: heavy copies hold only actives the light copies could take. Hand an active
    * to a standby that holds the state, then move the (now) standby entry to the light copy.
    */
@@ -595,10 +783,9 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
         }
         const heir = p.standbys.find((x) => promotable(r, board.posOf.get(x)!));
         if (heir === undefined) continue;
-        const rest = p.standbys.filter((x) => x !== heir).concat(ids[l]!);
-        at.put(r, buildMembers(tx.pool, heir, rest, p.oos), true);
+        // The old active stays a standby (it holds the state) until the light copy caught up.
+        moveStandby(r, heir, p.standbys.map((x) => (x === heir ? ids[h]! : x)), p.oos, ids[h]!, ids[l]!, true);
         st.swaps++;
-        st.standbyMoves++;
         return true;
       }
     }
@@ -767,13 +954,14 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
         let s = -1;
         for (const sb of p.standbys) {
           const ps = board.posOf.get(sb);
-          if (ps === undefined || board.tot(ps) < board.tot(l) + 1) continue;
-          if (s < 0 || board.tot(ps) > board.tot(s)) s = ps;
+          if (ps === undefined || tot(ps) < tot(l) + 1) continue;
+          // Host spread must not get worse (see `firstLight`).
+          const rest = others.filter((o) => o !== ps).concat(h);
+          if (spreadFeasible && hostClash(rest, l) && !hostClash(rest, ps)) continue;
+          if (s < 0 || tot(ps) > tot(s)) s = ps;
         }
         if (s < 0) continue;
-        const sbs = p.standbys.map((x) => (x === ids[s] ? ids[l]! : x));
-        at.put(r, buildMembers(tx.pool, p.active, sbs, p.oos), false);
-        st.standbyMoves++;
+        moveStandby(r, p.active!, p.standbys, p.oos, ids[s]!, ids[l]!, false);
         return true;
       }
     }

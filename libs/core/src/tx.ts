@@ -5,7 +5,7 @@
  * from the diff (instead of emitting them step by step) is what keeps them minimal and always in
  * agreement with the persisted state.
  */
-import type { AppSpec, AppState, ClusterState, CopyInfo, Edge, LeaderPhase, Member, PendingMove, Role, RsAssignment } from './model';
+import type { AppSpec, AppState, ClusterState, CopyInfo, Edge, LeaderPhase, Member, PendingMove, Role, RsAssignment, StandbyMove } from './model';
 import type { ControllerCommand, Decision, MemberView, RoleEntry, RouteChange } from './events';
 import { applyChange, buildIndex, listedRs, peekIndex, setStandbyTarget, storeIndex, takeIndex, type AppIndex } from './derived';
 import { cmpStr, MemberPool, own, roleOf, sameMembers } from './members';
@@ -42,6 +42,13 @@ export class AppTx {
   private syncingW: Syncing | null = null;
   /** Working copy of `AppState.moves` (null: still the base one). */
   private movesW: Record<string, PendingMove> | null = null;
+  /**
+   * `rs:copyId` of the standbys reported caught up in this decision: a later write of the RS
+   * (a move completing) must not restore their marks from the decision's start.
+   */
+  private syncedNow: Set<string> | null = null;
+  /** Working copy of `AppState.standbyMoves` (null: still the base one). */
+  private sbMovesW: Record<string, StandbyMove> | null = null;
 
   /**
    * @param fenced the decision's replaced processes (re-listed ones hold no state: catching up).
@@ -131,6 +138,8 @@ export class AppTx {
       const m = members[i]!;
       if (m.role !== 'STANDBY') continue;
       let since = start === undefined ? undefined : own(start, m.copyId);
+      // Reported caught up in this decision (an earlier entry of the same report): stays so.
+      if (since !== undefined && this.syncedNow !== null && this.syncedNow.has(`${r}:${m.copyId}`)) continue;
       if (since === undefined) {
         const was = roleOf(base.members, m.copyId);
         const fresh = (was !== 'STANDBY' && was !== 'ACTIVE') || this.fenced.has(m.copyId);
@@ -193,6 +202,30 @@ export class AppTx {
     else this.movesW[r] = m;
   }
 
+  /** The pending standby move of RS r (see `AppState.standbyMoves`). */
+  standbyMoveOf(r: number): StandbyMove | undefined {
+    return own((this.sbMovesW ?? this.base?.standbyMoves ?? NO_SB_MOVES) as Record<string, StandbyMove>, r);
+  }
+
+  /** Pending standby moves by RS id (read-only view). */
+  standbyMoves(): Readonly<Record<string, StandbyMove>> {
+    return this.sbMovesW ?? this.base?.standbyMoves ?? NO_SB_MOVES;
+  }
+
+  /** True when some RS of this app has a pending standby move. */
+  hasStandbyMoves(): boolean {
+    for (const _ in this.sbMovesW ?? this.base?.standbyMoves ?? NO_SB_MOVES) return true;
+    return false;
+  }
+
+  /** Records (or, with undefined, forgets) the pending standby move of RS r. */
+  setStandbyMove(r: number, m: StandbyMove | undefined): void {
+    if (m === undefined && this.standbyMoveOf(r) === undefined) return;
+    this.sbMovesW ??= { ...(this.base?.standbyMoves ?? NO_SB_MOVES) };
+    if (m === undefined) delete this.sbMovesW[r];
+    else this.sbMovesW[r] = m;
+  }
+
   /**
    * The active of RS r reported `copyId` caught up, replicating to the member list of assignment
    * `version`. True when that cleared a catching-up mark (a report about an older listing, or
@@ -202,6 +235,7 @@ export class AppTx {
     const e = own((this.syncingW ?? this.base?.syncing ?? NO_SYNCING) as Syncing, r);
     const since = e === undefined ? undefined : own(e, copyId);
     if (since === undefined || version < since) return false;
+    (this.syncedNow ??= new Set()).add(`${r}:${copyId}`);
     this.syncingW ??= cloneSyncing(this.base?.syncing);
     const next = { ...this.syncingW[r]! };
     delete next[copyId];
@@ -225,6 +259,21 @@ export class AppTx {
       else dropped = true;
     }
     if (this.movesW === null && !dropped) return this.base?.moves;
+    return out;
+  }
+
+  /** Like {@link finishMoves} for standby moves (see {@link standbyMoveHolds}). */
+  private finishStandbyMoves(rs: readonly RsAssignment[]): AppState['standbyMoves'] {
+    const cur = this.sbMovesW ?? this.base?.standbyMoves;
+    if (cur === undefined) return undefined;
+    let out: Record<string, StandbyMove> | undefined;
+    let dropped = false;
+    for (const r in cur) {
+      const m = cur[r]!;
+      if (standbyMoveHolds(m, rs[Number(r)]?.members)) (out ??= {})[r] = m;
+      else dropped = true;
+    }
+    if (this.sbMovesW === null && !dropped) return this.base?.standbyMoves;
     return out;
   }
 
@@ -289,6 +338,7 @@ export class AppTx {
     const pending = this.balancePending;
     const syncing = this.syncingW === null ? b?.syncing : finishSyncing(this.syncingW, rs.length);
     const moves = this.finishMoves(rs);
+    const sbMoves = this.finishStandbyMoves(rs);
     if (
       b !== undefined &&
       rs === b.rs &&
@@ -296,13 +346,15 @@ export class AppTx {
       b.activated === this.activated &&
       (b.balancePending === true) === pending &&
       syncing === b.syncing &&
-      moves === b.moves
+      moves === b.moves &&
+      sbMoves === b.standbyMoves
     )
       app = b;
     else {
       app = pending ? { spec: this.spec, activated: this.activated, rs, balancePending: true } : { spec: this.spec, activated: this.activated, rs };
       if (syncing !== undefined) app = { ...app, syncing };
       if (moves !== undefined) app = { ...app, moves };
+      if (sbMoves !== undefined) app = { ...app, standbyMoves: sbMoves };
     }
     if (this.index !== null) storeIndex(app.rs, this.index);
     return { app, changedRs };
@@ -311,6 +363,17 @@ export class AppTx {
 
 const NO_SYNCING: Readonly<Record<string, Readonly<Record<string, number>>>> = Object.freeze({});
 const NO_MOVES: Readonly<Record<string, PendingMove>> = Object.freeze({});
+const NO_SB_MOVES: Readonly<Record<string, StandbyMove>> = Object.freeze({});
+
+/**
+ * True while a pending standby move still holds in `members`: the RS has an ACTIVE and both the
+ * leaving and the new copy are STANDBYs. Anything else (the leaving standby was promoted or
+ * failed, the new one failed or was dropped) ends the move; the RS is then an ordinary RS.
+ */
+export function standbyMoveHolds(m: StandbyMove, members: readonly Member[] | undefined): boolean {
+  if (members === undefined || members.length === 0 || members[0]!.role !== 'ACTIVE') return false;
+  return roleOf(members, m.fromCopyId) === 'STANDBY' && roleOf(members, m.toCopyId) === 'STANDBY';
+}
 
 /**
  * True while a pending move still holds in `members`: its source is the ACTIVE and its target a

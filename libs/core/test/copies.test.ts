@@ -302,7 +302,14 @@ test('adding a copy to a running app gives it its share (balanced within 1)', ()
   assert.equal(wrong.state, early.state, 'reports from a non-active copy change nothing');
   const synced = ok(early.state, { type: 'StandbysSynced', entries: rep.entries.map((e) => ({ ...e, reportedBy: activeOf(early.state, 'dft', e.rs)! })) }, T0 + 2);
   assert.equal(synced.state.apps.dft!.syncing, undefined, 'all caught up');
-  assert.deepEqual(synced.commands, [], 'a catch-up report changes no roles by itself');
+  // Standby moves are make-before-break: the replaced standbys stayed listed until now, and
+  // the report completes the 24 moves (they leave); no active changes.
+  assert.equal(early.state.apps.dft!.standbyMoves !== undefined && Object.keys(early.state.apps.dft!.standbyMoves).length, 24, 'each moved standby waits for its replacement');
+  assert.equal(synced.state.apps.dft!.standbyMoves, undefined, 'every standby move completed');
+  for (const a of synced.state.apps.dft!.rs) {
+    assert.equal(a.members.filter((m) => m.role === 'STANDBY').length, 2, `RS ${a.rs} back to the factor`);
+    assert.equal(a.epoch, early.state.apps.dft!.rs[a.rs]!.epoch, 'no active moved');
+  }
   const t = ok(synced.state, { type: 'Tick' }, T0 + 3);
   assert.match(t.notes.join('\n'), /balanced dft: moved_standby=0 moved_active=0 swapped_active=\d+/);
   s = t.state;
