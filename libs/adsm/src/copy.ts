@@ -60,7 +60,7 @@ import {
   unaryHandler,
   type GrpcServer,
 } from '@understudy/runtime';
-import { decodeJson, encodeJson } from './codec';
+import { decodeJson, encodeJson, packDedupe, unpackDedupe } from './codec';
 import { controllerCheckpoints, decodeCheckpoint, encodeCheckpoint, type CheckpointStore } from './checkpoint';
 import { ControllerClient } from './controller-client';
 import { FaultManagerLink } from './watch';
@@ -1260,7 +1260,8 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         fromCopyId: this.copyId,
         seq: slot.seq,
         state: encodeJson(this.handler.snapshot ? this.handler.snapshot(slot.state) : slot.state),
-        dedupe: dedupeEntries(slot.dedupe),
+        dedupe: [],
+        dedupePacked: packDedupe(slot.dedupe),
         outbox: slot.outbox.list(),
       }, { deadlineMs: this.o.replicationCallTimeoutMs });
       peer.ackedSeq = res.appliedSeq;
@@ -1450,10 +1451,11 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     } catch {
       throw new InvalidArgumentError(`snapshot of ${req.app}/${req.rs} is not valid JSON`);
     }
+    const dedupe = snapshotDedupe(req, `snapshot of ${req.app}/${req.rs}`);
     slot.state = this.handler.restore ? this.handler.restore(snap) : (snap as S);
     slot.seq = req.seq;
     slot.dedupe.clear();
-    for (const d of req.dedupe) slot.dedupe.set(d.messageId, d.reply);
+    for (const [id, reply] of dedupe) slot.dedupe.set(id, reply);
     slot.outbox.restore(req.outbox, req.seq);
     slot.log.length = 0;
     slot.synced = true;
@@ -1578,10 +1580,11 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       }
       if (best) {
         const snap = decodeJson(best.r.state);
+        const dedupe = snapshotDedupe(best.r, `state of ${this.appName}/${slot.rs} from ${best.from}`);
         slot.state = this.handler.restore ? this.handler.restore(snap) : (snap as S);
         slot.seq = best.r.seq;
         slot.dedupe.clear();
-        for (const d of best.r.dedupe) slot.dedupe.set(d.messageId, d.reply);
+        for (const [id, reply] of dedupe) slot.dedupe.set(id, reply);
         slot.outbox.restore(best.r.outbox, best.r.seq);
         slot.log.length = 0;
         slot.hasState = true;
@@ -1611,7 +1614,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     if (!(req.epoch > 0)) throw new InvalidArgumentError('epoch must be > 0 (the requester\'s new epoch for the RS)');
     if (!req.copyId) throw new InvalidArgumentError('copy_id is required (who is fetching the state)');
     const slot = this.slots.get(req.rs);
-    if (!slot || !slot.hasState || slot.recovering !== null) return { hasState: false, stateEpoch: 0, seq: 0, state: Buffer.alloc(0), dedupe: [], outbox: [] };
+    if (!slot || !slot.hasState || slot.recovering !== null) return { hasState: false, stateEpoch: 0, seq: 0, state: Buffer.alloc(0), dedupe: [], dedupePacked: Buffer.alloc(0), outbox: [] };
     if (req.epoch <= slot.epoch && slot.role === 'ACTIVE') {
       throw new FailedPreconditionError(`copy ${this.copyId} is the ACTIVE of ${req.app}/${req.rs} at epoch ${slot.epoch}; epoch ${req.epoch} is not newer`);
     }
@@ -1630,7 +1633,8 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       stateEpoch: slot.epoch,
       seq: slot.seq,
       state: encodeJson(this.handler.snapshot ? this.handler.snapshot(slot.state) : slot.state),
-      dedupe: dedupeEntries(slot.dedupe),
+      dedupe: [],
+      dedupePacked: packDedupe(slot.dedupe),
       outbox: slot.outbox.list(),
     };
   }
@@ -1810,9 +1814,20 @@ function deferred(): { promise: Promise<void>; resolve: () => void } {
 }
 
 const PROBE_OUTCOME: DeliverOutcome = { reply: Buffer.alloc(0), epoch: 0, duplicate: false };
-/** The dedupe table as snapshot entries (InstallSnapshot, FetchState). */
-function dedupeEntries(dedupe: ReadonlyMap<string, Buffer>): UpdateEntry[] {
-  return [...dedupe].map(([messageId, reply]) => ({ seq: 0, messageId, update: Buffer.alloc(0), reply, outboxAdded: [], outboxDone: [] }));
+/**
+ * The dedupe table a snapshot (InstallSnapshot, FetchState) carries: entries of an older sender,
+ * then the packed blob. Checked whole before anything is installed: a malformed blob is bad
+ * input (INVALID_ARGUMENT), not half a table.
+ */
+function snapshotDedupe(m: { readonly dedupe: readonly UpdateEntry[]; readonly dedupePacked: Uint8Array }, what: string): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  for (const d of m.dedupe) out.set(d.messageId, Buffer.from(d.reply.buffer, d.reply.byteOffset, d.reply.byteLength));
+  try {
+    unpackDedupe(m.dedupePacked, out);
+  } catch (e) {
+    throw new InvalidArgumentError(`${what}: dedupe table: ${(e as Error).message}`);
+  }
+  return out;
 }
 
 /** `update` of an outbox housekeeping entry: no state update. */

@@ -199,6 +199,15 @@ describe('ADSM replication and fencing', () => {
     await assert.rejects(unaryCall(cl.fetchState.bind(cl), { app: APP, rs: 11, epoch: 0, copyId: 'x' }), (e: Error) => e instanceof InvalidArgumentError && /epoch must be > 0/.test(e.message));
     await assert.rejects(unaryCall(cl.fetchState.bind(cl), { app: APP, rs: 11, epoch: 5, copyId: '' }), (e: Error) => e instanceof InvalidArgumentError && /copy_id is required/.test(e.message));
     await assert.rejects(unaryCall(cl.fetchState.bind(cl), { app: 'nope', rs: 11, epoch: 5, copyId: 'x' }), (e: Error) => e instanceof NotFoundError);
+    // A snapshot whose packed dedupe table is malformed is refused whole: the standby keeps what
+    // it had, and replication from the real active goes on.
+    const ca = client(a);
+    const bad = { app: APP, rs: 11, epoch: 2, fromCopyId: c.copyId, seq: 1_000_000, state: encodeJson({}), dedupe: [], outbox: [], dedupePacked: Buffer.from([5, 0, 0, 0, 1]) };
+    await assert.rejects(unaryCall(ca.installSnapshot.bind(ca), bad), (e: Error) => e instanceof InvalidArgumentError && /dedupe table: dedupe blob truncated/.test(e.message));
+    assert.equal((await inc(c, 11, 'fs', 'fs-4')).value, 5);
+    await place(11, 3, 3, a, [c]);
+    assert.equal(await query(a, 11, 'fs'), 5, 'the standby kept its state and took over with it');
+    assert.equal((await inc(a, 11, 'fs', 'fs-4')).duplicate, true, 'and its dedupe table');
   });
 
   test('DeliverStream: each request is a Deliver answered with its correlation id and its own status', async () => {
