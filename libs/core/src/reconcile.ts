@@ -576,7 +576,10 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
       }
     }
     if (progress > 0) continue;
-    if (k === 0 || (!handOff(heavy, light) && !(spreadFeasible && shedVia(heavy, light, max)))) break;
+    if (k === 0) break;
+    if (handOff(heavy, light)) continue;
+    if (spreadFeasible && (shedVia(heavy, light, max) || shedBelowTop(min))) continue;
+    break;
   }
 
   if (sbMoving) {
@@ -726,6 +729,19 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
         moveStandby(r, pm.active!, pm.standbys, pm.oos, ids[s]!, ids[best]!, false);
       }
     }
+  }
+
+  /**
+   * Phase T fallback under host spread: the heaviest copies cannot shed, but a copy below the
+   * top can (each move from a copy to one at least 2 lighter still lowers the sum of squared
+   * totals). Sources heaviest first, targets lightest first.
+   */
+  function shedBelowTop(min: number): boolean {
+    const order = Array.from({ length: n }, (_, i) => i);
+    const down = order.filter((i) => tot(i) >= min + 2).sort((a, b) => tot(b) - tot(a) || a - b);
+    const up = order.sort((a, b) => tot(a) - tot(b) || a - b);
+    for (const h of down) if (shedFrom(h, up.filter((l) => tot(l) <= tot(h) - 2))) return true;
+    return false;
   }
 
   /**

@@ -35,7 +35,7 @@ const MODES: Mode[] = ['DISTRIBUTED', 'FAULT_TOLERANT', 'DISTRIBUTED_FAULT_TOLER
  * are make-before-break, so a swap that needs a moved standby waits one more catch-up round.
  */
 const PENDING_TICKS = 6;
-const SPREAD_SLACK = Number(process.env.SIM_SPREAD_SLACK ?? 2);
+const SPREAD_SLACK = Number(process.env.SIM_SPREAD_SLACK ?? 1);
 
 /** Options of one simulated run. */
 export interface SimOptions {
