@@ -73,6 +73,9 @@ import type { AppDefinition, RsHandler } from './handler';
 
 type RoleName = 'ACTIVE' | 'STANDBY' | 'OUT_OF_SERVICE';
 
+/** Background catch-up rounds per role change (see `kickSync`): 20 ms doubling to 2 s, ~15 s in all. */
+const KICK_SYNC_ATTEMPTS = 12;
+
 /** Options of {@link startCopy}. */
 export interface CopyOptions<S, M, U, R, Q, QR> {
   /** The application this process runs. */
@@ -1340,24 +1343,44 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
    * changes and, in bench/failover, left promoted copies without state (see the issue note);
    * a standby still missing its snapshot gets it with the RS's next replication round.
    */
-  private kickSync(slot: RsSlot<S>): void {
+  private kickSync(slot: RsSlot<S>, attempt = 0): void {
     const epoch = slot.epoch;
+    // Without traffic nothing else catches a new standby up, and the controller keeps a
+    // balancing standby move open (the old standby listed too) until it is: so a round that
+    // could not run (a batch was running) or failed (the standby not ready yet) is tried again,
+    // a bounded number of times, while this copy is still the RS's active at that epoch.
+    const again = (): void => {
+      if (attempt >= KICK_SYNC_ATTEMPTS || this.stopped) return;
+      setTimeout(() => {
+        if (!this.stopped && slot.role === 'ACTIVE' && slot.epoch === epoch && slot.recovering === null && !this.allPeersCaughtUp(slot)) this.kickSync(slot, attempt + 1);
+      }, Math.min(20 * 2 ** attempt, 2000)).unref();
+    };
     const run = async (): Promise<void> => {
       // Serialise with message processing so a snapshot never races an update.
-      if (slot.running || slot.recovering !== null) return;
+      if (slot.recovering !== null) return;
+      if (slot.running) return again();
       slot.running = true;
+      let ok = false;
       try {
         await this.replicateUntilCommitted(slot, epoch, true);
+        ok = true;
       } catch {
-        /* not active anymore: nothing to sync */
+        /* not active any more, or a standby not reachable yet */
       } finally {
         slot.running = false;
         this.pauses.idle(slot.rs);
       }
+      if (!ok) again();
       if (slot.queue.length > 0) void this.drain(slot);
       else if (slot.outbox.size > 0 || slot.outbox.hasDone()) this.outboxHousekeeping(slot);
     };
     void run();
+  }
+
+  /** True when every standby of the slot has been reported caught up (see `peerCaughtUp`). */
+  private allPeersCaughtUp(slot: RsSlot<S>): boolean {
+    for (const p of slot.peers.values()) if (!p.reported) return false;
+    return true;
   }
 
   private replicationLink(address: string): ReplicationLink {
