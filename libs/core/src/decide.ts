@@ -5,8 +5,8 @@
 import { compileDetectionPolicy } from './detection';
 import type { AppSpec, ClusterState, CopyInfo, Edge, Topology } from './model';
 import type { ControllerCommand, ControllerEvent, Decision, Rejection } from './events';
-import { standbyMoveHolds, Tx, type AppTx } from './tx';
-import { reconcile } from './reconcile';
+import { Tx, type AppTx } from './tx';
+import { abandonStandbyMove, completeStandbyMove, reconcile } from './reconcile';
 import { validateTopology } from './validate';
 import { listedRs, peekIndex } from './derived';
 import { buildMembers, cmpStr, own, parseMembers, roleOf } from './members';
@@ -137,6 +137,7 @@ function endPassive(tx: Tx, why: string): void {
   }
   tx.leader = { passive: false, awaiting: [], passiveUntilMs: l.passiveUntilMs };
   tx.balance = 'all';
+  tx.respread = 'all';
   tx.deferSwaps = new Set(); // a leadership change settles everything at once
   reconcile(tx);
   // Isolation of every failed copy, including ones failed while passive (no commands then).
@@ -223,38 +224,6 @@ function onTick(state: ClusterState, now: number): Decision {
     reconcile(tx);
   }
   return tx.commit();
-}
-
-/**
- * Finishes the pending standby move of RS r (its new standby is caught up): the leaving standby
- * leaves the RS.
- */
-function completeStandbyMove(tx: Tx, at: AppTx, r: number): void {
-  const mv = at.standbyMoveOf(r)!;
-  at.setStandbyMove(r, undefined);
-  const members = at.get(r).members;
-  if (!standbyMoveHolds(mv, members)) return;
-  const p = parseMembers(members);
-  // The factor may have been raised meanwhile: then the old standby stays.
-  if (p.standbys.length <= at.spec.standbys) return;
-  at.put(r, buildMembers(tx.pool, p.active, p.standbys.filter((x) => x !== mv.fromCopyId), p.oos), false);
-  tx.notes.push(`standby move ${at.name}/${r}: ${mv.fromCopyId} -> ${mv.toCopyId} done (new standby caught up)`);
-}
-
-/**
- * Undoes the pending standby move of RS r: the new standby (still catching up) leaves again, the
- * old one stays.
- */
-function abandonStandbyMove(tx: Tx, at: AppTx, r: number, why: string): void {
-  const mv = at.standbyMoveOf(r)!;
-  at.setStandbyMove(r, undefined);
-  const members = at.get(r).members;
-  if (!standbyMoveHolds(mv, members)) return;
-  const p = parseMembers(members);
-  tx.notes.push(`standby move ${at.name}/${r}: ${mv.fromCopyId} -> ${mv.toCopyId} abandoned: ${why}`);
-  // The factor may have been raised meanwhile: then the new standby stays too.
-  if (p.standbys.length <= at.spec.standbys) return;
-  at.put(r, buildMembers(tx.pool, p.active, p.standbys.filter((x) => x !== mv.toCopyId), p.oos), false);
 }
 
 /**
@@ -368,6 +337,7 @@ function onTopology(state: ClusterState, t: Topology, now: number): Decision {
   }
   if (tx.notes.length === 0) return noop(state, 'topology unchanged');
   tx.balance = balanceSet;
+  tx.respread = balanceSet;
   reconcile(tx);
   return tx.commit();
 }
@@ -448,6 +418,7 @@ function onRegistered(state: ClusterState, e: ControllerEvent & { type: 'CopyReg
   }
   removeAwaiting(tx, e.copyId);
   tx.balance = balanceSet;
+  tx.respread = balanceSet;
   reconcile(tx);
   maybeEndPassive(tx);
   return tx.commit();
@@ -741,6 +712,7 @@ function onEnabled(state: ClusterState, copyId: string, now: number): Decision {
   tx.setCopy({ ...c, status: 'UP' });
   tx.notes.push(`copy ${copyId} enabled (was ${c.status})`);
   tx.balance = new Set([c.app]);
+  tx.respread = tx.balance;
   reconcile(tx);
   return tx.commit();
 }

@@ -2,6 +2,7 @@
 import type { ClusterState } from './model';
 import { own } from './members';
 import { moveHolds, standbyMoveHolds } from './tx';
+import { spreadBinds } from './placement';
 
 const LIMIT = 50;
 
@@ -178,22 +179,15 @@ export function checkBalance(state: ClusterState, apps?: Iterable<string>, sprea
 }
 
 /**
- * Whether balancing enforces host spread for an app (the rule in `reconcile.ts`): a
- * DISTRIBUTED_FAULT_TOLERANT app whose UP copies sit on ≥ 1 + standbys hosts, some host with two
- * or more, and no host with more than copies/(1 + standbys) of them.
+ * Whether balancing enforces host spread for an app: a DISTRIBUTED_FAULT_TOLERANT app whose
+ * UP copies meet `spreadBinds`.
  */
 export function spreadEnforced(state: ClusterState, name: string): boolean {
   const app = own(state.apps, name);
-  if (app === undefined || app.spec.mode !== 'DISTRIBUTED_FAULT_TOLERANT' || app.spec.standbys < 1) return false;
+  if (app === undefined || app.spec.mode !== 'DISTRIBUTED_FAULT_TOLERANT') return false;
   const per = new Map<string, number>();
-  let n = 0;
-  for (const c of Object.values(state.copies)) {
-    if (c.app !== name || c.status !== 'UP') continue;
-    per.set(c.host, (per.get(c.host) ?? 0) + 1);
-    n++;
-  }
-  const max = Math.max(0, ...per.values());
-  return max >= 2 && per.size >= 1 + app.spec.standbys && max * (1 + app.spec.standbys) <= n;
+  for (const c of Object.values(state.copies)) if (c.app === name && c.status === 'UP') per.set(c.host, (per.get(c.host) ?? 0) + 1);
+  return spreadBinds(per.values(), app.spec.standbys);
 }
 
 /**

@@ -49,6 +49,28 @@ export function spreadOrder(copies: readonly CopyInfo[]): CopyInfo[] {
 }
 
 /**
+ * Whether balancing enforces host spread for an app with `k` standbys per RS whose eligible
+ * copies sit on hosts of the given sizes: some host has several copies (otherwise every RS is
+ * spread anyway), there are at least 1 + k hosts, and no host holds more than copies/(1 + k) of
+ * them. Then every RS can have its members on distinct hosts with balanced counts (a host's
+ * copies share at most one entry per RS), and balancing never makes an RS's spread worse;
+ * otherwise counts come first and hosts are only preferred. Shared by `reconcile` and the
+ * invariant checks, so both judge by one rule.
+ */
+export function spreadBinds(hostSizes: Iterable<number>, k: number): boolean {
+  let hosts = 0;
+  let max = 0;
+  let n = 0;
+  for (const size of hostSizes) {
+    if (size <= 0) continue;
+    hosts++;
+    n += size;
+    if (size > max) max = size;
+  }
+  return k > 0 && max >= 2 && hosts >= 1 + k && max * (1 + k) <= n;
+}
+
+/**
  * A set of eligible copies in a fixed order, reading load counters through slots. Picks are
  * "least loaded first, prefer a host not yet used by the RS, then the earliest position", which
  * keeps counts balanced and members spread over hosts without making hosts a hard constraint.

@@ -15,9 +15,12 @@ import type { CopyInfo, Member } from './model';
 import type { Tx, AppTx } from './tx';
 import { ensureSlot, listedRs, sortedRs } from './derived';
 import { appendOos, buildMembers, cmpStr, MemberBuf, parseMembers, roleOf } from './members';
-import { Board, mix32, placeInitial } from './placement';
+import { Board, mix32, placeInitial, spreadBinds } from './placement';
 import { standbyMoveHolds } from './tx';
 import { keyToRs } from './hash';
+
+/** Phase T fallback moves under host spread per decision (see `balance`). */
+const SPREAD_FALLBACKS_PER_DECISION = 32;
 
 /** Index of the first element ≥ x in an ascending list. */
 function lowerBound(list: readonly number[], x: number): number {
@@ -396,6 +399,7 @@ function repairFaultTolerant(tx: Tx, at: AppTx, board: Board): void {
  */
 function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
   const n = board.n;
+  const resumed = at.balancePending;
   at.balancePending = false;
   if (n < 2) return;
   const deferSwaps = tx.deferSwaps.has(at.name);
@@ -430,19 +434,8 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
   /** Host number → copies of the board on it. */
   const hostSize = new Int32Array(n);
   for (let i = 0; i < n; i++) hostSize[board.host[i]!]++;
-  let hosts = 0;
-  let maxHost = 0;
-  for (let i = 0; i < n; i++) {
-    if (hostSize[i]! > 0) hosts++;
-    if (hostSize[i]! > maxHost) maxHost = hostSize[i]!;
-  }
-  /**
-   * Whether every RS can have its members on distinct hosts with balanced counts: no host holds
-   * more than copies/(1+k) copies (each RS has at most one member per host, so a host's copies
-   * share at most one entry per RS). Then balancing never makes an RS's spread worse; otherwise
-   * counts come first (the spread cannot be had anyway) and hosts are only preferred.
-   */
-  const spreadFeasible = k > 0 && maxHost >= 2 && hosts >= 1 + k && maxHost * (1 + k) <= n;
+  /** See `spreadBinds`: when true, balancing never makes an RS's host spread worse. */
+  const spreadFeasible = spreadBinds(hostSize, k);
   const live = (members: readonly Member[], skip: number): number[] => {
     const out: number[] = [];
     for (const m of members) {
@@ -539,8 +532,9 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
     return false;
   };
 
-  if (spreadFeasible) spread();
+  if (spreadFeasible && (resumed || tx.respread === 'all' || tx.respread.has(at.name))) spread();
 
+  let fallbacks = 0;
   let guard = at.rsCount * (1 + k) + n + 16;
   // Phase T: totals. One pass per load level: every heaviest copy sheds one entry, then the
   // levels are recomputed (O(copies) per pass, not per move).
@@ -578,7 +572,18 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
     if (progress > 0) continue;
     if (k === 0) break;
     if (handOff(heavy, light)) continue;
-    if (spreadFeasible && (shedVia(heavy, light, max) || shedBelowTop(min))) continue;
+    if (spreadFeasible) {
+      // The fallbacks cost a search over many copies each: a bounded number per decision, the
+      // rest resumes on the next Tick.
+      if (fallbacks >= SPREAD_FALLBACKS_PER_DECISION) {
+        at.balancePending = true;
+        break;
+      }
+      if (shedVia(heavy, light, max) || shedBelowTop(min)) {
+        fallbacks++;
+        continue;
+      }
+    }
     break;
   }
 
@@ -696,38 +701,45 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
         if (from === undefined || to === undefined) continue;
         const rest = lv.filter((x) => x !== from && x !== to);
         if (!hostClash(rest, to) || hostClash(rest, from)) continue;
-        const p = parseMembers(m);
-        at.setStandbyMove(r, undefined);
-        if (p.standbys.length <= k) continue; // under-replicated: both stay (see `moveStandby`)
-        at.put(r, buildMembers(tx.pool, p.active, p.standbys.filter((x) => x !== mv.toCopyId), p.oos), false);
-        leave[from]--;
-        st.standbyMoves++;
+        if (abandonStandbyMove(tx, at, r, `it would leave two members on one host`)) {
+          leave[from]--;
+          st.standbyMoves++;
+        }
       }
     }
-    for (let p = 0; p < n; p++) {
-      if (hostSize[board.host[p]!]! < 2) continue;
-      const list = sortedRs(idx, board.slot[p]!);
-      for (let q = 0; q < list.length; q++) {
-        const r = list[q]!;
-        if (!still(r) || at.failedOver(r)) continue;
-        const m = at.get(r).members;
-        if (m.length < 2 || m[0]!.role !== 'ACTIVE') continue;
-        const lv = live(m, -1);
-        if (lv.length !== m.filter((x) => x.role !== 'OUT_OF_SERVICE').length) continue; // a member off the board
-        // The standby to move: the last one whose host an earlier member uses.
-        let s = -1;
-        for (let i = 1; i < lv.length; i++) if (hostClash(lv.slice(0, i), lv[i]!)) s = lv[i]!;
-        if (s < 0) continue;
-        const rest = lv.filter((x) => x !== s);
-        let best = -1;
-        for (let l = 0; l < n; l++) {
-          if (lv.includes(l) || hostClash(rest, l)) continue;
-          if (best < 0 || tot(l) < tot(best)) best = l;
-        }
-        if (best < 0) continue;
-        const pm = parseMembers(m);
-        moveStandby(r, pm.active!, pm.standbys, pm.oos, ids[s]!, ids[best]!, false);
+    // One pass over the RS, without allocations until a clash is found (~20 ms at 100,000 RS in
+    // bench/placement: why it runs only where the room for spread may have grown, `Tx.respread`).
+    const hostAt = new Int32Array(8);
+    const rsCount = at.rsCount;
+    for (let r = 0; r < rsCount; r++) {
+      const m = at.get(r).members;
+      if (m.length < 2 || m[0]!.role !== 'ACTIVE') continue;
+      let k2 = 0;
+      let clash = false;
+      for (let i = 0; i < m.length && k2 < hostAt.length; i++) {
+        if (m[i]!.role === 'OUT_OF_SERVICE') continue;
+        const p = board.posOf.get(m[i]!.copyId);
+        if (p === undefined) continue;
+        const h = board.host[p]!;
+        for (let j = 0; j < k2; j++) if (hostAt[j] === h) clash = true;
+        hostAt[k2++] = h;
       }
+      if (!clash || !still(r) || at.failedOver(r)) continue;
+      const lv = live(m, -1);
+      if (lv.length !== m.filter((x) => x.role !== 'OUT_OF_SERVICE').length) continue; // a member off the board
+      // The standby to move: the last one whose host an earlier member uses.
+      let s = -1;
+      for (let i = 1; i < lv.length; i++) if (hostClash(lv.slice(0, i), lv[i]!)) s = lv[i]!;
+      if (s < 0) continue;
+      const rest = lv.filter((x) => x !== s);
+      let best = -1;
+      for (let l = 0; l < n; l++) {
+        if (lv.includes(l) || hostClash(rest, l)) continue;
+        if (best < 0 || tot(l) < tot(best)) best = l;
+      }
+      if (best < 0) continue;
+      const pm = parseMembers(m);
+      moveStandby(r, pm.active!, pm.standbys, pm.oos, ids[s]!, ids[best]!, false);
     }
   }
 
@@ -994,4 +1006,38 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
             : ''),
     );
   }
+}
+
+/**
+ * Finishes the pending standby move of RS r (its new standby is caught up): the leaving standby
+ * leaves the RS.
+ */
+export function completeStandbyMove(tx: Tx, at: AppTx, r: number): void {
+  const mv = at.standbyMoveOf(r)!;
+  at.setStandbyMove(r, undefined);
+  const members = at.get(r).members;
+  if (!standbyMoveHolds(mv, members)) return;
+  const p = parseMembers(members);
+  // The factor may have been raised meanwhile: then the old standby stays.
+  if (p.standbys.length <= at.spec.standbys) return;
+  at.put(r, buildMembers(tx.pool, p.active, p.standbys.filter((x) => x !== mv.fromCopyId), p.oos), false);
+  tx.notes.push(`standby move ${at.name}/${r}: ${mv.fromCopyId} -> ${mv.toCopyId} done (new standby caught up)`);
+}
+
+/**
+ * Undoes the pending standby move of RS r: the new standby (still catching up) leaves again, the
+ * old one stays. True when the new standby left (false: the move no longer held, or the RS needs
+ * both to keep its factor).
+ */
+export function abandonStandbyMove(tx: Tx, at: AppTx, r: number, why: string): boolean {
+  const mv = at.standbyMoveOf(r)!;
+  at.setStandbyMove(r, undefined);
+  const members = at.get(r).members;
+  if (!standbyMoveHolds(mv, members)) return false;
+  const p = parseMembers(members);
+  tx.notes.push(`standby move ${at.name}/${r}: ${mv.fromCopyId} -> ${mv.toCopyId} abandoned: ${why}`);
+  // The factor may have been raised meanwhile: then the new standby stays too.
+  if (p.standbys.length <= at.spec.standbys) return false;
+  at.put(r, buildMembers(tx.pool, p.active, p.standbys.filter((x) => x !== mv.toCopyId), p.oos), false);
+  return true;
 }

@@ -430,6 +430,13 @@ export class Tx {
    * `reconcile.ts`). Standby moves still run at once.
    */
   deferSwaps: Set<string> = new Set();
+  /**
+   * Apps whose balancing also re-spreads RS over hosts (`reconcile.ts`, Phase H): where the room
+   * for spread may have grown (a copy joined or was enabled, a topology change, the end of the
+   * passive phase). A failure only takes room away, and the scan costs ~10 ms at 100,000 RS.
+   * Balancing resumed on a Tick re-spreads too.
+   */
+  respread: Set<string> | 'all' = new Set();
 
   private copiesW: Record<string, CopyInfo> | null = null;
   private readonly appTxs = new Map<string, AppTx>();

@@ -4,6 +4,7 @@
  * know (built only from emitted commands) checked against the state.
  */
 import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
 import { checkBalance, checkInvariants, checkSpread, decide, emptyState, routesOf } from '../src/index';
 import type { AppSpec, ClusterState, ControllerCommand, ControllerEvent, Decision, Mode, Topology } from '../src/index';
 import { syncedReport } from './helpers';
@@ -103,7 +104,9 @@ export function runSeed(seed: number, opts: SimOptions): { steps: number; reject
       if (d.state !== prev) fail('rejection changed the state');
       if (d.commands.length > 0) fail('rejection with commands');
     }
-    if (process.env.SIM_DUMP_AT === String(i)) require('node:fs').writeFileSync('/tmp/simstate.json', JSON.stringify({ prev, ev, now }));
+    // Debugging aids: SIM_DUMP_AT=<step> writes the state before that step and its event to
+    // /tmp/simstate.json; SIM_TRACE=<app>/<rs> prints that RS after every change.
+    if (process.env.SIM_DUMP_AT === String(i)) writeFileSync('/tmp/simstate.json', JSON.stringify({ prev, ev, now }));
     const trace = process.env.SIM_TRACE;
     if (trace !== undefined && d.state !== prev) {
       const [ta, tr] = trace.split('/') as [string, string];
