@@ -60,7 +60,8 @@ import {
   unaryHandler,
   type GrpcServer,
 } from '@understudy/runtime';
-import { decodeJson, encodeJson, packDedupe, unpackDedupe } from './codec';
+import { decodeJson, encodeJson } from './codec';
+import { DedupeTable } from './dedupe';
 import { controllerCheckpoints, decodeCheckpoint, encodeCheckpoint, type CheckpointStore } from './checkpoint';
 import { ControllerClient } from './controller-client';
 import { FaultManagerLink } from './watch';
@@ -75,6 +76,8 @@ type RoleName = 'ACTIVE' | 'STANDBY' | 'OUT_OF_SERVICE';
 
 /** Background catch-up rounds per role change (see `kickSync`): 20 ms doubling to 2 s, ~15 s in all. */
 const KICK_SYNC_ATTEMPTS = 12;
+/** Delay before a standby builds the index of an installed dedupe table (see onInstallSnapshot). */
+const DEDUPE_WARM_DELAY_MS = 1000;
 
 /** Options of {@link startCopy}. */
 export interface CopyOptions<S, M, U, R, Q, QR> {
@@ -213,7 +216,8 @@ class RsSlot<S> {
   hasState = false;
   /** Standby: a snapshot from the active at the current epoch was installed. */
   synced = false;
-  readonly dedupe = new Map<string, Buffer>();
+  /** Message id → first reply (replaced whole when a snapshot is installed). */
+  dedupe: DedupeTable;
   readonly inflight = new Map<string, Promise<DeliverOutcome>>();
   readonly queue: Job[] = [];
   running = false;
@@ -244,7 +248,9 @@ class RsSlot<S> {
   constructor(
     readonly rs: number,
     public state: S,
+    dedupeWindow: number,
   ) {
+    this.dedupe = new DedupeTable(dedupeWindow);
     this.resetSignal();
   }
   private resetSignal(): void {
@@ -328,6 +334,9 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     }
     if (opts.replicationBatchMax !== undefined && (!Number.isSafeInteger(opts.replicationBatchMax) || opts.replicationBatchMax < 1)) {
       throw new InvalidArgumentError(`replicationBatchMax must be a positive integer, got ${opts.replicationBatchMax}`);
+    }
+    if (opts.dedupeWindow !== undefined && (!Number.isSafeInteger(opts.dedupeWindow) || opts.dedupeWindow < 1)) {
+      throw new InvalidArgumentError(`dedupeWindow must be a positive integer, got ${opts.dedupeWindow}`);
     }
     if (opts.checkpointIntervalMs !== undefined && (!Number.isSafeInteger(opts.checkpointIntervalMs) || opts.checkpointIntervalMs < 0)) {
       throw new InvalidArgumentError(`checkpointIntervalMs must be a non-negative integer, got ${opts.checkpointIntervalMs}`);
@@ -636,7 +645,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       this.hook(rs, role, epoch);
       return;
     }
-    const slot = existing ?? new RsSlot<S>(rs, this.handler.init(rs));
+    const slot = existing ?? new RsSlot<S>(rs, this.handler.init(rs), this.o.dedupeWindow);
     if (!existing) this.slots.set(rs, slot);
     const epochChanged = epoch !== slot.epoch;
     slot.epoch = epoch;
@@ -962,7 +971,6 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     // An outbox housekeeping entry (tombstones only) has no message id.
     if (entry.messageId !== '') {
       slot.dedupe.set(entry.messageId, entry.reply);
-      if (slot.dedupe.size > this.o.dedupeWindow) slot.dedupe.delete(slot.dedupe.keys().next().value as string);
     }
     if (entry.outboxAdded.length > 0 || entry.outboxDone.length > 0) slot.outbox.applyEntry(entry.seq, entry.outboxAdded, entry.outboxDone);
     slot.log.push(entry);
@@ -1064,7 +1072,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         epoch,
         seq,
         state: encodeJson(this.handler.snapshot ? this.handler.snapshot(slot.state) : slot.state),
-        dedupe: [...slot.dedupe],
+        dedupe: slot.dedupe.entries(),
         outbox: slot.outbox.list(),
       });
       const write = store.save(this.appName, slot.rs, epoch, bytes).then(() => {
@@ -1264,7 +1272,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         seq: slot.seq,
         state: encodeJson(this.handler.snapshot ? this.handler.snapshot(slot.state) : slot.state),
         dedupe: [],
-        dedupePacked: packDedupe(slot.dedupe),
+        dedupePacked: slot.dedupe.pack(),
         outbox: slot.outbox.list(),
       }, { deadlineMs: this.o.replicationCallTimeoutMs });
       peer.ackedSeq = res.appliedSeq;
@@ -1474,11 +1482,13 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     } catch {
       throw new InvalidArgumentError(`snapshot of ${req.app}/${req.rs} is not valid JSON`);
     }
-    const dedupe = snapshotDedupe(req, `snapshot of ${req.app}/${req.rs}`);
+    const dedupe = snapshotDedupe(req, `snapshot of ${req.app}/${req.rs}`, this.o.dedupeWindow);
     slot.state = this.handler.restore ? this.handler.restore(snap) : (snap as S);
     slot.seq = req.seq;
-    slot.dedupe.clear();
-    for (const [id, reply] of dedupe) slot.dedupe.set(id, reply);
+    slot.dedupe = dedupe;
+    // A standby never reads the table; build its index later, off the failover that installed
+    // it, so a promotion does not pay for it on its first delivery.
+    setTimeout(() => dedupe.warm(), DEDUPE_WARM_DELAY_MS).unref();
     slot.outbox.restore(req.outbox, req.seq);
     slot.log.length = 0;
     slot.synced = true;
@@ -1603,11 +1613,10 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       }
       if (best) {
         const snap = decodeJson(best.r.state);
-        const dedupe = snapshotDedupe(best.r, `state of ${this.appName}/${slot.rs} from ${best.from}`);
+        const dedupe = snapshotDedupe(best.r, `state of ${this.appName}/${slot.rs} from ${best.from}`, this.o.dedupeWindow);
         slot.state = this.handler.restore ? this.handler.restore(snap) : (snap as S);
         slot.seq = best.r.seq;
-        slot.dedupe.clear();
-        for (const [id, reply] of dedupe) slot.dedupe.set(id, reply);
+        slot.dedupe = dedupe;
         slot.outbox.restore(best.r.outbox, best.r.seq);
         slot.log.length = 0;
         slot.hasState = true;
@@ -1657,7 +1666,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       seq: slot.seq,
       state: encodeJson(this.handler.snapshot ? this.handler.snapshot(slot.state) : slot.state),
       dedupe: [],
-      dedupePacked: packDedupe(slot.dedupe),
+      dedupePacked: slot.dedupe.pack(),
       outbox: slot.outbox.list(),
     };
   }
@@ -1842,11 +1851,10 @@ const PROBE_OUTCOME: DeliverOutcome = { reply: Buffer.alloc(0), epoch: 0, duplic
  * then the packed blob. Checked whole before anything is installed: a malformed blob is bad
  * input (INVALID_ARGUMENT), not half a table.
  */
-function snapshotDedupe(m: { readonly dedupe: readonly UpdateEntry[]; readonly dedupePacked: Uint8Array }, what: string): Map<string, Buffer> {
-  const out = new Map<string, Buffer>();
-  for (const d of m.dedupe) out.set(d.messageId, Buffer.from(d.reply.buffer, d.reply.byteOffset, d.reply.byteLength));
+function snapshotDedupe(m: { readonly dedupe: readonly UpdateEntry[]; readonly dedupePacked: Uint8Array }, what: string, window: number): DedupeTable {
+  const out = new DedupeTable(window);
   try {
-    unpackDedupe(m.dedupePacked, out);
+    out.load(m.dedupe, m.dedupePacked);
   } catch (e) {
     throw new InvalidArgumentError(`${what}: dedupe table: ${(e as Error).message}`);
   }

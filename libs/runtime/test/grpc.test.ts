@@ -6,6 +6,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import * as http2 from 'node:http2';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { ControllerServiceClient, ControllerServiceService, type GetStatusRequest, type GetStatusResponse } from '@understudy/proto';
@@ -299,6 +301,43 @@ describe('grpc: shutdown', () => {
     await assert.rejects(startGrpcServer({ address: 'localhost', services: [], logger: silentLogger() }), /expected host:port/);
     await assert.rejects(startGrpcServer({ address: '127.0.0.1:99999', services: [], logger: silentLogger() }), /0\.\.65535/);
     assert.throws(() => clientChannelOptions({ initialReconnectBackoffMs: 2000, maxReconnectBackoffMs: 1000 }), /must not exceed/);
+    assert.throws(() => clientChannelOptions({ flowControlWindowBytes: 1000 }), /flowControlWindowBytes must be in 65535\.\./);
+    await assert.rejects(startGrpcServer({ address: '127.0.0.1:0', services: [], logger: silentLogger(), flowControlWindowBytes: 2 ** 31 }), /flowControlWindowBytes/);
     await assert.rejects(startGrpcServer({ address: server.address, services: [], logger: silentLogger() }), /could not bind gRPC server to 127\.0\.0\.1:\d+/);
+  });
+});
+
+describe('grpc: HTTP/2 flow-control window', () => {
+  /** What a raw HTTP/2 client sees from the server: its SETTINGS and its connection window. */
+  async function windowsOf(address: string): Promise<{ streamWindow: number; connectionWindow: number }> {
+    const session = http2.connect(`http://${address}`);
+    try {
+      await once(session, 'remoteSettings');
+      // The connection window arrives as a WINDOW_UPDATE on stream 0, right after the settings.
+      let connectionWindow = 0;
+      await waitFor(() => (connectionWindow = session.state.remoteWindowSize ?? 0) > 65_535, { what: 'connection window update', timeoutMs: 2000 }).catch(() => undefined);
+      return { streamWindow: session.remoteSettings.initialWindowSize ?? 0, connectionWindow };
+    } finally {
+      session.destroy();
+    }
+  }
+
+  test('a server advertises a 4 MiB receive window per stream and per connection by default (large requests do not stall every 64 KiB)', async () => {
+    const w = await windowsOf(server.address);
+    assert.equal(w.streamWindow, 4 * 1024 * 1024);
+    assert.equal(w.connectionWindow, 4 * 1024 * 1024);
+    assert.equal(clientChannelOptions()['grpc-node.flow_control_window'], 4 * 1024 * 1024);
+  });
+
+  test('the window is configurable; 65535 keeps the HTTP/2 default', async () => {
+    const big = await startGrpcServer({ address: '127.0.0.1:0', services: [], logger: silentLogger(), flowControlWindowBytes: 1 << 20 });
+    const plain = await startGrpcServer({ address: '127.0.0.1:0', services: [], logger: silentLogger(), flowControlWindowBytes: 65_535 });
+    try {
+      assert.deepEqual(await windowsOf(big.address), { streamWindow: 1 << 20, connectionWindow: 1 << 20 });
+      assert.equal((await windowsOf(plain.address)).streamWindow, 65_535);
+    } finally {
+      await big.shutdown(100);
+      await plain.shutdown(100);
+    }
   });
 });

@@ -1,0 +1,110 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { DedupeTable } from '../src/dedupe';
+
+const noEntries: { messageId: string; reply: Uint8Array }[] = [];
+
+function filled(window: number, ids: string[]): DedupeTable {
+  const t = new DedupeTable(window);
+  for (const id of ids) t.set(id, Buffer.from(`r:${id}`));
+  return t;
+}
+
+test('dedupe table: keeps the newest `window` entries, oldest first, first reply wins', () => {
+  const t = filled(3, ['a', 'b', 'c', 'd']);
+  assert.equal(t.size, 3);
+  assert.equal(t.get('a'), undefined, 'the oldest was dropped');
+  assert.equal(t.get('d')!.toString(), 'r:d');
+  t.set('c', Buffer.from('other'));
+  assert.equal(t.get('c')!.toString(), 'r:c', 'a duplicate keeps its first reply');
+  assert.deepEqual(t.entries().map(([id]) => id), ['b', 'c', 'd']);
+  t.clear();
+  assert.equal(t.size, 0);
+  assert.equal(t.get('d'), undefined);
+});
+
+test('dedupe table: pack → load round trip keeps ids, replies and order; the index is built on first read', () => {
+  const src = new DedupeTable(10);
+  src.set('', Buffer.alloc(0));
+  src.set('load-1:1', Buffer.from('{"value":1}'));
+  src.set('ünïcødé:2', Buffer.from([0, 1, 2, 255]));
+  src.set('x'.repeat(1000), Buffer.alloc(70_000, 7));
+  const dst = new DedupeTable(10);
+  dst.load(noEntries, src.pack());
+  assert.equal(dst.indexed, false, 'loading does not build the index');
+  assert.equal(dst.size, 4);
+  assert.deepEqual(dst.entries(), src.entries());
+  assert.ok(dst.get('ünïcødé:2')!.equals(Buffer.from([0, 1, 2, 255])));
+  assert.equal(dst.indexed, true);
+  assert.equal(dst.get('x'.repeat(1000))!.length, 70_000);
+  // Packing what was loaded gives the same bytes.
+  assert.ok(dst.pack().equals(src.pack()));
+  // An empty blob (a sender with no table) and an empty table round trip.
+  const empty = new DedupeTable(5);
+  empty.load(noEntries, new Uint8Array(0));
+  assert.equal(empty.size, 0);
+  empty.load(noEntries, new DedupeTable(5).pack());
+  assert.equal(empty.size, 0);
+});
+
+test('dedupe table: appends and drops on an unindexed (just loaded) table stay consistent once indexed', () => {
+  const src = filled(100, Array.from({ length: 50 }, (_, i) => `m${i}`));
+  const dst = new DedupeTable(60);
+  dst.load(noEntries, src.pack());
+  for (let i = 50; i < 80; i++) dst.set(`m${i}`, Buffer.from(`r:m${i}`)); // a standby applying entries
+  assert.equal(dst.size, 60);
+  assert.equal(dst.get('m19'), undefined);
+  for (let i = 20; i < 80; i++) assert.equal(dst.get(`m${i}`)?.toString(), `r:m${i}`, `m${i}`);
+  // Indexed from now on: further drops remove index entries too.
+  for (let i = 80; i < 200; i++) dst.set(`m${i}`, Buffer.from(`r:m${i}`));
+  assert.equal(dst.size, 60);
+  assert.equal(dst.get('m139'), undefined);
+  assert.equal(dst.get('m140')!.toString(), 'r:m140');
+});
+
+test('dedupe table: a snapshot larger than the window keeps its newest entries; old-format entries come first', () => {
+  const src = filled(100, Array.from({ length: 10 }, (_, i) => `m${i}`));
+  const dst = new DedupeTable(4);
+  dst.load([{ messageId: 'old', reply: Buffer.from('o') }], src.pack());
+  assert.deepEqual(dst.entries().map(([id]) => id), ['m6', 'm7', 'm8', 'm9']);
+  const both = new DedupeTable(100);
+  both.load([{ messageId: 'old', reply: Buffer.from('o') }], src.pack());
+  assert.equal(both.size, 11);
+  assert.equal(both.get('old')!.toString(), 'o');
+});
+
+test('dedupe table: replies handed out stay valid while the buffer grows and compacts (many entries, big replies)', () => {
+  const t = new DedupeTable(500);
+  const held: [string, Buffer][] = [];
+  for (let i = 0; i < 20_000; i++) {
+    const id = `id-${i}`;
+    t.set(id, Buffer.alloc(1 + (i % 300), i % 251));
+    if (i % 997 === 0) held.push([id, t.get(id)!]);
+  }
+  assert.equal(t.size, 500);
+  for (const [id, reply] of held) {
+    const i = Number(id.slice(3));
+    assert.ok(reply.equals(Buffer.alloc(1 + (i % 300), i % 251)), id);
+  }
+  for (let i = 19_500; i < 20_000; i++) assert.equal(t.get(`id-${i}`)!.length, 1 + (i % 300));
+  assert.equal(t.get('id-19499'), undefined);
+});
+
+test('dedupe table: a malformed blob is refused whole (the table is unchanged)', () => {
+  const good = filled(10, ['a', 'b']).pack();
+  const bad: [string, Uint8Array][] = [
+    ['short header', good.subarray(0, 3)],
+    ['truncated', good.subarray(0, good.length - 1)],
+    ['trailing bytes', Buffer.concat([good, Buffer.from([0])])],
+    ['count too high', Buffer.concat([Buffer.from([9, 0, 0, 0]), good.subarray(4)])],
+    ['reply length past the end', Buffer.from([1, 0, 0, 0, 1, 0, 0x61, 0xff, 0xff, 0xff, 0x7f])],
+  ];
+  for (const [what, blob] of bad) {
+    const t = filled(10, ['keep']);
+    assert.throws(() => t.load(noEntries, blob), RangeError, what);
+    assert.deepEqual(t.entries().map(([id]) => id), ['keep'], `${what}: unchanged`);
+    assert.equal(t.get('keep')!.toString(), 'r:keep');
+  }
+  assert.throws(() => new DedupeTable(0), RangeError);
+  assert.throws(() => new DedupeTable(5).set('x'.repeat(70_000), Buffer.alloc(0)), RangeError);
+});
