@@ -30,6 +30,8 @@ const MISSED = 3;
  * standby's snapshot: with a full table that snapshot dominates the figures (see the issue note).
  */
 const DEDUPE_WINDOW = process.env.DEDUPE_WINDOW;
+/** Increments per second per RS; 0 = closed loop (each worker sends the next as soon as the last is acknowledged). */
+const RATE_PER_RS = Number(process.env.RATE_PER_RS ?? 0);
 
 interface Ack {
   t: number;
@@ -55,7 +57,14 @@ class Load {
     this.loops = keys.map((k, rs) => this.loop(k, rs));
   }
   private async loop(key: string, rs: number): Promise<void> {
+    let next = performance.now();
     while (this.running) {
+      if (RATE_PER_RS > 0) {
+        // Paced: one send per interval; a late loop starts over from now (no catch-up bursts).
+        next = Math.max(next + 1000 / RATE_PER_RS, performance.now());
+        const wait = next - performance.now();
+        if (wait > 0.5) await new Promise((r) => setTimeout(r, wait));
+      }
       try {
         const d = await this.cl.routing.deliver('counter', key, { key, by: 1 }, { deadlineMs: 30_000 });
         this.acked.set(key, (this.acked.get(key) ?? 0) + 1);
