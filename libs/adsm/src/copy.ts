@@ -980,8 +980,8 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
   /**
    * Bring every STANDBY in the current member list up to this copy's sequence number (all that
    * is recorded here, the batch being committed included). Retries while this copy stays ACTIVE
-   * at `epoch`; a changed member list (controller removed a dead standby) is picked up on the
-   * next round. `background`: one round only (messages retry). Returns whether it is committed.
+   * at `epoch`; a changed member list (controller removed a dead or hung standby) is picked up
+   * at once, even mid-round (see `unlessPeersLeft`). `background`: one round only (messages retry). Returns whether it is committed.
    */
   private async replicateUntilCommitted(slot: RsSlot<S>, epoch: number, background: boolean): Promise<boolean> {
     const target = slot.seq;
@@ -1002,7 +1002,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       }
       if (this.stopped) throw new UnavailableError(`copy ${this.copyId} is stopping`);
       let fenced = false;
-      const results = await Promise.all(peers.map(([id, p]) => this.syncPeer(slot, id, p, target, epoch).then(() => {
+      const round = Promise.all(peers.map(([id, p]) => this.syncPeer(slot, id, p, target, epoch).then(() => {
         this.peerCaughtUp(slot, epoch, id, p);
         return true;
       }, (e) => {
@@ -1010,6 +1010,8 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         this.log.debug({ rs: slot.rs, epoch, peer: id, err: ensureError(e).message }, 'replication to standby failed');
         return false;
       })));
+      const results = await this.unlessPeersLeft(slot, epoch, peers, round);
+      if (results === null) continue; // a standby of this round left: start over with the current list
       if (fenced && slot.role === 'ACTIVE' && slot.epoch === epoch) {
         // A standby is at a newer epoch: someone else was activated. Stop committing at once
         // (R-NF-2) and wait for the controller to tell us our new role.
@@ -1024,6 +1026,26 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       if (background) return false; // background sync: one round is enough, messages retry.
       await Promise.race([changed, new Promise((r) => setTimeout(r, backoffMs))]);
       backoffMs = Math.min(backoffMs * 2, 200);
+    }
+  }
+
+  /**
+   * Waits for a replication round, but not for standbys that left meanwhile. A hung
+   * (SIGSTOPped) standby holds its call until the call deadline (`replicationCallTimeoutMs`,
+   * 1 s by default); once the controller removed it, the RS must commit with the standbys that
+   * remain instead of waiting that out (it held whole RS for ~1 s after a hang failover, and
+   * `running` blocked their new standbys' catch-up). Null when the round is given up (this copy
+   * is no longer the RS's active at `epoch`, or a peer of the round left or was replaced): its
+   * calls finish on their own, and a late answer only counts for a peer still listed
+   * (`peerCaughtUp`, monotonic `ackedSeq`).
+   */
+  private async unlessPeersLeft<T>(slot: RsSlot<S>, epoch: number, peers: readonly (readonly [string, PeerProgress])[], round: Promise<T>): Promise<T | null> {
+    const left = (): boolean => slot.role !== 'ACTIVE' || slot.epoch !== epoch || peers.some(([id, p]) => slot.peers.get(id) !== p);
+    for (;;) {
+      if (left()) return null;
+      const changed = slot.changed;
+      const r = await Promise.race([round.then((v) => ({ v })), changed.then(() => null)]);
+      if (r !== null) return r.v;
     }
   }
 
@@ -1289,7 +1311,8 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         fromCopyId: this.copyId,
         entries,
       }, this.o.replicationCallTimeoutMs);
-      peer.ackedSeq = res.appliedSeq;
+      // Answers of an abandoned round may arrive after newer ones (see unlessPeersLeft).
+      peer.ackedSeq = Math.max(peer.ackedSeq, res.appliedSeq);
     } catch (e) {
       if (ensureError(e).message.includes('NEEDS_SNAPSHOT')) peer.needsSnapshot = true;
       throw e;
