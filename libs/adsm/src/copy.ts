@@ -1041,10 +1041,10 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
    */
   private async unlessPeersLeft<T>(slot: RsSlot<S>, epoch: number, peers: readonly (readonly [string, PeerProgress])[], round: Promise<T>): Promise<T | null> {
     const left = (): boolean => slot.role !== 'ACTIVE' || slot.epoch !== epoch || peers.some(([id, p]) => slot.peers.get(id) !== p);
+    const done = round.then((v) => ({ v }));
     for (;;) {
       if (left()) return null;
-      const changed = slot.changed;
-      const r = await Promise.race([round.then((v) => ({ v })), changed.then(() => null)]);
+      const r = await Promise.race([done, slot.changed.then(() => null)]);
       if (r !== null) return r.v;
     }
   }

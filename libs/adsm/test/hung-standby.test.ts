@@ -86,16 +86,17 @@ test('a standby that hangs (SIGSTOP) mid-round does not hold the RS once the con
   const pending = inc('m6');
   let settled = false;
   void pending.finally(() => (settled = true)).catch(() => undefined);
-  // Give the round time to reach the hung standby; the acknowledgement must not come meanwhile.
+  // A few round trips to the active (not synchronisation: the outcome below does not depend on
+  // how far the round got) during which no acknowledgement may come: h has not applied m6.
   const c = clientOf(active.address);
   for (let i = 0; i < 20 && !settled; i++) await unaryCall(c.getCopyInfo.bind(c), {});
   assert.equal(settled, false, 'no acknowledgement while a listed standby has not applied the update');
 
   // The controller fences the hung copy: new epoch, hung copy out of service.
-  const after = members([b]);
-  after.push({ copyId: 'h', address: hungPeer.address, role: Role.ROLE_OUT_OF_SERVICE, incarnation: hungPeer.incarnation, catchingUp: false });
+  const fenced = members([b]);
+  fenced.push({ copyId: 'h', address: hungPeer.address, role: Role.ROLE_OUT_OF_SERVICE, incarnation: hungPeer.incarnation, catchingUp: false });
   const removedAt = performance.now();
-  await Promise.all([setRole(active, Role.ROLE_ACTIVE, 2, 2, after), setRole(b, Role.ROLE_STANDBY, 2, 2, after)]);
+  await Promise.all([setRole(active, Role.ROLE_ACTIVE, 2, 2, fenced), setRole(b, Role.ROLE_STANDBY, 2, 2, fenced)]);
   // Committed with b alone, well before the 60 s call to the hung copy would end. The message
   // was recorded at epoch 1: the client's retry (same id) gets the committed reply.
   const value = await pending.catch(() => inc('m6'));

@@ -431,6 +431,17 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
     if (p !== undefined && standbyMoveHolds(mv, m) && parseMembers(m).standbys.length > k) leave[p]++;
   }
   const tot = (p: number): number => board.tot(p) - leave[p]!;
+  /** [heaviest, lightest] total over the copies. */
+  const totalRange = (): [number, number] => {
+    let max = -1;
+    let min = 0x7fffffff;
+    for (let i = 0; i < n; i++) {
+      const t = tot(i);
+      if (t > max) max = t;
+      if (t < min) min = t;
+    }
+    return [max, min];
+  };
   /** Host number → copies of the board on it. */
   const hostSize = new Int32Array(n);
   for (let i = 0; i < n; i++) hostSize[board.host[i]!]++;
@@ -539,13 +550,7 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
   // Phase T: totals. One pass per load level: every heaviest copy sheds one entry, then the
   // levels are recomputed (O(copies) per pass, not per move).
   while (guard-- > 0) {
-    let max = -1;
-    let min = 0x7fffffff;
-    for (let i = 0; i < n; i++) {
-      const t = tot(i);
-      if (t > max) max = t;
-      if (t < min) min = t;
-    }
+    const [max, min] = totalRange();
     if (max - min <= 1) break;
     const heavy: number[] = [];
     const lightest: number[] = [];
@@ -590,13 +595,7 @@ function balance(tx: Tx, at: AppTx, board: Board, k: number): void {
   if (sbMoving) {
     // RS with a pending standby move are left alone until it completes: resume on a later Tick
     // if the totals are still apart (the moves complete with the catch-up reports).
-    let max = -1;
-    let min = 0x7fffffff;
-    for (let i = 0; i < n; i++) {
-      const t = tot(i);
-      if (t > max) max = t;
-      if (t < min) min = t;
-    }
+    const [max, min] = totalRange();
     if (max - min > 1) at.balancePending = true;
   }
 

@@ -249,32 +249,12 @@ export class AppTx {
    * the base record itself when nothing changed, undefined when none is left.
    */
   private finishMoves(rs: readonly RsAssignment[]): AppState['moves'] {
-    const cur = this.movesW ?? this.base?.moves;
-    if (cur === undefined) return undefined;
-    let out: Record<string, PendingMove> | undefined;
-    let dropped = false;
-    for (const r in cur) {
-      const m = cur[r]!;
-      if (moveHolds(m, rs[Number(r)]?.members)) (out ??= {})[r] = m;
-      else dropped = true;
-    }
-    if (this.movesW === null && !dropped) return this.base?.moves;
-    return out;
+    return keepHolding(this.movesW, this.base?.moves, moveHolds, rs);
   }
 
   /** Like {@link finishMoves} for standby moves (see {@link standbyMoveHolds}). */
   private finishStandbyMoves(rs: readonly RsAssignment[]): AppState['standbyMoves'] {
-    const cur = this.sbMovesW ?? this.base?.standbyMoves;
-    if (cur === undefined) return undefined;
-    let out: Record<string, StandbyMove> | undefined;
-    let dropped = false;
-    for (const r in cur) {
-      const m = cur[r]!;
-      if (standbyMoveHolds(m, rs[Number(r)]?.members)) (out ??= {})[r] = m;
-      else dropped = true;
-    }
-    if (this.sbMovesW === null && !dropped) return this.base?.standbyMoves;
-    return out;
+    return keepHolding(this.sbMovesW, this.base?.standbyMoves, standbyMoveHolds, rs);
   }
 
   /**
@@ -785,4 +765,28 @@ export function fullRoleSetFor(state: ClusterState, copyId: string): Extract<Con
 /** MemberView list of an assignment in `state` (for read-side helpers). */
 export function memberViews(state: ClusterState, members: readonly Member[]): MemberView[] {
   return new Views(state.copies).list(members);
+}
+
+/**
+ * The pending moves (per RS) that still hold in the final assignments: `written` (this
+ * decision's copy, null when untouched) or else `base`; `base` itself when untouched and all
+ * hold, undefined when none is left.
+ */
+function keepHolding<M>(
+  written: Record<string, M> | null,
+  base: Record<string, M> | undefined,
+  holds: (m: M, members: RsAssignment['members'] | undefined) => boolean,
+  rs: readonly RsAssignment[],
+): Record<string, M> | undefined {
+  const cur = written ?? base;
+  if (cur === undefined) return undefined;
+  let out: Record<string, M> | undefined;
+  let dropped = false;
+  for (const r in cur) {
+    const m = cur[r]!;
+    if (holds(m, rs[Number(r)]?.members)) (out ??= {})[r] = m;
+    else dropped = true;
+  }
+  if (written === null && !dropped) return base;
+  return out;
 }

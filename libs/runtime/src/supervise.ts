@@ -67,7 +67,7 @@ export interface StartOptions {
 
 /** Spawn a TypeScript entry point with `node --import tsx` and wait for its ready line. */
 export function startProcess(o: StartOptions): Promise<Proc> {
-  const child = spawn(process.execPath, [...(o.script.endsWith('.js') ? [] : ['--import', 'tsx']), o.script, ...(o.args ?? [])], {
+  const child = spawn(process.execPath, ['--import', 'tsx', o.script, ...(o.args ?? [])], {
     cwd: o.cwd,
     env: { ...process.env, ...o.env },
     stdio: ['ignore', 'pipe', 'pipe'],
