@@ -184,6 +184,11 @@ interface PeerProgress {
   incarnation: number;
   ackedSeq: number;
   needsSnapshot: boolean;
+  /**
+   * New at this epoch and not tried yet: offer it a batch based on `RsSlot.base` before falling
+   * back to a snapshot (see `syncPeer`).
+   */
+  tryBase: boolean;
   /** The controller has been told (or a report is queued) that this standby is caught up. */
   reported: boolean;
 }
@@ -216,6 +221,18 @@ class RsSlot<S> {
   hasState = false;
   /** Standby: a snapshot from the active at the current epoch was installed. */
   synced = false;
+  /**
+   * The epoch whose active the state (at `seq`) came from: set when a standby syncs at an epoch
+   * and when this copy becomes the active of one. Two copies at the same (`stateEpoch`, `seq`)
+   * hold the same state (one active per epoch, each seq applied once in its history); this lets
+   * a new active skip the snapshot to a standby that already has its state (see `base`).
+   */
+  stateEpoch = 0;
+  /**
+   * ACTIVE: the history point this copy started its epoch from (its `stateEpoch` and `seq` at
+   * the promotion); undefined when it had to fetch or restore its state (no point to match).
+   */
+  base: { epoch: number; seq: number } | undefined = undefined;
   /** Message id → first reply (replaced whole when a snapshot is installed). */
   dedupe: DedupeTable;
   readonly inflight = new Map<string, Promise<DeliverOutcome>>();
@@ -669,6 +686,12 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
           });
         }
       }
+      if (epochChanged) {
+        // The state this copy serves the epoch from: its own (a point standbys may share) or,
+        // while it is being fetched or restored, none yet.
+        slot.base = slot.hasState && slot.recovering === null ? { epoch: slot.stateEpoch, seq: slot.seq } : undefined;
+        slot.stateEpoch = epoch;
+      }
       const standbys = members.filter((m) => m.role === PbRole.ROLE_STANDBY);
       if (epochChanged) slot.peers.clear();
       for (const id of [...slot.peers.keys()]) if (!standbys.some((m) => m.copyId === id)) slot.peers.delete(id);
@@ -677,7 +700,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         // A new incarnation under the same id is a restarted process holding nothing: it
         // starts over with a snapshot, whatever the previous process had acknowledged.
         if (!peer || peer.incarnation !== m.incarnation) {
-          slot.peers.set(m.copyId, { address: m.address, incarnation: m.incarnation, ackedSeq: -1, needsSnapshot: true, reported: false });
+          slot.peers.set(m.copyId, { address: m.address, incarnation: m.incarnation, ackedSeq: -1, needsSnapshot: true, tryBase: true, reported: false });
         } else peer.address = m.address;
       }
       // Bring new standbys up to date now rather than on the next message, so they are
@@ -941,7 +964,10 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       const updates = result.updates ?? [];
       const entry: UpdateEntry = { seq: slot.seq + 1, messageId: job.messageId, update: encodeJson(updates), reply: encodeJson(result.reply), outboxAdded: sends, outboxDone: [] };
       try {
-        for (const u of updates) slot.state = this.handler.apply(slot.state, u);
+        // All or nothing: a half-applied message would leave a state no history point describes.
+        let next = slot.state;
+        for (const u of updates) next = this.handler.apply(next, u);
+        slot.state = next;
       } catch (e) {
         job.reject(new InvalidArgumentError(`apply rejected the update: ${ensureError(e).message}`));
         continue;
@@ -1285,6 +1311,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
 
   private async syncPeer(slot: RsSlot<S>, peerId: string, peer: PeerProgress, target: number, epoch: number): Promise<void> {
     const client = this.peerClient(peer.address);
+    if (peer.needsSnapshot && peer.tryBase) await this.offerBase(slot, peer, epoch);
     if (peer.needsSnapshot || (peer.ackedSeq >= 0 && peer.ackedSeq < slot.seq && logIndex(slot.log, peer.ackedSeq + 1) < 0)) {
       const res = await unaryCall(client.installSnapshot.bind(client), {
         app: this.appName,
@@ -1310,6 +1337,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         epoch,
         fromCopyId: this.copyId,
         entries,
+        base: undefined,
       }, this.o.replicationCallTimeoutMs);
       // Answers of an abandoned round may arrive after newer ones (see unlessPeersLeft).
       peer.ackedSeq = Math.max(peer.ackedSeq, res.appliedSeq);
@@ -1320,6 +1348,36 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     if (peer.ackedSeq < target) {
       peer.needsSnapshot = true;
       throw new UnavailableError(`standby ${peerId} at seq ${peer.ackedSeq}, needs ${target}`);
+    }
+  }
+
+  /**
+   * A standby new at this epoch often holds exactly the state this active started the epoch
+   * from: the old active of a move (paused, so fully replicated), or the other standby of a
+   * failover (both applied the same batches of the dead active). Offer it the batches of this
+   * epoch on top of that point (`ReplicateRequest.base`); it takes them when its own point
+   * matches and answers NEEDS_SNAPSHOT otherwise. A match saves the snapshot (state, dedupe
+   * table, outbox) that a promoted active's first acknowledgement would wait for. Tried once
+   * per peer and epoch; on NEEDS_SNAPSHOT the caller sends the snapshot as before.
+   */
+  private async offerBase(slot: RsSlot<S>, peer: PeerProgress, epoch: number): Promise<void> {
+    peer.tryBase = false; // a concurrent round goes straight to the snapshot
+    const base = slot.base;
+    if (base === undefined) return;
+    const from = base.seq === slot.seq ? slot.log.length : logIndex(slot.log, base.seq + 1);
+    if (from < 0) return; // this epoch's batches are no longer all in the log tail
+    try {
+      const res = await this.replicationLink(peer.address).replicate(
+        { app: this.appName, rs: slot.rs, epoch, fromCopyId: this.copyId, entries: slot.log.slice(from), base: { epoch: base.epoch, seq: base.seq } },
+        this.o.replicationCallTimeoutMs,
+      );
+      peer.ackedSeq = Math.max(peer.ackedSeq, res.appliedSeq);
+      peer.needsSnapshot = false;
+    } catch (e) {
+      if (!ensureError(e).message.includes('NEEDS_SNAPSHOT')) {
+        peer.tryBase = true; // e.g. the standby does not know the epoch yet: offer again next round
+        throw e;
+      }
     }
   }
 
@@ -1474,7 +1532,19 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
 
   private onReplicate(req: ReplicateRequest): ReplicateResponse {
     const slot = this.standbySlot(req.app, req.rs, req.epoch, req.fromCopyId);
-    if (!slot.synced) throw new FailedPreconditionError(`NEEDS_SNAPSHOT: ${req.app}/${req.rs} has no snapshot at epoch ${req.epoch}`);
+    if (!slot.synced) {
+      const b = req.base;
+      if (b === undefined || !slot.hasState || slot.stateEpoch !== b.epoch || slot.seq !== b.seq) {
+        throw new FailedPreconditionError(`NEEDS_SNAPSHOT: ${req.app}/${req.rs} has no snapshot at epoch ${req.epoch}`);
+      }
+      // Same history point as the active's start of the epoch: same state (see HistoryPoint).
+      // Only difference possible: an old active removed outbox entries its destination
+      // acknowledged before their tombstones were recorded; they need no resend, and the new
+      // active's tombstones for them are no-ops here.
+      slot.synced = true;
+      slot.stateEpoch = req.epoch;
+      this.log.debug({ rs: req.rs, epoch: req.epoch, seq: slot.seq }, 'synced without a snapshot: the active started the epoch from this state');
+    }
     for (const e of req.entries) {
       if (e.seq <= slot.seq) continue;
       if (e.seq !== slot.seq + 1) break;
@@ -1515,6 +1585,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     slot.outbox.restore(req.outbox, req.seq);
     slot.log.length = 0;
     slot.synced = true;
+    slot.stateEpoch = req.epoch;
     slot.hasState = true;
     this.log.debug({ rs: req.rs, epoch: req.epoch, seq: req.seq }, 'snapshot installed');
     return { appliedSeq: slot.seq };

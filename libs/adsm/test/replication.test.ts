@@ -94,7 +94,7 @@ describe('ADSM replication and fencing', () => {
     // b is ACTIVE at epoch 2 for rs 0; a is its standby at epoch 2. Old active a at epoch 1:
     const cla = client(a);
     await assert.rejects(
-      unaryCall(cla.replicate.bind(cla), { app: APP, rs: 0, epoch: 1, fromCopyId: 'a', entries: [{ seq: 999, messageId: 'evil', update: encodeJson([{ key: 'y', value: 1000 }]), reply: Buffer.alloc(0), outboxAdded: [], outboxDone: [] }] }),
+      unaryCall(cla.replicate.bind(cla), { app: APP, rs: 0, epoch: 1, fromCopyId: 'a', entries: [{ seq: 999, messageId: 'evil', update: encodeJson([{ key: 'y', value: 1000 }]), reply: Buffer.alloc(0), outboxAdded: [], outboxDone: [] }], base: undefined }),
       StaleEpochError,
     );
     assert.equal(await query(b, 0, 'y'), 21);

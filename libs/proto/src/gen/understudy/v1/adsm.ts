@@ -151,6 +151,23 @@ export interface ReplicateRequest {
   epoch: number;
   fromCopyId: string;
   entries: UpdateEntry[];
+  /**
+   * Set on an active's first batch to a standby new at its epoch: the point of history the
+   * active started the epoch from. A standby not synced at `epoch` whose own state is at exactly
+   * this point (same history epoch, same seq) holds the same state (at most one active per
+   * epoch, sequence numbers never reused within its history), so it takes the batch instead of
+   * a full snapshot. Any other standby answers NEEDS_SNAPSHOT as without it.
+   */
+  base: HistoryPoint | undefined;
+}
+
+/**
+ * A point in an RS's history: `seq` updates applied, the last of them obtained from the active
+ * of `epoch` (or produced by this copy as the active of `epoch`).
+ */
+export interface HistoryPoint {
+  epoch: number;
+  seq: number;
 }
 
 export interface ReplicateResponse {
@@ -1906,7 +1923,7 @@ export const OutboxEntry: MessageFns<OutboxEntry> = {
 };
 
 function createBaseReplicateRequest(): ReplicateRequest {
-  return { app: "", rs: 0, epoch: 0, fromCopyId: "", entries: [] };
+  return { app: "", rs: 0, epoch: 0, fromCopyId: "", entries: [], base: undefined };
 }
 
 export const ReplicateRequest: MessageFns<ReplicateRequest> = {
@@ -1925,6 +1942,9 @@ export const ReplicateRequest: MessageFns<ReplicateRequest> = {
     }
     for (const v of message.entries) {
       UpdateEntry.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.base !== undefined) {
+      HistoryPoint.encode(message.base, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -1982,6 +2002,14 @@ export const ReplicateRequest: MessageFns<ReplicateRequest> = {
             message.entries.push(UpdateEntry.decode(reader, reader.uint32()));
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.base = HistoryPoint.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2005,6 +2033,7 @@ export const ReplicateRequest: MessageFns<ReplicateRequest> = {
         ? globalThis.String(object.from_copy_id)
         : "",
       entries: globalThis.Array.isArray(object?.entries) ? object.entries.map((e: any) => UpdateEntry.fromJSON(e)) : [],
+      base: isSet(object.base) ? HistoryPoint.fromJSON(object.base) : undefined,
     };
   },
 
@@ -2025,6 +2054,9 @@ export const ReplicateRequest: MessageFns<ReplicateRequest> = {
     if (message.entries?.length) {
       obj.entries = message.entries.map((e) => UpdateEntry.toJSON(e));
     }
+    if (message.base !== undefined) {
+      obj.base = HistoryPoint.toJSON(message.base);
+    }
     return obj;
   },
 
@@ -2038,6 +2070,94 @@ export const ReplicateRequest: MessageFns<ReplicateRequest> = {
     message.epoch = object.epoch ?? 0;
     message.fromCopyId = object.fromCopyId ?? "";
     message.entries = object.entries?.map((e) => UpdateEntry.fromPartial(e)) || [];
+    message.base = (object.base !== undefined && object.base !== null)
+      ? HistoryPoint.fromPartial(object.base)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseHistoryPoint(): HistoryPoint {
+  return { epoch: 0, seq: 0 };
+}
+
+export const HistoryPoint: MessageFns<HistoryPoint> = {
+  encode(message: HistoryPoint, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.epoch !== 0) {
+      writer.uint32(8).uint64(message.epoch);
+    }
+    if (message.seq !== 0) {
+      writer.uint32(16).uint64(message.seq);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HistoryPoint {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHistoryPoint();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.epoch = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.seq = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HistoryPoint {
+    return {
+      epoch: isSet(object.epoch) ? globalThis.Number(object.epoch) : 0,
+      seq: isSet(object.seq) ? globalThis.Number(object.seq) : 0,
+    };
+  },
+
+  toJSON(message: HistoryPoint): unknown {
+    const obj: any = {};
+    if (message.epoch !== 0) {
+      obj.epoch = Math.round(message.epoch);
+    }
+    if (message.seq !== 0) {
+      obj.seq = Math.round(message.seq);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<HistoryPoint>, I>>(base?: I): HistoryPoint {
+    return HistoryPoint.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<HistoryPoint>, I>>(object: I): HistoryPoint {
+    const message = createBaseHistoryPoint();
+    message.epoch = object.epoch ?? 0;
+    message.seq = object.seq ?? 0;
     return message;
   },
 };
