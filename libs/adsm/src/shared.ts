@@ -44,6 +44,7 @@ import {
   type UpdateEntry,
 } from '@understudy/proto';
 import {
+  ClientCache,
   InvalidArgumentError,
   NotActiveError,
   NotFoundError,
@@ -273,7 +274,8 @@ export class SharedData<S> {
   /** Ask for a snapshot on the next subscription (after a gap or a failed apply). */
   private forceSnapshot = false;
   private sweepTimer: NodeJS.Timeout | undefined;
-  private readonly clients = new Map<string, AdsmServiceClient>();
+  /** Clients of the master RS's actives; one is used at a time, older ones close after a grace period. */
+  private readonly clients = new ClientCache((address) => new AdsmServiceClient(address, insecureCredentials(), clientChannelOptions()));
   private changed = deferred();
   private stopped = false;
 
@@ -389,8 +391,7 @@ export class SharedData<S> {
     this.closeUpstream();
     this.unsubscribe?.();
     this.routing?.close();
-    for (const c of this.clients.values()) c.close();
-    this.clients.clear();
+    this.clients.closeAll();
     this.signal();
   }
 
@@ -707,11 +708,10 @@ export class SharedData<S> {
   }
 
   private client(address: string): AdsmServiceClient {
-    let c = this.clients.get(address);
-    if (!c) {
-      c = new AdsmServiceClient(address, insecureCredentials(), clientChannelOptions());
-      this.clients.set(address, c);
-    }
+    const c = this.clients.get(address);
+    // The master RS's active moves with failovers, and a restarted copy comes back on a new
+    // port: without this, one channel per move would stay open for the life of the copy.
+    this.clients.sweep(new Set([address]), Date.now());
     return c;
   }
 
