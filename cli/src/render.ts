@@ -154,7 +154,10 @@ export function renderSwitchover(app: string, rs: number, r: SwitchoverResponse)
   const a = r.assignment;
   if (!a) return `switchover of ${app}/${rs} done\n`;
   const active = a.members.find((m) => m.role === Role.ROLE_ACTIVE);
-  return `switchover of ${app}/${rs} done: active is ${active ? `${active.copyId} (${active.address})` : '(none)'} at epoch ${a.epoch}\n${renderAssignments([a])}\n`;
+  const ms = (x: number): string => `${x < 10 ? x.toFixed(2) : x.toFixed(1)} ms`;
+  // pause_ms 0 and not paused: nothing was handed over from a live copy (e.g. the old active had failed).
+  const pause = r.paused ? ` (paused ${ms(r.pauseMs)})` : r.pauseMs > 0 ? ` (switched in ${ms(r.pauseMs)} without a pause: the old active did not answer the pause request; the epoch fenced it)` : '';
+  return `switchover of ${app}/${rs} done: active is ${active ? `${active.copyId} (${active.address})` : '(none)'} at epoch ${a.epoch}${pause}\n${renderAssignments([a])}\n`;
 }
 
 /** Pending RS moves: app/RS, from → to, since when, why. */

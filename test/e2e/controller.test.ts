@@ -71,6 +71,9 @@ describe('controller + 3 counter copies, embedded store', () => {
       const res = await cl.ctl.withLeader((c) => unaryCall(c.switchover.bind(c), { app: 'counter', rs: a.rs, toCopyId: to }));
       assert.equal(activeOf(res.assignment!), to, `rs ${a.rs} active moved to ${to}`);
       assert.ok(res.assignment!.epoch > a.epoch, 'switchover takes a new epoch');
+      // Live handoff: the old active paused the RS (finished and replicated its batch) first.
+      assert.equal(res.paused, true, `rs ${a.rs}: the old active was paused before the switch`);
+      assert.ok(res.pauseMs > 0 && res.pauseMs < 10_000, `pause_ms ${res.pauseMs}`);
       const n = load.count;
       await waitFor(() => load.count >= n + 20, { what: 'load continues after switchover' });
     }

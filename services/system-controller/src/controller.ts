@@ -546,8 +546,14 @@ class ControllerNode implements ControllerHandle {
     try {
       await this.serial(async () => {
         if (!this.leader || !this.current) return;
-        const d = decide(this.current, { type: 'Tick' }, Date.now());
-        if (!d.rejection) void (await this.commit(d)).executed;
+        const before = this.current;
+        const d = decide(before, { type: 'Tick' }, Date.now());
+        if (!d.rejection) {
+          // Balancing left pending may hand actives over now: live, like a move (paused first).
+          const planned = plannedHandoffs(before, d.state);
+          const pause = planned.length > 0 ? async (): Promise<void> => void (await this.handoffs.pause(before, planned, 'balancing')) : undefined;
+          void (await this.commit(d, undefined, pause)).executed;
+        }
         if (this.current.leader.passive) return;
         const due = [...this.resync];
         this.resync.clear();
@@ -715,8 +721,10 @@ class ControllerNode implements ControllerHandle {
       entries.push({ app: x.app, rs: x.rs, copyId: x.standbyCopyId, incarnation: x.standbyIncarnation, version: x.version, reportedBy: r.copyId });
     }
     const event: ControllerEvent = { type: 'StandbysSynced', entries };
-    // A report may complete a pending move, which hands its RS over: pause the old active first.
-    const d = Object.values(state.apps).some((a) => a.moves !== undefined) ? (await this.submitLive(event, 'move completed (target caught up)')).d : await this.submit(event);
+    // A report may complete a pending move or a balancing swap that waited for the standby,
+    // which hands its RS over: pause the old active first (nothing is paused when nothing moves).
+    const moving = Object.values(state.apps).some((a) => a.moves !== undefined);
+    const { d } = await this.submitLive(event, moving ? 'move completed (target caught up)' : 'balancing (standby caught up)');
     const marked = (st: ClusterState, e: SyncedStandby): boolean => st.apps[e.app]?.syncing?.[e.rs]?.[e.copyId] !== undefined;
     let cleared = 0;
     for (const e of entries) if (marked(state, e) && !marked(d.state, e)) cleared++;
@@ -804,9 +812,11 @@ class ControllerNode implements ControllerHandle {
   private async switchover(r: SwitchoverRequest): Promise<SwitchoverResponse> {
     if (!r.app) throw new InvalidArgumentError('app is required');
     if (!r.toCopyId) throw new InvalidArgumentError('to_copy_id is required');
-    const d = await this.submit({ type: 'SwitchoverRequested', app: r.app, rs: r.rs, toCopyId: r.toCopyId });
+    // Live like a move: the old active pauses what it hands over (FAULT_TOLERANT: every RS).
+    const { d, records } = await this.submitLive({ type: 'SwitchoverRequested', app: r.app, rs: r.rs, toCopyId: r.toCopyId }, `switchover to ${r.toCopyId}`);
     const a = d.state.apps[r.app]!.rs[r.rs]!;
-    return { assignment: assignmentToPb(d.state, a) };
+    const mine = records.filter((x) => x.app === r.app);
+    return { assignment: assignmentToPb(d.state, a), paused: mine.length > 0 && mine.every((x) => x.pause.paused), pauseMs: mine[0]?.pauseMs ?? 0 };
   }
 
   /**

@@ -194,7 +194,17 @@ export interface SwitchoverRequest {
 }
 
 export interface SwitchoverResponse {
-  assignment: RsAssignment | undefined;
+  assignment:
+    | RsAssignment
+    | undefined;
+  /**
+   * A switchover is a live handoff like MoveRs: the old active pauses the RS (FAULT_TOLERANT:
+   * every RS it held), lets its running batch finish and replicate, then the roles change.
+   * False when the old active could not be paused in time (the handoff went on, fenced by the epoch).
+   */
+  paused: boolean;
+  /** From the pause request until the roles were acknowledged and the routes published. */
+  pauseMs: number;
 }
 
 export interface DrainCopyRequest {
@@ -1915,13 +1925,19 @@ export const SwitchoverRequest: MessageFns<SwitchoverRequest> = {
 };
 
 function createBaseSwitchoverResponse(): SwitchoverResponse {
-  return { assignment: undefined };
+  return { assignment: undefined, paused: false, pauseMs: 0 };
 }
 
 export const SwitchoverResponse: MessageFns<SwitchoverResponse> = {
   encode(message: SwitchoverResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.assignment !== undefined) {
       RsAssignment.encode(message.assignment, writer.uint32(10).fork()).join();
+    }
+    if (message.paused !== false) {
+      writer.uint32(16).bool(message.paused);
+    }
+    if (message.pauseMs !== 0) {
+      writer.uint32(25).double(message.pauseMs);
     }
     return writer;
   },
@@ -1947,6 +1963,22 @@ export const SwitchoverResponse: MessageFns<SwitchoverResponse> = {
             message.assignment = RsAssignment.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.paused = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.pauseMs = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1960,13 +1992,27 @@ export const SwitchoverResponse: MessageFns<SwitchoverResponse> = {
   },
 
   fromJSON(object: any): SwitchoverResponse {
-    return { assignment: isSet(object.assignment) ? RsAssignment.fromJSON(object.assignment) : undefined };
+    return {
+      assignment: isSet(object.assignment) ? RsAssignment.fromJSON(object.assignment) : undefined,
+      paused: isSet(object.paused) ? globalThis.Boolean(object.paused) : false,
+      pauseMs: isSet(object.pauseMs)
+        ? globalThis.Number(object.pauseMs)
+        : isSet(object.pause_ms)
+        ? globalThis.Number(object.pause_ms)
+        : 0,
+    };
   },
 
   toJSON(message: SwitchoverResponse): unknown {
     const obj: any = {};
     if (message.assignment !== undefined) {
       obj.assignment = RsAssignment.toJSON(message.assignment);
+    }
+    if (message.paused !== false) {
+      obj.paused = message.paused;
+    }
+    if (message.pauseMs !== 0) {
+      obj.pauseMs = floatToJson(message.pauseMs);
     }
     return obj;
   },
@@ -1979,6 +2025,8 @@ export const SwitchoverResponse: MessageFns<SwitchoverResponse> = {
     message.assignment = (object.assignment !== undefined && object.assignment !== null)
       ? RsAssignment.fromPartial(object.assignment)
       : undefined;
+    message.paused = object.paused ?? false;
+    message.pauseMs = object.pauseMs ?? 0;
     return message;
   },
 };
