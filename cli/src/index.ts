@@ -26,6 +26,7 @@ export {
   renderSwitchover,
   renderMove,
   renderMoves,
+  renderStandbyMoves,
   renderDrain,
   renderDisable,
   renderEnable,

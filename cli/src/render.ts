@@ -138,6 +138,7 @@ export function renderStatus(s: GetStatusResponse, opts: RenderStatusOptions = {
   ];
   if (s.edges.length > 0) parts.push(`Data-flow map\n${renderEdges(s.edges)}`);
   if (s.moves.length > 0) parts.push(`Moves in progress (target catching up)\n${renderMoves(s.moves, nowMs)}`);
+  if (s.standbyMoves.length > 0) parts.push(`Standby moves in progress (balancing; new standby catching up)\n${renderStandbyMoves(s.standbyMoves, nowMs)}`);
   if (opts.assignments) parts.push(`Assignments\n${renderAssignments(s.assignments)}`);
   return `${parts.join('\n\n')}\n`;
 }
@@ -164,6 +165,13 @@ export function renderSwitchover(app: string, rs: number, r: SwitchoverResponse)
 export function renderMoves(moves: GetStatusResponse['moves'], nowMs: number): string {
   const t = table(['RS', 'from', 'to', 'since', 'reason']);
   for (const m of moves) t.push([`${m.app}/${m.rs}`, m.fromCopyId, m.toCopyId, formatAge(m.sinceUnixMs, nowMs), m.reason || '-']);
+  return t.toString();
+}
+
+/** Balancing's pending standby moves: app/RS, leaving standby → new standby, since when. */
+export function renderStandbyMoves(moves: GetStatusResponse['standbyMoves'], nowMs: number): string {
+  const t = table(['RS', 'from', 'to', 'since']);
+  for (const m of moves) t.push([`${m.app}/${m.rs}`, m.fromCopyId, m.toCopyId, formatAge(m.sinceUnixMs, nowMs)]);
   return t.toString();
 }
 

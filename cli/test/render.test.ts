@@ -52,6 +52,7 @@ const status: GetStatusResponse = {
   passive: true,
   stateVersion: 99,
   moves: [],
+  standbyMoves: [],
   apps: [
     {
       spec: { name: 'counter', mode: Mode.MODE_DISTRIBUTED_FAULT_TOLERANT, rsCount: 8, standbys: 2, minCopies: 3, partitioning: Partitioning.PARTITIONING_HASH, detection: undefined, rangeStarts: [] },
@@ -115,6 +116,23 @@ describe('renderStatus', () => {
     const syncing: RsAssignment = { ...assignment, members: assignment.members.map((m) => (m.copyId === 'c4' ? { ...m, catchingUp: true } : m)) };
     const t = renderStatus({ ...status, assignments: [syncing] }, { nowMs: NOW, assignments: true });
     assertRow(t, ['counter', '5', '12', 'c2', 'c3, c4 (catching up)', 'c1']);
+  });
+
+  it('pending moves and balancing\'s standby moves are listed, each in its own section', () => {
+    assert.ok(!out.includes('in progress'), 'no section when nothing is pending');
+    const t = renderStatus(
+      {
+        ...status,
+        moves: [{ app: 'counter', rs: 2, fromCopyId: 'c1', toCopyId: 'c3', sinceUnixMs: NOW - 4000, reason: 'load manager' }],
+        standbyMoves: [{ app: 'counter', rs: 5, fromCopyId: 'c4', toCopyId: 'c5', sinceUnixMs: NOW - 2000 }],
+      },
+      { nowMs: NOW },
+    );
+    assert.match(t, /Moves in progress \(target catching up\)/);
+    assertRow(t, ['counter/2', 'c1', 'c3', '4.0s ago', 'load manager']);
+    assert.match(t, /Standby moves in progress \(balancing; new standby catching up\)/);
+    assertRow(t, ['RS', 'from', 'to', 'since']);
+    assertRow(t, ['counter/5', 'c4', 'c5', '2.0s ago']);
   });
 
   it('an RS without an active copy says so', () => {

@@ -55,6 +55,7 @@ export {
   type ReportSyncedRequest,
   type ReportSyncedResponse,
   type PendingMove as PbPendingMove,
+  type PendingStandbyMove as PbPendingStandbyMove,
   type MoveRsRequest,
   type MoveRsResponse,
 } from './gen/understudy/v1/controller';

@@ -29,7 +29,7 @@ import { timed, waitFor } from './util';
 const SECRET = 'password=hunter2 at /srv/internal.ts:42';
 
 function response(controllerId: string): GetStatusResponse {
-  return { controllerId, leaderId: '', leaderAddress: '', leaderTerm: 0, passive: false, apps: [], copies: [], assignments: [], edges: [], stateVersion: 0, moves: [] };
+  return { controllerId, leaderId: '', leaderAddress: '', leaderTerm: 0, passive: false, apps: [], copies: [], assignments: [], edges: [], stateVersion: 0, moves: [], standbyMoves: [] };
 }
 
 /** Log lines written by the server, parsed. */

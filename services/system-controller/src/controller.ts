@@ -37,6 +37,7 @@ import {
   type MoveRsRequest,
   type MoveRsResponse,
   type PbPendingMove,
+  type PbPendingStandbyMove,
   type WatchRoutesRequest,
   type WatchRoutesResponse,
 } from '@understudy/proto';
@@ -799,6 +800,13 @@ class ControllerNode implements ControllerHandle {
         toCopyId: m.toCopyId,
         sinceUnixMs: m.sinceMs,
         reason: m.reason ?? '',
+      }))),
+      standbyMoves: apps.flatMap((a) => Object.entries(a.standbyMoves ?? {}).map(([rs, m]): PbPendingStandbyMove => ({
+        app: a.spec.name,
+        rs: Number(rs),
+        fromCopyId: m.fromCopyId,
+        toCopyId: m.toCopyId,
+        sinceUnixMs: m.sinceMs,
       }))),
     };
   }

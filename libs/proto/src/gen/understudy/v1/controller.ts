@@ -163,6 +163,23 @@ export interface GetStatusResponse {
   stateVersion: number;
   /** RS moves waiting for their target to catch up (see MoveRs). */
   moves: PendingMove[];
+  /** Balancing's standby moves waiting for their new standby to catch up. */
+  standbyMoves: PendingStandbyMove[];
+}
+
+/**
+ * One standby move of balancing in progress (make-before-break): the leaving STANDBY stays
+ * listed until the active reports the new one caught up, then it leaves the RS.
+ */
+export interface PendingStandbyMove {
+  app: string;
+  rs: number;
+  /** The STANDBY that leaves the RS. */
+  fromCopyId: string;
+  /** The new STANDBY, catching up meanwhile. */
+  toCopyId: string;
+  /** When the move started (controller clock). */
+  sinceUnixMs: number;
 }
 
 /** One RS move in progress: the target is listed as an extra STANDBY until it caught up. */
@@ -1246,6 +1263,7 @@ function createBaseGetStatusResponse(): GetStatusResponse {
     edges: [],
     stateVersion: 0,
     moves: [],
+    standbyMoves: [],
   };
 }
 
@@ -1283,6 +1301,9 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     }
     for (const v of message.moves) {
       PendingMove.encode(v!, writer.uint32(90).fork()).join();
+    }
+    for (const v of message.standbyMoves) {
+      PendingStandbyMove.encode(v!, writer.uint32(98).fork()).join();
     }
     return writer;
   },
@@ -1388,6 +1409,14 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
             message.moves.push(PendingMove.decode(reader, reader.uint32()));
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.standbyMoves.push(PendingStandbyMove.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1439,6 +1468,11 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
       moves: globalThis.Array.isArray(object?.moves)
         ? object.moves.map((e: any) => PendingMove.fromJSON(e))
         : [],
+      standbyMoves: globalThis.Array.isArray(object?.standbyMoves)
+        ? object.standbyMoves.map((e: any) => PendingStandbyMove.fromJSON(e))
+        : globalThis.Array.isArray(object?.standby_moves)
+        ? object.standby_moves.map((e: any) => PendingStandbyMove.fromJSON(e))
+        : [],
     };
   },
 
@@ -1477,6 +1511,9 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     if (message.moves?.length) {
       obj.moves = message.moves.map((e) => PendingMove.toJSON(e));
     }
+    if (message.standbyMoves?.length) {
+      obj.standbyMoves = message.standbyMoves.map((e) => PendingStandbyMove.toJSON(e));
+    }
     return obj;
   },
 
@@ -1496,6 +1533,152 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     message.edges = object.edges?.map((e) => Edge.fromPartial(e)) || [];
     message.stateVersion = object.stateVersion ?? 0;
     message.moves = object.moves?.map((e) => PendingMove.fromPartial(e)) || [];
+    message.standbyMoves = object.standbyMoves?.map((e) => PendingStandbyMove.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePendingStandbyMove(): PendingStandbyMove {
+  return { app: "", rs: 0, fromCopyId: "", toCopyId: "", sinceUnixMs: 0 };
+}
+
+export const PendingStandbyMove: MessageFns<PendingStandbyMove> = {
+  encode(message: PendingStandbyMove, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.app !== "") {
+      writer.uint32(10).string(message.app);
+    }
+    if (message.rs !== 0) {
+      writer.uint32(16).uint32(message.rs);
+    }
+    if (message.fromCopyId !== "") {
+      writer.uint32(26).string(message.fromCopyId);
+    }
+    if (message.toCopyId !== "") {
+      writer.uint32(34).string(message.toCopyId);
+    }
+    if (message.sinceUnixMs !== 0) {
+      writer.uint32(40).int64(message.sinceUnixMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PendingStandbyMove {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePendingStandbyMove();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.app = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.rs = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.fromCopyId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.toCopyId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.sinceUnixMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PendingStandbyMove {
+    return {
+      app: isSet(object.app) ? globalThis.String(object.app) : "",
+      rs: isSet(object.rs) ? globalThis.Number(object.rs) : 0,
+      fromCopyId: isSet(object.fromCopyId)
+        ? globalThis.String(object.fromCopyId)
+        : isSet(object.from_copy_id)
+        ? globalThis.String(object.from_copy_id)
+        : "",
+      toCopyId: isSet(object.toCopyId)
+        ? globalThis.String(object.toCopyId)
+        : isSet(object.to_copy_id)
+        ? globalThis.String(object.to_copy_id)
+        : "",
+      sinceUnixMs: isSet(object.sinceUnixMs)
+        ? globalThis.Number(object.sinceUnixMs)
+        : isSet(object.since_unix_ms)
+        ? globalThis.Number(object.since_unix_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: PendingStandbyMove): unknown {
+    const obj: any = {};
+    if (message.app !== "") {
+      obj.app = message.app;
+    }
+    if (message.rs !== 0) {
+      obj.rs = Math.round(message.rs);
+    }
+    if (message.fromCopyId !== "") {
+      obj.fromCopyId = message.fromCopyId;
+    }
+    if (message.toCopyId !== "") {
+      obj.toCopyId = message.toCopyId;
+    }
+    if (message.sinceUnixMs !== 0) {
+      obj.sinceUnixMs = Math.round(message.sinceUnixMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PendingStandbyMove>, I>>(base?: I): PendingStandbyMove {
+    return PendingStandbyMove.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PendingStandbyMove>, I>>(object: I): PendingStandbyMove {
+    const message = createBasePendingStandbyMove();
+    message.app = object.app ?? "";
+    message.rs = object.rs ?? 0;
+    message.fromCopyId = object.fromCopyId ?? "";
+    message.toCopyId = object.toCopyId ?? "";
+    message.sinceUnixMs = object.sinceUnixMs ?? 0;
     return message;
   },
 };
