@@ -23,7 +23,7 @@ test('started after grpc-js was loaded, telemetry still traces the server side',
         definition: ControllerServiceService,
         implementation: {
           getStatus: unaryHandler('GetStatus', silentLogger(), () => ({
-            controllerId: 'c1', leaderId: '', leaderAddress: '', leaderTerm: 0, passive: false, apps: [], copies: [], assignments: [], edges: [], stateVersion: 0, moves: [],
+            controllerId: 'c1', leaderId: '', leaderAddress: '', leaderTerm: 0, passive: false, apps: [], copies: [], assignments: [], edges: [], stateVersion: 0, moves: [], standbyMoves: [],
           })),
         },
       },

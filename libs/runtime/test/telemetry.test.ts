@@ -58,7 +58,7 @@ test('a gRPC call between an in-process server and client is one trace: client s
         implementation: {
           getStatus: unaryHandler('GetStatus', logger, () => {
             logger.info('inside the handler');
-            return { controllerId: 'c1', leaderId: '', leaderAddress: '', leaderTerm: 0, passive: false, apps: [], copies: [], assignments: [], edges: [], stateVersion: 0, moves: [] };
+            return { controllerId: 'c1', leaderId: '', leaderAddress: '', leaderTerm: 0, passive: false, apps: [], copies: [], assignments: [], edges: [], stateVersion: 0, moves: [], standbyMoves: [] };
           }),
         },
       },
