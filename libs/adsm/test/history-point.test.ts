@@ -13,6 +13,7 @@ import { AdsmServiceClient, Role, type Member } from '@understudy/proto';
 import { FailedPreconditionError, clientChannelOptions, insecureCredentials, unaryCall } from '@understudy/runtime';
 import { decodeJson, encodeJson, startCopy, type CopyHandle } from '../src/index';
 import { counterApp } from '../../../examples/counter/src/counter';
+import { membersOf } from './members';
 
 const APP = 'counter';
 const NO_CONTROLLER = ['127.0.0.1:1'];
@@ -33,10 +34,7 @@ describe('replication from a shared history point (no snapshot when the standby 
     if (!cl) clients.set(c.copyId, (cl = new AdsmServiceClient(c.address, insecureCredentials(), clientChannelOptions())));
     return cl;
   };
-  const members = (active: CopyHandle, standbys: CopyHandle[]): Member[] => [
-    { copyId: active.copyId, address: active.address, role: Role.ROLE_ACTIVE, incarnation: active.incarnation, catchingUp: false },
-    ...standbys.map((s) => ({ copyId: s.copyId, address: s.address, role: Role.ROLE_STANDBY, incarnation: s.incarnation, catchingUp: false })),
-  ];
+  const members = membersOf;
   const setRole = async (c: CopyHandle, rs: number, role: Role, epoch: number, version: number, m: Member[]): Promise<void> => {
     const cl = client(c);
     await unaryCall(cl.setRoles.bind(cl), { copyId: c.copyId, incarnation: c.incarnation, leaderTerm: 1, entries: [{ app: APP, rs, role, epoch, version, members: m }], full: false });

@@ -12,6 +12,7 @@ import { AdsmServiceClient, Role, type Member } from '@understudy/proto';
 import { clientChannelOptions, insecureCredentials, silentLogger, unaryCall } from '@understudy/runtime';
 import { decodeJson, encodeJson, startCopy, type CopyHandle } from '../src/index';
 import { counterApp } from '../../../examples/counter/src/counter';
+import { membersOf } from './members';
 import { startCounterCopy, type Proc } from '../../../test/harness/processes';
 
 const APP = 'counter';
@@ -58,10 +59,7 @@ after(async () => {
 });
 
 function members(standbys: readonly Peer[]): Member[] {
-  return [
-    { copyId: active.copyId, address: active.address, role: Role.ROLE_ACTIVE, incarnation: active.incarnation, catchingUp: false },
-    ...standbys.map((s) => ({ copyId: s.copyId, address: s.address, role: Role.ROLE_STANDBY, incarnation: s.incarnation, catchingUp: false })),
-  ];
+  return membersOf(active, standbys);
 }
 
 async function setRole(p: Peer, role: Role, epoch: number, version: number, m: Member[]): Promise<void> {

@@ -8,6 +8,7 @@ import { AdsmServiceClient, Role, type DeliverStreamResponse, type Member } from
 import { InvalidArgumentError, NotActiveError, NotFoundError, StaleEpochError, clientChannelOptions, insecureCredentials, silentLogger, unaryCall } from '@understudy/runtime';
 import { decodeJson, encodeJson, startCopy, type CopyHandle } from '../src/index';
 import { counterApp } from '../../../examples/counter/src/counter';
+import { membersOf } from './members';
 
 const APP = 'counter';
 // Nothing listens here: copies keep serving while they cannot reach a controller.
@@ -27,10 +28,7 @@ describe('ADSM replication and fencing', () => {
     }
     return cl;
   };
-  const members = (active: CopyHandle, standbys: CopyHandle[]): Member[] => [
-    { copyId: active.copyId, address: active.address, role: Role.ROLE_ACTIVE, incarnation: active.incarnation, catchingUp: false },
-    ...standbys.map((s) => ({ copyId: s.copyId, address: s.address, role: Role.ROLE_STANDBY, incarnation: s.incarnation, catchingUp: false })),
-  ];
+  const members = membersOf;
   const setRole = async (c: CopyHandle, rs: number, role: Role, epoch: number, version: number, m: Member[]): Promise<void> => {
     const cl = client(c);
     await unaryCall(cl.setRoles.bind(cl), {
