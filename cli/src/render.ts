@@ -157,7 +157,7 @@ export function renderSwitchover(app: string, rs: number, r: SwitchoverResponse)
   const active = a.members.find((m) => m.role === Role.ROLE_ACTIVE);
   const ms = (x: number): string => `${x < 10 ? x.toFixed(2) : x.toFixed(1)} ms`;
   // pause_ms 0 and not paused: nothing was handed over from a live copy (e.g. the old active had failed).
-  const pause = r.paused ? ` (paused ${ms(r.pauseMs)})` : r.pauseMs > 0 ? ` (switched in ${ms(r.pauseMs)} without a pause: the old active did not answer the pause request; the epoch fenced it)` : '';
+  const pause = r.paused ? ` (paused ${ms(r.pauseMs)})` : r.pauseMs > 0 ? ` (switched in ${ms(r.pauseMs)} without a pause: ${unpaused(r.pauseDetail)}; the epoch fenced it)` : '';
   return `switchover of ${app}/${rs} done: active is ${active ? `${active.copyId} (${active.address})` : '(none)'} at epoch ${a.epoch}${pause}\n${renderAssignments([a])}\n`;
 }
 
@@ -178,9 +178,14 @@ export function renderStandbyMoves(moves: GetStatusResponse['standbyMoves'], now
 /** `understudy move`: from → to, epoch, and how long the RS paused. */
 export function renderMove(app: string, rs: number, r: MoveRsResponse): string {
   const ms = (x: number): string => `${x < 10 ? x.toFixed(2) : x.toFixed(1)} ms`;
-  const pause = r.paused ? `paused ${ms(r.pauseMs)}` : `switched in ${ms(r.pauseMs)} without a pause (the old active did not answer the pause request; the epoch fenced it)`;
+  const pause = r.paused ? `paused ${ms(r.pauseMs)}` : `switched in ${ms(r.pauseMs)} without a pause (${unpaused(r.pauseDetail)}; the epoch fenced it)`;
   const first = r.caughtUpFirst ? `; ${r.toCopyId} caught up as a standby first` : '';
   return `moved ${app}/${rs}: ${r.fromCopyId || '(none)'} -> ${r.toCopyId} at epoch ${r.epoch} (${pause}; total ${ms(r.totalMs)}${first})\n`;
+}
+
+/** Why a handoff went on without a pause, for a sentence. */
+function unpaused(detail: string): string {
+  return detail ? `the old active was not paused: ${detail}` : 'the old active did not answer the pause request';
 }
 
 /** `understudy drain`. */

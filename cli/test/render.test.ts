@@ -167,11 +167,12 @@ describe('other renderers', () => {
   });
 
   it('switchover names the new active and its epoch', () => {
-    const t = renderSwitchover('counter', 5, { assignment, paused: true, pauseMs: 4.256 });
+    const t = renderSwitchover('counter', 5, { assignment, paused: true, pauseMs: 4.256, pauseDetail: '' });
     assert.match(t, /^switchover of counter\/5 done: active is c2 \(127\.0\.0\.1:9002\) at epoch 12 \(paused 4\.26 ms\)\n/);
     assertRow(t, ['counter', '5', '12', 'c2', 'c3, c4', 'c1']);
-    assert.match(renderSwitchover('counter', 5, { assignment, paused: false, pauseMs: 301 }), /at epoch 12 \(switched in 301\.0 ms without a pause: the old active did not answer/);
-    assert.match(renderSwitchover('counter', 5, { assignment, paused: false, pauseMs: 0 }), /at epoch 12\n/);
+    assert.match(renderSwitchover('counter', 5, { assignment, paused: false, pauseMs: 301, pauseDetail: '' }), /at epoch 12 \(switched in 301\.0 ms without a pause: the old active did not answer/);
+    assert.match(renderSwitchover('counter', 5, { assignment, paused: false, pauseMs: 301, pauseDetail: 'Deadline exceeded' }), /without a pause: the old active was not paused: Deadline exceeded; the epoch fenced it\)/);
+    assert.match(renderSwitchover('counter', 5, { assignment, paused: false, pauseMs: 0, pauseDetail: '' }), /at epoch 12\n/);
   });
 
   it('drain, disable and enable', () => {

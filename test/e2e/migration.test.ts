@@ -21,6 +21,9 @@
  * 6. DISTRIBUTED (checkpoint-before-ack): moves under load restore the RS from the checkpoint the
  *    paused active wrote; counters exact.
  * 7. FAULT_TOLERANT: a per-RS move is refused (FAILED_PRECONDITION naming switchover).
+ * 8. A move whose old active hung (SIGSTOP, not detected yet) does not hold the decision loop:
+ *    the fault report cuts the pause short (MoveRs says why it did not pause) and the failover
+ *    runs within seconds, not at the pause deadline.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -426,6 +429,63 @@ describe('live migration, DISTRIBUTED_FAULT_TOLERANT (3 copies, 1 standby per RS
     const load = new CounterLoad(cl.routing, keys(8), 2);
     await load.burst(40);
     await assertExact(load, 'after the refusals');
+  });
+});
+
+// ------------------------------------------------------- a pause stuck on a hung old active
+
+describe('live migration: a pause stuck on a hung old active does not hold its failover', () => {
+  let cl: CounterCluster;
+  /** Far above anything the test allows: only an interrupted pause lets it pass. */
+  const PAUSE_TIMEOUT_MS = 40_000;
+  /** Detection takes 300 ms, the SetRoles to the hung copy up to 1 s; a held loop waits 2–7 s (keepalive) or 40 s. */
+  const BOUND_MS = 5_000;
+
+  before(async () => {
+    cl = await startCounterCluster({
+      copies: 3,
+      rsCount: 4,
+      standbys: 1,
+      mode: Mode.MODE_DISTRIBUTED_FAULT_TOLERANT,
+      faultManagers: 1,
+      detection: { heartbeatIntervalMs: 100, missedHeartbeats: 3 },
+      controllerEnv: { UNDERSTUDY_PAUSE_TIMEOUT_MS: String(PAUSE_TIMEOUT_MS) },
+    });
+    await settled(cl, 1, 'cluster settled');
+  });
+
+  after(async () => {
+    await cl?.stop();
+  });
+
+  test('SIGSTOP of the old active, then a move: the fault report cuts the pause short; move and failover are done within seconds, not at the pause deadline', async (t) => {
+    const s0 = await settled(cl, 1, 'settled');
+    const a = assignment(s0, 0);
+    const from = activeOf(a)!;
+    const to = standbysOf(a)[0]!;
+    const started = Date.now();
+    // Hung and not detected yet: the move's PauseRs to it gets no answer. Without the interrupt
+    // the decision loop waits for the pause deadline (40 s) or the channel's keepalive (~7 s)
+    // before the failover can even start; with it, detection (3 × 100 ms) plus a little.
+    cl.copies.get(from)!.signal('SIGSTOP');
+    const res = assertOk(await move(cl, { rs: 0, toCopyId: to }, PAUSE_TIMEOUT_MS + 20_000), `move rs 0 ${from} -> ${to} with ${from} hung`);
+    const moveMs = Date.now() - started;
+    assert.equal(res.fromCopyId, from);
+    assert.equal(res.toCopyId, to);
+    assert.equal(res.paused, false, 'the hung copy never paused');
+    assert.match(res.pauseDetail, /^interrupted: a fault report is waiting/, 'the pause was cut short by the fault report (not by its deadline or the keepalive)');
+    await waitFor(
+      async () => {
+        const s = await cl.status(true);
+        const gone = s.copies.find((c) => c.copyId === from)?.status !== CopyStatus.COPY_STATUS_UP;
+        return gone && s.assignments.every((x) => activeOf(x) !== undefined && activeOf(x) !== from);
+      },
+      { what: `${from} failed over`, timeoutMs: 30_000 },
+    );
+    const failoverMs = Date.now() - started;
+    t.diagnostic(`move answered after ${moveMs} ms, ${from} failed over after ${failoverMs} ms`);
+    assert.ok(moveMs < BOUND_MS, `the move answered after ${moveMs} ms: its pause was not cut short by the fault report`);
+    assert.ok(failoverMs < BOUND_MS, `${from} failed over after ${failoverMs} ms: the failover waited behind the move's pause`);
   });
 });
 

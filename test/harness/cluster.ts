@@ -28,6 +28,8 @@ export interface ClusterOptions {
   readonly faultManagers?: number;
   /** Host id of copy `cN` (1-based). @default `host-cN` */
   readonly hostOf?: (copyId: string) => string;
+  /** Extra environment of every controller process (e.g. `UNDERSTUDY_PAUSE_TIMEOUT_MS`). */
+  readonly controllerEnv?: Record<string, string>;
   /** Extra environment of every copy process (e.g. `UNDERSTUDY_CHECKPOINT_BEFORE_ACK`). */
   readonly copyEnv?: Record<string, string>;
   /** Declare the app with RANGE partitioning split at these keys (rsCount - 1 of them). @default hash partitioning */
@@ -70,6 +72,7 @@ export async function startCounterCluster(o: ClusterOptions = {}): Promise<Count
       dataDir: dataDirs[i],
       leaseTtlMs: o.leaseTtlMs,
       passiveTimeoutMs: o.passiveTimeoutMs,
+      env: o.controllerEnv,
     });
   const controllers: (Proc | undefined)[] = [];
   for (let i = 0; i < n; i++) controllers.push(await startCtl(i));

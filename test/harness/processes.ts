@@ -23,6 +23,8 @@ export interface ControllerProcOptions {
   readonly dataDir?: string;
   readonly leaseTtlMs?: number;
   readonly passiveTimeoutMs?: number;
+  /** Extra environment (e.g. `UNDERSTUDY_PAUSE_TIMEOUT_MS`). */
+  readonly env?: Record<string, string>;
   /** Every output line (e.g. to keep its JSON log). */
   readonly onLine?: (line: string) => void;
 }
@@ -40,7 +42,7 @@ export function startControllerProc(o: ControllerProcOptions): Promise<Proc> {
       '--lease-ttl-ms', String(o.leaseTtlMs ?? 1500),
       '--passive-timeout-ms', String(o.passiveTimeoutMs ?? 1500),
     ],
-    env: o.redisUrl ? {} : { REDIS_URL: '' },
+    env: { ...(o.redisUrl ? {} : { REDIS_URL: '' }), ...o.env },
     readyMsg: 'controller listening',
     ...(o.onLine ? { onLine: o.onLine } : {}),
   });

@@ -97,7 +97,13 @@ const TRACER = 'understudy.controller';
  * Called inside the decision loop with the state before and the decision (not yet persisted);
  * may return work to run after the persist and before the commands go out (see `submitLive`).
  */
-type LiveStep = (before: ClusterState, d: Decision) => (() => Promise<void>) | undefined;
+type LiveStep = (before: ClusterState, d: Decision) => BeforeExecute | undefined;
+
+/**
+ * Work between a decision's persist and its commands (a live handoff's pause). It must stop
+ * waiting when `interrupted` aborts: a fault report is queued behind it (see `serial`).
+ */
+type BeforeExecute = (interrupted: AbortSignal) => Promise<void>;
 
 /** Runs one step of a decision, optionally as a span. */
 type Step = <T>(name: string, attributes: Attributes, fn: () => Promise<T>) => Promise<T>;
@@ -195,6 +201,10 @@ class ControllerNode implements ControllerHandle {
   private current: ClusterState | undefined;
   private chain: Promise<unknown> = Promise.resolve();
   private pending = 0;
+  /** Fault reports queued in the decision loop and not started yet. */
+  private urgentQueued = 0;
+  /** Aborted while a fault report waits behind the running decision (see `serial`). */
+  private interrupt = new AbortController();
   private readonly watchers = new Set<Watcher>();
   /** Clients of copies by address; closed once no registered copy has the address (a restart brings a new port). */
   private readonly copyClients = new ClientCache((address) => new AdsmServiceClient(address, insecureCredentials(), clientChannelOptions()));
@@ -358,13 +368,29 @@ class ControllerNode implements ControllerHandle {
 
   // ---- the decision loop ------------------------------------------------------------------
 
-  /** Run `fn` after every earlier event (decisions are strictly ordered). Bounded. */
-  private serial<T>(fn: () => Promise<T>): Promise<T> {
+  /**
+   * Run `fn` after every earlier event (decisions are strictly ordered). Bounded.
+   *
+   * An `urgent` event (a fault report) aborts `interrupt` while it waits: the one wait inside the
+   * loop that is only an optimisation, a live handoff's pause (up to `pauseTimeoutMs`, e.g. on a
+   * copy that hung and is not detected yet), then stops at once and the move goes on unpaused,
+   * fenced by its epoch. Failover latency must not include a pause deadline.
+   */
+  private serial<T>(fn: () => Promise<T>, urgent = false): Promise<T> {
     if (this.pending >= this.maxPendingEvents) {
       return Promise.reject(new ResourceExhaustedError(`controller has ${this.pending} events pending; retry later`));
     }
     this.pending++;
-    const run = this.chain.then(fn, fn);
+    if (urgent) {
+      this.urgentQueued++;
+      this.interrupt.abort(new Error('a fault report is waiting'));
+    }
+    const start = (): Promise<T> => {
+      if (urgent) this.urgentQueued--;
+      if (this.interrupt.signal.aborted && this.urgentQueued === 0) this.interrupt = new AbortController();
+      return fn();
+    };
+    const run = this.chain.then(start, start);
     this.chain = run.then(
       () => this.pending--,
       () => this.pending--,
@@ -380,7 +406,7 @@ class ControllerNode implements ControllerHandle {
       if (d.rejection) throw rejectionToError(d.rejection);
       const { executed } = await this.commit(d, phase, live?.(state, d));
       return { d, executed };
-    });
+    }, event.type === 'CopyFailed');
     // The caller (an RPC) answers once the commands went out; the decision loop did not wait.
     await executed;
     return d;
@@ -395,14 +421,15 @@ class ControllerNode implements ControllerHandle {
    * copies ignore role entries older than what they hold. With `phase`, each step is a span
    * `<phase>.isolate|promote|routes_published`.
    */
-  private async commit(d: Decision, phase?: string, beforeExecute?: () => Promise<void>): Promise<{ executed: Promise<void> }> {
+  private async commit(d: Decision, phase?: string, beforeExecute?: BeforeExecute): Promise<{ executed: Promise<void> }> {
     const step: Step = phase ? (name, attrs, fn) => withSpan(TRACER, `${phase}.${name}`, attrs, fn) : (_n, _a, fn) => fn();
     if (this.current === undefined || d.state.version !== this.current.version || d.state !== this.current) {
       await step('isolate', { 'understudy.state_version': d.state.version }, () => this.persist(d));
     }
     for (const n of d.notes) this.log.info({ version: d.state.version }, n);
-    // Live handoffs: the old actives pause (bounded) after the persist, right before the roles go out.
-    if (beforeExecute) await beforeExecute();
+    // Live handoffs: the old actives pause (bounded, cut short by a waiting fault report) after
+    // the persist, right before the roles go out.
+    if (beforeExecute) await beforeExecute(this.interrupt.signal);
     const executed = this.execute(d.commands, step).catch((e: unknown) => this.log.warn({ err: ensureError(e).message }, 'executing commands failed'));
     return { executed };
   }
@@ -552,7 +579,7 @@ class ControllerNode implements ControllerHandle {
         if (!d.rejection) {
           // Balancing left pending may hand actives over now: live, like a move (paused first).
           const planned = plannedHandoffs(before, d.state);
-          const pause = planned.length > 0 ? async (): Promise<void> => void (await this.handoffs.pause(before, planned, 'balancing')) : undefined;
+          const pause = planned.length > 0 ? async (interrupted: AbortSignal): Promise<void> => void (await this.handoffs.pause(before, planned, 'balancing', interrupted)) : undefined;
           void (await this.commit(d, undefined, pause)).executed;
         }
         if (this.current.leader.passive) return;
@@ -824,7 +851,8 @@ class ControllerNode implements ControllerHandle {
     const { d, records } = await this.submitLive({ type: 'SwitchoverRequested', app: r.app, rs: r.rs, toCopyId: r.toCopyId }, `switchover to ${r.toCopyId}`);
     const a = d.state.apps[r.app]!.rs[r.rs]!;
     const mine = records.filter((x) => x.app === r.app);
-    return { assignment: assignmentToPb(d.state, a), paused: mine.length > 0 && mine.every((x) => x.pause.paused), pauseMs: mine[0]?.pauseMs ?? 0 };
+    const paused = mine.length > 0 && mine.every((x) => x.pause.paused);
+    return { assignment: assignmentToPb(d.state, a), paused, pauseMs: mine[0]?.pauseMs ?? 0, pauseDetail: paused ? '' : (mine.find((x) => !x.pause.paused)?.pause.detail ?? '') };
   }
 
   /**
@@ -888,13 +916,14 @@ class ControllerNode implements ControllerHandle {
         pauseMs: rec?.pauseMs ?? 0,
         totalMs,
         paused: rec?.pause.paused ?? false,
+        pauseDetail: rec === undefined || rec.pause.paused ? '' : rec.pause.detail,
         lastSeq: rec?.pause.lastSeq ?? 0,
         caughtUpFirst: pending !== undefined,
         assignment: assignmentToPb(state, a),
       };
       span.setAttributes({ 'understudy.from_copy_id': res.fromCopyId, 'understudy.epoch': res.epoch, 'understudy.pause_ms': res.pauseMs, 'understudy.paused': res.paused });
       this.log.info(
-        { app: r.app, rs: r.rs, epoch: a.epoch, from: res.fromCopyId, to: r.toCopyId, pauseMs: round2(res.pauseMs), totalMs: round2(totalMs), paused: res.paused, lastSeq: res.lastSeq, caughtUpFirst: res.caughtUpFirst, reason: r.reason || undefined },
+        { app: r.app, rs: r.rs, epoch: a.epoch, from: res.fromCopyId, to: r.toCopyId, pauseMs: round2(res.pauseMs), totalMs: round2(totalMs), paused: res.paused, pauseDetail: res.pauseDetail || undefined, lastSeq: res.lastSeq, caughtUpFirst: res.caughtUpFirst, reason: r.reason || undefined },
         'RS moved',
       );
       return res;
@@ -933,9 +962,9 @@ class ControllerNode implements ControllerHandle {
           planned = plannedHandoffs(before, dec.state);
           if (planned.length === 0) return undefined;
           mark(planned); // before the persist: a MoveRs waiting on the state must also wait for the record
-          return async () => {
+          return async (interrupted) => {
             started = performance.now();
-            pauses = await this.handoffs.pause(before, planned, reason);
+            pauses = await this.handoffs.pause(before, planned, reason, interrupted);
             pausedAt = performance.now();
           };
         });

@@ -131,9 +131,10 @@ export class LiveHandoffs {
 
   /**
    * Pause every handoff's RS on its old active; resolves (never rejects) within about
-   * `pauseTimeoutMs` with one result per RS, keyed `app/rs`. Failures are logged, not thrown.
+   * `pauseTimeoutMs` with one result per RS, keyed `app/rs`, or as soon as `interrupted` aborts
+   * (the RS not answered yet count as not paused). Failures are logged, not thrown.
    */
-  async pause(state: ClusterState, handoffs: readonly Handoff[], reason: string): Promise<Map<string, PauseResult>> {
+  async pause(state: ClusterState, handoffs: readonly Handoff[], reason: string, interrupted?: AbortSignal): Promise<Map<string, PauseResult>> {
     const out = new Map<string, PauseResult>();
     const groups = new Map<string, Handoff[]>();
     for (const h of handoffs) {
@@ -150,13 +151,14 @@ export class LiveHandoffs {
           for (const h of g) out.set(key(h.app, h.rs), { paused: false, detail, lastSeq: 0, checkpointed: false, held: 0 });
         };
         if (!c) return failAll('copy unknown');
+        if (interrupted?.aborted) return failAll(`not asked: ${abortReason(interrupted)}`);
         const started = performance.now();
         try {
           const client = this.client(c.address);
           const res = await unaryCall(
             client.pauseRs.bind(client),
             { copyId: c.copyId, incarnation: c.incarnation, app: first.app, rs: g.map((h) => ({ rs: h.rs, epoch: h.epoch })), leaseMs: this.pauseLeaseMs, reason },
-            { deadlineMs: this.pauseTimeoutMs },
+            { deadlineMs: this.pauseTimeoutMs, ...(interrupted ? { signal: interrupted } : {}) },
           );
           for (const p of res.rs) out.set(key(first.app, p.rs), resultOf(p));
           for (const h of g) if (!out.has(key(h.app, h.rs))) out.set(key(h.app, h.rs), { paused: false, detail: 'not in the answer', lastSeq: 0, checkpointed: false, held: 0 });
@@ -165,8 +167,9 @@ export class LiveHandoffs {
           if (notPaused.length > 0) this.log.warn({ ...fields, notPaused: notPaused.length, detail: notPaused[0]!.detail }, 'some RS could not be paused before their move; moving them anyway (the epoch fences the old active)');
           else this.log.debug(fields, 'RS paused for their move');
         } catch (e) {
-          const detail = ensureError(e).message;
-          this.log.warn({ copy: c.copyId, app: first.app, rs: g.length === 1 ? first.rs : undefined, count: g.length, err: detail }, 'pause request failed; moving anyway (the epoch fences the old active)');
+          // A cancelled call may still have paused the RS on the copy: the role change ends it.
+          const detail = interrupted?.aborted ? `interrupted: ${abortReason(interrupted)}` : ensureError(e).message;
+          this.log.warn({ copy: c.copyId, app: first.app, rs: g.length === 1 ? first.rs : undefined, count: g.length, err: detail, ms: round(performance.now() - started) }, 'pause request failed; moving anyway (the epoch fences the old active)');
           failAll(detail);
         }
       }),
@@ -202,6 +205,10 @@ export function key(app: string, rs: number): string {
 
 function resultOf(p: PausedRs): PauseResult {
   return { paused: p.paused, detail: p.detail, lastSeq: p.lastSeq, checkpointed: p.checkpointed, held: p.held };
+}
+
+function abortReason(s: AbortSignal): string {
+  return s.reason instanceof Error ? s.reason.message : String(s.reason);
 }
 
 function round(ms: number): number {

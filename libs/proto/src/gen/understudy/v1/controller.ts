@@ -222,6 +222,11 @@ export interface SwitchoverResponse {
   paused: boolean;
   /** From the pause request until the roles were acknowledged and the routes published. */
   pauseMs: number;
+  /**
+   * Why the old active was not paused ('' when it was, or when nothing was handed over): e.g.
+   * the pause request's deadline passed, or it was cut short because a fault report was waiting.
+   */
+  pauseDetail: string;
 }
 
 export interface DrainCopyRequest {
@@ -388,7 +393,14 @@ export interface MoveRsResponse {
   /** True when the target was first added as a standby and had to catch up. */
   caughtUpFirst: boolean;
   /** The RS's assignment after the move. */
-  assignment: RsAssignment | undefined;
+  assignment:
+    | RsAssignment
+    | undefined;
+  /**
+   * Why the old active was not paused ('' when it was): e.g. the pause request's deadline
+   * passed, or it was cut short because a fault report (often of that very copy) was waiting.
+   */
+  pauseDetail: string;
 }
 
 function createBaseRegisterCopyRequest(): RegisterCopyRequest {
@@ -2108,7 +2120,7 @@ export const SwitchoverRequest: MessageFns<SwitchoverRequest> = {
 };
 
 function createBaseSwitchoverResponse(): SwitchoverResponse {
-  return { assignment: undefined, paused: false, pauseMs: 0 };
+  return { assignment: undefined, paused: false, pauseMs: 0, pauseDetail: "" };
 }
 
 export const SwitchoverResponse: MessageFns<SwitchoverResponse> = {
@@ -2121,6 +2133,9 @@ export const SwitchoverResponse: MessageFns<SwitchoverResponse> = {
     }
     if (message.pauseMs !== 0) {
       writer.uint32(25).double(message.pauseMs);
+    }
+    if (message.pauseDetail !== "") {
+      writer.uint32(34).string(message.pauseDetail);
     }
     return writer;
   },
@@ -2162,6 +2177,14 @@ export const SwitchoverResponse: MessageFns<SwitchoverResponse> = {
             message.pauseMs = reader.double();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.pauseDetail = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2183,6 +2206,11 @@ export const SwitchoverResponse: MessageFns<SwitchoverResponse> = {
         : isSet(object.pause_ms)
         ? globalThis.Number(object.pause_ms)
         : 0,
+      pauseDetail: isSet(object.pauseDetail)
+        ? globalThis.String(object.pauseDetail)
+        : isSet(object.pause_detail)
+        ? globalThis.String(object.pause_detail)
+        : "",
     };
   },
 
@@ -2197,6 +2225,9 @@ export const SwitchoverResponse: MessageFns<SwitchoverResponse> = {
     if (message.pauseMs !== 0) {
       obj.pauseMs = floatToJson(message.pauseMs);
     }
+    if (message.pauseDetail !== "") {
+      obj.pauseDetail = message.pauseDetail;
+    }
     return obj;
   },
 
@@ -2210,6 +2241,7 @@ export const SwitchoverResponse: MessageFns<SwitchoverResponse> = {
       : undefined;
     message.paused = object.paused ?? false;
     message.pauseMs = object.pauseMs ?? 0;
+    message.pauseDetail = object.pauseDetail ?? "";
     return message;
   },
 };
@@ -4150,6 +4182,7 @@ function createBaseMoveRsResponse(): MoveRsResponse {
     lastSeq: 0,
     caughtUpFirst: false,
     assignment: undefined,
+    pauseDetail: "",
   };
 }
 
@@ -4181,6 +4214,9 @@ export const MoveRsResponse: MessageFns<MoveRsResponse> = {
     }
     if (message.assignment !== undefined) {
       RsAssignment.encode(message.assignment, writer.uint32(74).fork()).join();
+    }
+    if (message.pauseDetail !== "") {
+      writer.uint32(82).string(message.pauseDetail);
     }
     return writer;
   },
@@ -4270,6 +4306,14 @@ export const MoveRsResponse: MessageFns<MoveRsResponse> = {
             message.assignment = RsAssignment.decode(reader, reader.uint32());
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.pauseDetail = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4317,6 +4361,11 @@ export const MoveRsResponse: MessageFns<MoveRsResponse> = {
         ? globalThis.Boolean(object.caught_up_first)
         : false,
       assignment: isSet(object.assignment) ? RsAssignment.fromJSON(object.assignment) : undefined,
+      pauseDetail: isSet(object.pauseDetail)
+        ? globalThis.String(object.pauseDetail)
+        : isSet(object.pause_detail)
+        ? globalThis.String(object.pause_detail)
+        : "",
     };
   },
 
@@ -4349,6 +4398,9 @@ export const MoveRsResponse: MessageFns<MoveRsResponse> = {
     if (message.assignment !== undefined) {
       obj.assignment = RsAssignment.toJSON(message.assignment);
     }
+    if (message.pauseDetail !== "") {
+      obj.pauseDetail = message.pauseDetail;
+    }
     return obj;
   },
 
@@ -4368,6 +4420,7 @@ export const MoveRsResponse: MessageFns<MoveRsResponse> = {
     message.assignment = (object.assignment !== undefined && object.assignment !== null)
       ? RsAssignment.fromPartial(object.assignment)
       : undefined;
+    message.pauseDetail = object.pauseDetail ?? "";
     return message;
   },
 };
