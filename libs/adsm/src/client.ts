@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import * as grpc from '@grpc/grpc-js';
-import { AdsmServiceClient, modeName, Partitioning, type AppSpec, type Edge, type Route, type WatchRoutesResponse } from '@understudy/proto';
+import { AdsmServiceClient, modeName, Partitioning, type AppSpec, type DeliverRequest, type DeliverResponse, type Edge, type Route, type WatchRoutesResponse } from '@understudy/proto';
 import { rsOfKey, type KeyPartition } from '@understudy/core';
 import {
   DeadlineExceededError,
@@ -20,6 +20,7 @@ import {
 } from '@understudy/runtime';
 import { decodeJson, encodeJson } from './codec';
 import { ControllerClient, LEADER_ADDRESS_KEY } from './controller-client';
+import { DeliverLink } from './forwarder';
 
 /** Where one RS is served, as the routing client knows it. */
 export interface RouteInfo {
@@ -79,6 +80,14 @@ export class RoutingClient {
   private readonly tables = new Map<string, AppTable>();
   /** Clients of active copies by address; closed once no route points at the address (restarts bring new ports). */
   private readonly copies = new ClientCache((address) => new AdsmServiceClient(address, insecureCredentials(), clientChannelOptions()));
+  /**
+   * Deliveries go over one long-lived DeliverStream per copy address (a {@link DeliverLink}):
+   * the copy runs them on the same path as a unary Deliver, and what a process sends in one
+   * event-loop turn leaves in one write. A unary call per delivery cost several times the CPU on
+   * both sides (HTTP/2 stream setup, grpc-js per-call machinery), which a busy client and the
+   * copies it calls pay for in latency.
+   */
+  private readonly links = new ClientCache((address) => new DeliverLink<LinkWaiter>(address, answerWaiter));
   private readonly events = new EventEmitter();
   private readonly controller: ControllerClient;
   private readonly log: Logger;
@@ -172,8 +181,8 @@ export class RoutingClient {
   async deliver<R = unknown>(app: string, key: string, payload: unknown, opts: { messageId?: string; rs?: number; deadlineMs?: number } = {}): Promise<Delivered<R>> {
     const messageId = opts.messageId ?? randomUUID();
     const bytes = encodeJson(payload);
-    const res = await this.withActive(app, opts.rs ?? null, key, opts.deadlineMs, (client, rs, deadlineMs, routeEpoch) =>
-      unaryCall(client.deliver.bind(client), { app, rs, messageId, payload: bytes, key, routeEpoch }, { deadlineMs }),
+    const res = await this.withActive(app, opts.rs ?? null, key, opts.deadlineMs, (address, rs, deadlineMs, routeEpoch) =>
+      this.deliverOnLink(address, { app, rs, messageId, payload: bytes, key, routeEpoch }, deadlineMs),
     );
     return {
       reply: decodeJson<R>(res.value.reply),
@@ -188,9 +197,10 @@ export class RoutingClient {
   /** Read-only query to the active copy of one RS. */
   async query<QR = unknown>(app: string, rs: number, query: unknown, opts: { deadlineMs?: number } = {}): Promise<QR> {
     const bytes = encodeJson(query);
-    const res = await this.withActive(app, rs, '', opts.deadlineMs, (client, r, deadlineMs) =>
-      unaryCall(client.query.bind(client), { app, rs: r, query: bytes }, { deadlineMs }),
-    );
+    const res = await this.withActive(app, rs, '', opts.deadlineMs, (address, r, deadlineMs) => {
+      const client = this.copyClient(address);
+      return unaryCall(client.query.bind(client), { app, rs: r, query: bytes }, { deadlineMs });
+    });
     return decodeJson<QR>(res.value.result);
   }
 
@@ -199,7 +209,7 @@ export class RoutingClient {
     rsOrNull: number | null,
     key: string,
     deadlineMsOpt: number | undefined,
-    fn: (client: AdsmServiceClient, rs: number, deadlineMs: number, routeEpoch: number) => Promise<T>,
+    fn: (address: string, rs: number, deadlineMs: number, routeEpoch: number) => Promise<T>,
   ): Promise<{ value: T; attempts: number }> {
     const deadline = Date.now() + (deadlineMsOpt ?? this.deliverDeadlineMs);
     let attempts = 0;
@@ -236,7 +246,7 @@ export class RoutingClient {
       // before is answered from the replicated dedupe table.
       const moved = this.routeMoved(app, rs, route);
       try {
-        const value = await Promise.race([fn(this.copyClient(route.activeAddress), rs, Math.min(left, this.attemptTimeoutMs), route.epoch), moved.promise]);
+        const value = await Promise.race([fn(route.activeAddress, rs, Math.min(left, this.attemptTimeoutMs), route.epoch), moved.promise]);
         return { value, attempts };
       } catch (e) {
         const err = ensureError(e);
@@ -272,6 +282,22 @@ export class RoutingClient {
 
   private copyClient(address: string): AdsmServiceClient {
     return this.copies.get(address);
+  }
+
+  /** One delivery attempt on the link to `address`; past `deadlineMs` its answer is dropped. */
+  private deliverOnLink(address: string, req: DeliverRequest, deadlineMs: number): Promise<DeliverResponse> {
+    const link = this.links.get(address);
+    return new Promise<DeliverResponse>((resolve, reject) => {
+      const w: LinkWaiter = { resolve, reject, timer: undefined };
+      const id = link.send(req, w);
+      // The answer may already have come (a link that cannot connect answers in a microtask).
+      if (w.resolve === settled) return;
+      w.timer = setTimeout(() => {
+        link.forget(id);
+        w.resolve = settled;
+        reject(new DeadlineExceededError(`Deliver to ${address}: no answer within ${deadlineMs} ms`));
+      }, deadlineMs);
+    });
   }
 
   /** Resolves on the next routing-table change or after `ms` (whichever first). */
@@ -341,6 +367,7 @@ export class RoutingClient {
       const live = new Set<string>();
       for (const t of this.tables.values()) for (const r of t.routes.values()) if (r.activeAddress) live.add(r.activeAddress);
       this.copies.sweep(live, now);
+      this.links.sweep(live, now);
     }
     if (msg.hasEdges) {
       this.edgeList = msg.edges;
@@ -372,7 +399,28 @@ export class RoutingClient {
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     this.stream?.cancel();
     this.copies.closeAll();
+    this.links.closeAll();
     this.controller.close();
     this.events.removeAllListeners();
   }
+}
+
+/** A delivery waiting for its answer on a {@link DeliverLink}. */
+interface LinkWaiter {
+  resolve: (r: DeliverResponse) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout | undefined;
+}
+
+/** Marks a waiter that was answered (or gave up): a second outcome is ignored. */
+const settled = (): void => undefined;
+
+function answerWaiter(w: LinkWaiter, err: Error | null, res: DeliverResponse | undefined): void {
+  if (w.resolve === settled) return;
+  const { resolve, reject } = w;
+  w.resolve = settled;
+  if (w.timer) clearTimeout(w.timer);
+  if (err) reject(err);
+  else if (res) resolve(res);
+  else reject(new UnavailableError('Deliver: empty answer'));
 }
