@@ -140,7 +140,8 @@ export interface ControllerOptions {
   readonly maxPendingEvents?: number;
   /**
    * Live moves (MoveRs, drain, completion of a pending move): deadline of the PauseRs call to the
-   * RS's old active, inside the decision loop; past it the move goes on unpaused (the epoch fences the old active). @default 300
+   * RS's old active, inside the decision loop; past it, or as soon as a fault report is queued
+   * behind it, the move goes on unpaused (the epoch fences the old active). @default 300
    */
   readonly pauseTimeoutMs?: number;
   /** Lease of such a pause: the old active resumes by itself after it (controller died mid-move). @default 3000 */

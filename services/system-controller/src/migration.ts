@@ -54,7 +54,10 @@ export interface HandoffRecord {
 
 /** Options of {@link LiveHandoffs}. */
 export interface LiveHandoffOptions {
-  /** Deadline of one PauseRs call; past it the move goes on unpaused. It runs inside the decision loop, so keep it short. @default 300 */
+  /**
+   * Deadline of one PauseRs call; past it the move goes on unpaused. It runs inside the decision
+   * loop (a queued fault report cuts it short, see `pause`), so keep it short. @default 300
+   */
   readonly pauseTimeoutMs?: number;
   /**
    * Lease of a pause: the copy resumes the RS by itself after this long (a controller that dies
