@@ -289,9 +289,8 @@ export class RoutingClient {
     const link = this.links.get(address);
     return new Promise<DeliverResponse>((resolve, reject) => {
       const w: LinkWaiter = { resolve, reject, timer: undefined };
+      // The link answers asynchronously (even a refusal), so the timer is always set first.
       const id = link.send(req, w);
-      // The answer may already have come (a link that cannot connect answers in a microtask).
-      if (w.resolve === settled) return;
       w.timer = setTimeout(() => {
         link.forget(id);
         w.resolve = settled;
