@@ -139,13 +139,7 @@ export class LiveHandoffs {
    */
   async pause(state: ClusterState, handoffs: readonly Handoff[], reason: string, interrupted?: AbortSignal): Promise<Map<string, PauseResult>> {
     const out = new Map<string, PauseResult>();
-    const groups = new Map<string, Handoff[]>();
-    for (const h of handoffs) {
-      const k = `${h.fromCopyId}\u0000${h.app}`;
-      let g = groups.get(k);
-      if (!g) groups.set(k, (g = []));
-      g.push(h);
-    }
+    const groups = byCopyAndApp(handoffs);
     await Promise.all(
       [...groups.values()].map(async (g) => {
         const first = g[0]!;
@@ -182,13 +176,7 @@ export class LiveHandoffs {
 
   /** End the pauses of handoffs that did not happen after all (best effort, not awaited). */
   resume(state: ClusterState, handoffs: readonly Handoff[]): void {
-    const groups = new Map<string, Handoff[]>();
-    for (const h of handoffs) {
-      const k = `${h.fromCopyId}\u0000${h.app}`;
-      let g = groups.get(k);
-      if (!g) groups.set(k, (g = []));
-      g.push(h);
-    }
+    const groups = byCopyAndApp(handoffs);
     for (const g of groups.values()) {
       const first = g[0]!;
       const c = state.copies[first.fromCopyId];
@@ -204,6 +192,18 @@ export class LiveHandoffs {
 /** Map key of an RS. */
 export function key(app: string, rs: number): string {
   return `${app}/${rs}`;
+}
+
+/** Handoffs grouped per old active and app: one PauseRs / ResumeRs covers a group. */
+function byCopyAndApp(handoffs: readonly Handoff[]): Map<string, Handoff[]> {
+  const groups = new Map<string, Handoff[]>();
+  for (const h of handoffs) {
+    const k = `${h.fromCopyId}\u0000${h.app}`;
+    let g = groups.get(k);
+    if (!g) groups.set(k, (g = []));
+    g.push(h);
+  }
+  return groups;
 }
 
 function resultOf(p: PausedRs): PauseResult {
