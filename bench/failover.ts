@@ -14,7 +14,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { CopyStatus, Role } from '@understudy/proto';
-import { keysPerRs, pct, r1 } from './lib';
+import { keysPerRs, pct, PROCESSES, r1 } from './lib';
 import { startCounterCluster, type CounterCluster } from '../test/harness/cluster';
 import type { Proc } from '../test/harness/processes';
 import { waitFor } from '../test/harness/wait';
@@ -114,6 +114,32 @@ async function measure(load: Load, t0: number, victim: string, rs: number[]): Pr
   return { first: Math.min(...ts), all: Math.max(...ts) };
 }
 
+/**
+ * Where the time went, from the services' own warn-level logs (pino `time`, ms): when the first
+ * fault manager logged the fault, and when the controller answered the report.
+ */
+function phases(cl: CounterCluster, victim: string, wall0: number): string {
+  const at = (lines: string[], test: (o: Record<string, unknown>) => boolean): number | undefined => {
+    let best: number | undefined;
+    for (const l of lines) {
+      if (!l.startsWith('{')) continue;
+      try {
+        const o = JSON.parse(l) as Record<string, unknown>;
+        const t = Date.parse(String(o['time']));
+        if (t >= wall0 && test(o) && (best === undefined || t < best)) best = t;
+      } catch {
+        // not a log line
+      }
+    }
+    return best === undefined ? undefined : best - wall0;
+  };
+  const fm = cl.faultManagers.flatMap((p) => (p?.output() ?? '').split('\n'));
+  const ctl = cl.controllers.flatMap((p) => (p?.output() ?? '').split('\n'));
+  const detected = at(fm, (o) => o['msg'] === 'fault detected' && o['copy'] === victim);
+  const handled = at(ctl, (o) => o['msg'] === 'fault report handled' && JSON.stringify(o['results'] ?? '').includes(`${victim}:`));
+  return `; detected +${detected ?? '?'} ms, report answered +${handled ?? '?'} ms`;
+}
+
 async function settle(cl: CounterCluster, victim: string): Promise<void> {
   await settleOnce(cl, victim).catch(async (e: unknown) => {
     await dump(cl, 'not settled');
@@ -174,6 +200,7 @@ async function main(): Promise<void> {
       const { victim, rs } = await activesOf(cl);
       const p = cl.copies.get(victim)!;
       const t0 = performance.now();
+      const wall0 = Date.now();
       p.signal(isHang ? 'SIGSTOP' : 'SIGKILL');
       const m = await measure(load, t0, victim, rs).catch(async (e: unknown) => {
         await dump(cl, `no acks from new actives for all of ${rs.join(',')}`);
@@ -188,12 +215,14 @@ async function main(): Promise<void> {
         throw e;
       });
       (isHang ? hang : crash).push(m);
-      console.log(`  ${isHang ? 'hang ' : 'crash'} ${i + 1}/${CRASH_RUNS + HANG_RUNS}: ${victim} (${rs.length} RS active) first ${m.first.toFixed(1)} ms, all ${m.all.toFixed(1)} ms`);
+
       if (isHang) p.signal('SIGCONT');
       await p.kill();
       retired.push(p);
       await cl.restartCopy(victim);
       await settle(cl, victim);
+      // After settling: the services' log lines have reached this process by then.
+      console.log(`  ${isHang ? 'hang ' : 'crash'} ${i + 1}/${CRASH_RUNS + HANG_RUNS}: ${victim} (${rs.length} RS active) first ${m.first.toFixed(1)} ms, all ${m.all.toFixed(1)} ms${phases(cl, victim, wall0)}`);
     }
   } finally {
     await load.stop();
@@ -215,6 +244,7 @@ async function main(): Promise<void> {
   console.log(
     JSON.stringify({
       bench: 'failover',
+      processes: PROCESSES,
       crash_p50_ms: r1(pct(f(crash), 50)),
       crash_p99_ms: r1(pct(f(crash), 99)),
       crash_max_ms: r1(Math.max(...f(crash))),

@@ -27,3 +27,9 @@ export function keysPerRs(rsCount: number, prefix: string): string[] {
   }
   return out;
 }
+
+/**
+ * How the bench's services and copies ran: `built` (bundles from dist/, what a deployment runs;
+ * `npm run bench` default) or `tsx` (from source, `UNDERSTUDY_RUN_BUILT=0`). Goes into the JSON.
+ */
+export const PROCESSES: 'built' | 'tsx' = process.env.UNDERSTUDY_RUN_BUILT === '1' ? 'built' : 'tsx';

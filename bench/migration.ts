@@ -28,7 +28,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { CopyStatus, Role, type GetStatusResponse, type MoveRsResponse, type RsAssignment } from '@understudy/proto';
-import { keysPerRs, pct, r2 } from './lib';
+import { keysPerRs, pct, PROCESSES, r2 } from './lib';
 import { unaryCall } from '@understudy/runtime';
 import { startCounterCluster, type CounterCluster } from '../test/harness/cluster';
 import { freePort, startLoadManagerProc, type Proc } from '../test/harness/processes';
@@ -316,6 +316,7 @@ async function main(): Promise<void> {
   console.log(
     JSON.stringify({
       bench: 'migration',
+      processes: PROCESSES,
       pause_p50_ms: r2(pct(clientMs, 50)),
       pause_p99_ms: r2(pct(clientMs, 99)),
       converge_ms: r2(convergeMs),

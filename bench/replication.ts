@@ -54,6 +54,8 @@ import {
   type DeliverStreamResponse,
   type GetStatusResponse,
 } from '@understudy/proto';
+import { PROCESSES } from './lib';
+import { entryScript } from '../test/harness/processes';
 import { clientChannelOptions, freePort, insecureCredentials, startProcess, unaryCall, type Proc } from '@understudy/runtime';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -294,7 +296,7 @@ async function startCluster(): Promise<{
   const controller = await startProcess({
     name: 'controller',
     cwd: ROOT,
-    script: 'services/system-controller/src/main.ts',
+    script: entryScript('services/system-controller/src/main.ts'),
     args: ['--id', 'ctl-1', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir],
     env,
     readyMsg: 'controller listening',
@@ -315,7 +317,7 @@ async function startCluster(): Promise<{
       startProcess({
         name: `copy ${id}`,
         cwd: ROOT,
-        script: 'examples/counter/src/copy.ts',
+        script: entryScript('examples/counter/src/copy.ts'),
         args: ['--copy-id', id, '--controllers', addresses[0]!, '--host', `host-${id}`],
         env: copyEnv,
         readyMsg: 'copy listening',
@@ -540,6 +542,7 @@ async function main(): Promise<void> {
     console.log(
       JSON.stringify({
         bench: 'replication',
+        processes: PROCESSES,
         updates_per_s: head.updates_per_s,
         p50_ms: head.p50_ms,
         p99_ms: head.p99_ms,

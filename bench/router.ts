@@ -48,6 +48,8 @@ import {
   type SendStreamRequest,
   type SendStreamResponse,
 } from '@understudy/proto';
+import { PROCESSES } from './lib';
+import { entryScript } from '../test/harness/processes';
 import { clientChannelOptions, freePort, insecureCredentials, startProcess, unaryCall, type Proc } from '@understudy/runtime';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -318,7 +320,7 @@ async function main(): Promise<void> {
       await startProcess({
         name: 'controller',
         cwd: ROOT,
-        script: 'services/system-controller/src/main.ts',
+        script: entryScript('services/system-controller/src/main.ts'),
         args: ['--id', 'ctl-1', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir],
         env,
         readyMsg: 'controller listening',
@@ -341,7 +343,7 @@ async function main(): Promise<void> {
         startProcess({
           name: `copy c${i + 1}`,
           cwd: ROOT,
-          script: 'examples/counter/src/copy.ts',
+          script: entryScript('examples/counter/src/copy.ts'),
           args: ['--copy-id', `c${i + 1}`, '--controllers', controllers[0]!, '--host', `host-c${i + 1}`],
           env,
           readyMsg: 'copy listening',
@@ -353,7 +355,7 @@ async function main(): Promise<void> {
     const router = await startProcess({
       name: 'router',
       cwd: ROOT,
-      script: 'services/router/src/main.ts',
+      script: entryScript('services/router/src/main.ts'),
       args: ['--id', 'router-1', '--listen', '127.0.0.1:0', '--controllers', controllers.join(',')],
       env,
       readyMsg: 'router listening',
@@ -430,6 +432,7 @@ async function main(): Promise<void> {
     console.log(
       JSON.stringify({
         bench: 'router',
+        processes: PROCESSES,
         routed_msgs_per_s: r.msgsPerS,
         direct_msgs_per_s: d.msgsPerS,
         ratio: r2(r.msgsPerS / d.msgsPerS),

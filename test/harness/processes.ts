@@ -2,6 +2,7 @@
  * Starts real Understudy processes (controller replicas, example copies) on 127.0.0.1 for
  * end-to-end tests, and kills them for real (SIGKILL, SIGSTOP).
  */
+import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import { startProcess as startAny, type Proc, type StartOptions } from '@understudy/runtime';
 
@@ -10,9 +11,24 @@ export { freePort, type Proc } from '@understudy/runtime';
 /** Repository root. */
 export const ROOT = path.resolve(__dirname, '..', '..');
 
-/** Start a TypeScript entry point (relative to the repo root); logs at warn unless TEST_LOG_LEVEL. */
+/**
+ * The file to run for a TypeScript entry point: the entry itself (under tsx), or with
+ * `UNDERSTUDY_RUN_BUILT=1` its bundle in dist/ as `scripts/build.mjs` makes it (what a deployment
+ * runs; `npm run bench` builds and sets it): `services/<name>/src/<f>.ts` → `dist/<name>/<f>.js`,
+ * `examples/<name>/src/<f>.ts` → `dist/example-<name>/<f>.js`.
+ */
+export function entryScript(script: string): string {
+  if (process.env.UNDERSTUDY_RUN_BUILT !== '1') return script;
+  const m = /^(services|examples)\/([^/]+)\/src\/([^/]+)\.ts$/.exec(script);
+  if (!m) throw new Error(`UNDERSTUDY_RUN_BUILT=1: no bundle is built for ${script}`);
+  const built = path.join('dist', m[1] === 'examples' ? `example-${m[2]}` : m[2]!, `${m[3]}.js`);
+  if (!existsSync(path.join(ROOT, built))) throw new Error(`UNDERSTUDY_RUN_BUILT=1: ${built} is missing; run \`node scripts/build.mjs --all\``);
+  return built;
+}
+
+/** Start an entry point (relative to the repo root, see {@link entryScript}); logs at warn unless TEST_LOG_LEVEL. */
 export function startProcess(o: Omit<StartOptions, 'cwd'>): Promise<Proc> {
-  return startAny({ ...o, cwd: ROOT, env: { LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'warn', ...o.env } });
+  return startAny({ ...o, script: entryScript(o.script), cwd: ROOT, env: { LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'warn', ...o.env } });
 }
 
 /** Options for a controller replica process. */
