@@ -27,7 +27,11 @@ const MISSED = 3;
 /**
  * Message ids each RS remembers for dedupe (the copies' `--dedupe-window`, default 10,000). Every
  * snapshot carries the whole table, and a failover's first acknowledgement waits for the new
- * standby's snapshot: with a full table that snapshot dominates the figures (see the issue note).
+ * standby's snapshot. A killed copy held 3 actives and 2–3 standbys here, so the two survivors
+ * send 5–6 snapshots at once, each ~690 KB with a full table (6–15 ms each on this load; the
+ * install itself takes < 1 ms), while they also answer SetRoles and serve the load. Measured
+ * (built processes, 50 kills): window 10,000 → crash p50 44 ms, p99 191 ms; 1,000 → p50 20 ms,
+ * p99 48 ms.
  */
 const DEDUPE_WINDOW = process.env.DEDUPE_WINDOW;
 /** Increments per second per RS; 0 = closed loop (each worker sends the next as soon as the last is acknowledged). */
