@@ -10,7 +10,8 @@
  * victim's RS has acknowledged on its new active. Between runs (untimed) the victim restarts,
  * rejoins as standby and gets actives back by balancing.
  * At the end: counter values vs. acknowledged increments → `lost` and `doubled` (must be 0).
- * Progress lines go to stdout; the last line is one JSON object.
+ * Progress lines go to stdout, one per run with the services' own times since the fault
+ * (`detected`, `report answered`, see `phases`); the last line is one JSON object.
  */
 import { performance } from 'node:perf_hooks';
 import { CopyStatus, Role } from '@understudy/proto';
@@ -119,8 +120,9 @@ async function measure(load: Load, t0: number, victim: string, rs: number[]): Pr
 }
 
 /**
- * Where the time went, from the services' own warn-level logs (pino `time`, ms): when the first
- * fault manager logged the fault, and when the controller answered the report.
+ * Where the time went, from the services' own warn-level logs (their `time`, ms resolution): when
+ * a fault manager first logged the fault, and when the controller answered the report (after the
+ * promoted copies acknowledged their SetRoles; the routes went out before that).
  */
 function phases(cl: CounterCluster, victim: string, wall0: number): string {
   const at = (lines: string[], test: (o: Record<string, unknown>) => boolean): number | undefined => {
@@ -219,7 +221,6 @@ async function main(): Promise<void> {
         throw e;
       });
       (isHang ? hang : crash).push(m);
-
       if (isHang) p.signal('SIGCONT');
       await p.kill();
       retired.push(p);
