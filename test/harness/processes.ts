@@ -2,7 +2,7 @@
  * Starts real Understudy processes (controller replicas, example copies) on 127.0.0.1 for
  * end-to-end tests, and kills them for real (SIGKILL, SIGSTOP).
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { startProcess as startAny, type Proc, type StartOptions } from '@understudy/runtime';
 
@@ -13,16 +13,14 @@ export const ROOT = path.resolve(__dirname, '..', '..');
 
 /**
  * The file to run for a TypeScript entry point: the entry itself (under tsx), or with
- * `UNDERSTUDY_RUN_BUILT=1` its bundle in dist/ as `scripts/build.mjs` makes it (what a deployment
- * runs; `npm run bench` builds and sets it): `services/<name>/src/<f>.ts` → `dist/<name>/<f>.js`,
- * `examples/<name>/src/<f>.ts` → `dist/example-<name>/<f>.js`.
+ * `UNDERSTUDY_RUN_BUILT=1` its bundle as `scripts/build.mjs` recorded it in dist/entries.json
+ * (what a deployment runs; `npm run bench` builds and sets it).
  */
 export function entryScript(script: string): string {
   if (process.env.UNDERSTUDY_RUN_BUILT !== '1') return script;
-  const m = /^(services|examples)\/([^/]+)\/src\/([^/]+)\.ts$/.exec(script);
-  if (!m) throw new Error(`UNDERSTUDY_RUN_BUILT=1: no bundle is built for ${script}`);
-  const built = path.join('dist', m[1] === 'examples' ? `example-${m[2]}` : m[2]!, `${m[3]}.js`);
-  if (!existsSync(path.join(ROOT, built))) throw new Error(`UNDERSTUDY_RUN_BUILT=1: ${built} is missing; run \`node scripts/build.mjs --all\``);
+  const manifest = path.join(ROOT, 'dist', 'entries.json');
+  const built = existsSync(manifest) ? (JSON.parse(readFileSync(manifest, 'utf8')) as Record<string, string>)[path.normalize(script)] : undefined;
+  if (!built || !existsSync(path.join(ROOT, built))) throw new Error(`UNDERSTUDY_RUN_BUILT=1: no bundle of ${script} in dist/; run \`node scripts/build.mjs --all\``);
   return built;
 }
 
