@@ -185,8 +185,8 @@ interface PeerProgress {
   ackedSeq: number;
   needsSnapshot: boolean;
   /**
-   * New at this epoch and not tried yet: offer it a batch based on `RsSlot.base` before falling
-   * back to a snapshot (see `syncPeer`).
+   * New at this epoch, listed as a member before it, and not tried yet: offer it a batch based
+   * on `RsSlot.base` before falling back to a snapshot (see `syncPeer`).
    */
   tryBase: boolean;
   /** The controller has been told (or a report is queued) that this standby is caught up. */
@@ -665,6 +665,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     const slot = existing ?? new RsSlot<S>(rs, this.handler.init(rs), this.o.dedupeWindow);
     if (!existing) this.slots.set(rs, slot);
     const epochChanged = epoch !== slot.epoch;
+    const listedBefore = slot.members;
     slot.epoch = epoch;
     slot.version = version;
     slot.members = members;
@@ -700,7 +701,12 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         // A new incarnation under the same id is a restarted process holding nothing: it
         // starts over with a snapshot, whatever the previous process had acknowledged.
         if (!peer || peer.incarnation !== m.incarnation) {
-          slot.peers.set(m.copyId, { address: m.address, incarnation: m.incarnation, ackedSeq: -1, needsSnapshot: true, tryBase: true, reported: false });
+          // Only a copy that was a member until now can hold this copy's history point (a copy
+          // holds an RS's state only while it is a member); anyone else, such as the new standby
+          // of a failover with one standby, gets the snapshot at once instead of first spending
+          // a round trip on an offer it must refuse.
+          const wasMember = listedBefore.some((p) => p.copyId === m.copyId && p.incarnation === m.incarnation);
+          slot.peers.set(m.copyId, { address: m.address, incarnation: m.incarnation, ackedSeq: -1, needsSnapshot: true, tryBase: wasMember, reported: false });
         } else peer.address = m.address;
       }
       // Bring new standbys up to date now rather than on the next message, so they are

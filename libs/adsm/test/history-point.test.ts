@@ -23,6 +23,8 @@ interface LogLine {
   rs?: number;
   epoch?: number;
   seq?: number;
+  method?: string;
+  details?: string;
 }
 
 describe('replication from a shared history point (no snapshot when the standby already has the state)', () => {
@@ -120,6 +122,22 @@ describe('replication from a shared history point (no snapshot when the standby 
     assert.deepEqual(syncs(c, 1, 2), { base: 0, snapshot: 1 }, 'behind: not the same point, so a snapshot');
     await place(1, 3, 4, c, [a, b]);
     assert.equal(await query(c, 1, 'y'), 13);
+  });
+
+  test('a failover with one standby: the new standby was no member, so it gets the snapshot without an offer first', async () => {
+    const [a, b, c] = copies as [CopyHandle, CopyHandle, CopyHandle];
+    await place(3, 1, 1, a, [b]);
+    for (let i = 0; i < 6; i++) await inc(a, 3, 'w', `w${i}`);
+    // a is lost: b (its standby) is promoted, c becomes the new standby.
+    await place(3, 2, 2, b, [c]);
+    assert.equal(await inc(b, 3, 'w', 'w6'), 7);
+    assert.deepEqual(syncs(c, 3, 2), { base: 0, snapshot: 1 });
+    // No Replicate was refused for lack of a snapshot: b did not offer its point to c first.
+    const refused = (logs.get('c') ?? []).filter((l) => /^Replicate/.test(l.method ?? '') && /NEEDS_SNAPSHOT: counter\/3 /.test(l.details ?? ''));
+    assert.equal(refused.length, 0, JSON.stringify(refused));
+    // c holds everything: promote it and read back.
+    await place(3, 3, 3, c, [b]);
+    assert.equal(await query(c, 3, 'w'), 7);
   });
 
   test('the standby checks the point exactly: another epoch or seq is NEEDS_SNAPSHOT', async () => {
