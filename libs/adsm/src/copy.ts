@@ -70,6 +70,7 @@ import { DataFlow, type DataFlowOptions } from './dataflow';
 import { Outbox } from './outbox';
 import { MAX_PAUSE_LEASE_MS, RsPauses } from './pause';
 import { SharedData } from './shared';
+import { ChangeSignal } from './signal';
 import type { AppDefinition, RsHandler } from './handler';
 
 type RoleName = 'ACTIVE' | 'STANDBY' | 'OUT_OF_SERVICE';
@@ -173,8 +174,11 @@ export interface CopyHandle {
   readonly incarnation: number;
   /** host:port of the ADSM service. */
   readonly address: string;
-  /** Current role per RS (for tests and tools). */
-  roles(): Map<number, { role: RoleName; epoch: number; seq: number }>;
+  /**
+   * Current role per RS (for tests and tools). `waits`: waits in progress on the RS's change
+   * signal (replication rounds, queries); bounded by the work under way, not by history.
+   */
+  roles(): Map<number, { role: RoleName; epoch: number; seq: number; waits: number }>;
   /** Stop serving (graceful). */
   stop(): Promise<void>;
 }
@@ -259,8 +263,8 @@ class RsSlot<S> {
   readonly commitWaiters: (() => void)[] = [];
   /** Messages to other applications not yet acknowledged downstream; replicated with the state (outbox.ts). */
   readonly outbox = new Outbox();
-  /** Resolved and replaced whenever the controller changes this RS (wakes replication waits). */
-  private changedSignal!: { promise: Promise<void>; resolve: () => void };
+  /** Notified whenever the controller changes this RS (wakes replication waits). */
+  readonly changes = new ChangeSignal();
 
   constructor(
     readonly rs: number,
@@ -268,20 +272,9 @@ class RsSlot<S> {
     dedupeWindow: number,
   ) {
     this.dedupe = new DedupeTable(dedupeWindow);
-    this.resetSignal();
-  }
-  private resetSignal(): void {
-    let resolve!: () => void;
-    const promise = new Promise<void>((r) => (resolve = r));
-    this.changedSignal = { promise, resolve };
   }
   signalChanged(): void {
-    const s = this.changedSignal;
-    this.resetSignal();
-    s.resolve();
-  }
-  get changed(): Promise<void> {
-    return this.changedSignal.promise;
+    this.changes.notify();
   }
 }
 
@@ -517,9 +510,9 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       .catch((e: unknown) => this.log.error({ err: ensureError(e).message }, 'onFenced failed'));
   }
 
-  roles(): Map<number, { role: RoleName; epoch: number; seq: number }> {
-    const out = new Map<number, { role: RoleName; epoch: number; seq: number }>();
-    for (const [rs, s] of this.slots) out.set(rs, { role: s.role, epoch: s.epoch, seq: s.seq });
+  roles(): Map<number, { role: RoleName; epoch: number; seq: number; waits: number }> {
+    const out = new Map<number, { role: RoleName; epoch: number; seq: number; waits: number }>();
+    for (const [rs, s] of this.slots) out.set(rs, { role: s.role, epoch: s.epoch, seq: s.seq, waits: s.changes.listenerCount });
     return out;
   }
 
@@ -858,18 +851,14 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       if (slot?.role === 'ACTIVE') return slot;
       const left = deadline - Date.now();
       if (!(routeEpoch > (slot?.epoch ?? 0)) || left <= 0 || this.stopped) return this.activeSlot(rs);
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([this.roleSignal.promise, new Promise((r) => (timer = setTimeout(r, left)))]);
-      clearTimeout(timer);
+      await this.roleSignal.wait(left);
     }
   }
 
-  private roleSignal = deferred();
-  /** Wakes deliveries waiting for a role (see `activeSlotFor`). */
+  /** Wakes deliveries and replications waiting for a role (`activeSlotFor`, `whenRoleKnown`). */
+  private readonly roleSignal = new ChangeSignal();
   private rolesChanged(): void {
-    const s = this.roleSignal;
-    this.roleSignal = deferred();
-    s.resolve();
+    this.roleSignal.notify();
   }
 
   private activeSlot(rs: number): RsSlot<S> {
@@ -1023,12 +1012,12 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         throw new NotActiveError(`NOT_ACTIVE: ${this.appName}/${slot.rs} was handed over at epoch ${slot.epoch}`);
       }
       const peers = [...slot.peers.entries()];
-      const changed = slot.changed;
+      const seen = slot.changes.generation;
       if (peers.length === 0) {
         if (await this.checkpointBeforeCommit(slot, epoch, target)) return this.markCommitted(slot, epoch, target);
         if (background) return false;
         if (this.stopped) throw new UnavailableError(`copy ${this.copyId} is stopping`);
-        await Promise.race([changed, new Promise((r) => setTimeout(r, backoffMs))]);
+        await slot.changes.wait(backoffMs, seen);
         backoffMs = Math.min(backoffMs * 2, 200);
         continue;
       }
@@ -1056,7 +1045,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       }
       if (results.every(Boolean) && (await this.checkpointBeforeCommit(slot, epoch, target))) return this.markCommitted(slot, epoch, target);
       if (background) return false; // background sync: one round is enough, messages retry.
-      await Promise.race([changed, new Promise((r) => setTimeout(r, backoffMs))]);
+      await slot.changes.wait(backoffMs, seen);
       backoffMs = Math.min(backoffMs * 2, 200);
     }
   }
@@ -1071,14 +1060,28 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
    * calls finish on their own, and a late answer only counts for a peer still listed
    * (`peerCaughtUp`, monotonic `ackedSeq`).
    */
-  private async unlessPeersLeft<T>(slot: RsSlot<S>, epoch: number, peers: readonly (readonly [string, PeerProgress])[], round: Promise<T>): Promise<T | null> {
+  private unlessPeersLeft<T>(slot: RsSlot<S>, epoch: number, peers: readonly (readonly [string, PeerProgress])[], round: Promise<T>): Promise<T | null> {
     const left = (): boolean => slot.role !== 'ACTIVE' || slot.epoch !== epoch || peers.some(([id, p]) => slot.peers.get(id) !== p);
-    const done = round.then((v) => ({ v }));
-    for (;;) {
-      if (left()) return null;
-      const r = await Promise.race([done, slot.changed.then(() => null)]);
-      if (r !== null) return r.v;
-    }
+    if (left()) return Promise.resolve(null);
+    return new Promise<T | null>((resolve, reject) => {
+      // A subscription, not a race against a change promise: one round per batch, and the
+      // subscription ends with the round (see ChangeSignal).
+      const off = slot.changes.subscribe(() => {
+        if (!left()) return;
+        off();
+        resolve(null);
+      });
+      round.then(
+        (v) => {
+          off();
+          resolve(v);
+        },
+        (e: unknown) => {
+          off();
+          reject(ensureError(e));
+        },
+      );
+    });
   }
 
   // ---- checkpoints (R-CKP-1, R-HM-5) --------------------------------------------------------
@@ -1511,9 +1514,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       while (epoch > (this.slots.get(rs)?.epoch ?? 0) && !this.stopped) {
         const left = deadline - Date.now();
         if (left <= 0) break;
-        let timer: NodeJS.Timeout | undefined;
-        await Promise.race([this.roleSignal.promise, new Promise((r) => (timer = setTimeout(r, left)))]);
-        clearTimeout(timer);
+        await this.roleSignal.wait(left);
       }
       return fn();
     })();
@@ -1654,11 +1655,9 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       }
       // Another round runs (or this one failed): wait for a commit, a role change or a short
       // retry delay. Waiters are few (queries); past the cap the delay alone wakes us.
-      let timer: NodeJS.Timeout | undefined;
-      const waits: Promise<unknown>[] = [slot.changed, new Promise((r) => (timer = setTimeout(r, 20)))];
-      if (slot.commitWaiters.length < 1000) waits.push(new Promise<void>((r) => slot.commitWaiters.push(r)));
-      await Promise.race(waits);
-      clearTimeout(timer);
+      // (The commit waiter goes at the next commit whoever wins: `markCommitted` empties the list.)
+      if (slot.commitWaiters.length < 1000) await Promise.race([slot.changes.wait(20), new Promise<void>((r) => slot.commitWaiters.push(r))]);
+      else await slot.changes.wait(20);
     }
   }
 
@@ -1937,12 +1936,6 @@ class ReplicationLink {
     this.stream?.cancel();
     this.stream = undefined;
   }
-}
-
-function deferred(): { promise: Promise<void>; resolve: () => void } {
-  let resolve!: () => void;
-  const promise = new Promise<void>((r) => (resolve = r));
-  return { promise, resolve };
 }
 
 const PROBE_OUTCOME: DeliverOutcome = { reply: Buffer.alloc(0), epoch: 0, duplicate: false };

@@ -60,6 +60,7 @@ import {
 } from '@understudy/runtime';
 import { RoutingClient } from './client';
 import { decodeJson, encodeJson } from './codec';
+import { ChangeSignal } from './signal';
 
 // ------------------------------------------------------------------------------------ pure rules
 
@@ -276,7 +277,7 @@ export class SharedData<S> {
   private sweepTimer: NodeJS.Timeout | undefined;
   /** Clients of the master RS's actives; one is used at a time, older ones close after a grace period. */
   private readonly clients = new ClientCache((address) => new AdsmServiceClient(address, insecureCredentials(), clientChannelOptions()));
-  private changed = deferred();
+  private readonly changed = new ChangeSignal();
   private stopped = false;
 
   constructor(opts: SharedDataOptions<S>) {
@@ -350,9 +351,7 @@ export class SharedData<S> {
           `${this.o.appName}/${rs}: copy ${this.o.copyId} has not received the shared data of master RS ${this.master} yet (waited ${this.o.waitMs} ms); retry`,
         );
       }
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([this.changed.promise, new Promise((r) => (timer = setTimeout(r, left)))]);
-      clearTimeout(timer);
+      await this.changed.wait(left);
     }
   }
 
@@ -716,16 +715,8 @@ export class SharedData<S> {
   }
 
   private signal(): void {
-    const d = this.changed;
-    this.changed = deferred();
-    d.resolve();
+    this.changed.notify();
   }
-}
-
-function deferred(): { promise: Promise<void>; resolve: () => void } {
-  let resolve!: () => void;
-  const promise = new Promise<void>((r) => (resolve = r));
-  return { promise, resolve };
 }
 
 function positive(name: string, v: number): number {

@@ -87,6 +87,19 @@ describe('ADSM replication and fencing', () => {
     await assert.rejects(inc(a, 0, 'y', 'y21'), NotActiveError);
   });
 
+  test('steady load leaves no waits behind: each replication round ends its wait on the RS', async () => {
+    const [a, b] = copies as [CopyHandle, CopyHandle];
+    await place(5, 1, 1, a, [b]);
+    // Sequential deliveries: one replication round each, while the roles never change (a round
+    // used to race the RS's role-change promise, adding a reaction that stayed until the next
+    // role change: thousands per second under load, without bound).
+    for (let i = 0; i < 300; i++) await inc(a, 5, 'w', `w${i}`);
+    await Promise.all(Array.from({ length: 200 }, (_, i) => inc(a, 5, 'w', `w${300 + i}`)));
+    assert.equal(await query(a, 5, 'w'), 500);
+    assert.equal(a.roles().get(5)?.waits, 0, 'waits left on the active');
+    assert.equal(b.roles().get(5)?.waits, 0, 'waits left on the standby');
+  });
+
   test('a standby refuses replication from an older epoch (a deposed active cannot commit)', async () => {
     const [a, b] = copies as [CopyHandle, CopyHandle];
     // b is ACTIVE at epoch 2 for rs 0; a is its standby at epoch 2. Old active a at epoch 1:
