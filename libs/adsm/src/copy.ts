@@ -59,6 +59,7 @@ import {
   unaryCall,
   unaryHandler,
   type GrpcServer,
+  ChangeSignal,
 } from '@understudy/runtime';
 import { decodeJson, encodeJson } from './codec';
 import { DedupeTable } from './dedupe';
@@ -70,7 +71,6 @@ import { DataFlow, type DataFlowOptions } from './dataflow';
 import { Outbox } from './outbox';
 import { MAX_PAUSE_LEASE_MS, RsPauses } from './pause';
 import { SharedData } from './shared';
-import { ChangeSignal } from './signal';
 import type { AppDefinition, RsHandler } from './handler';
 
 type RoleName = 'ACTIVE' | 'STANDBY' | 'OUT_OF_SERVICE';

@@ -57,10 +57,11 @@ import {
   insecureCredentials,
   malformedReason,
   toServiceError,
+  ChangeSignal,
 } from '@understudy/runtime';
 import { RoutingClient } from './client';
 import { decodeJson, encodeJson } from './codec';
-import { ChangeSignal } from './signal';
+
 
 // ------------------------------------------------------------------------------------ pure rules
 

@@ -64,6 +64,7 @@ export {
 } from './config';
 export { withSafeDeserialize, malformedReason } from './malformed';
 export { ClientCache } from './client-cache';
+export { ChangeSignal } from './signal';
 export { startProcess, freePort, type Proc, type StartOptions } from './supervise';
 export { createLogger, silentLogger, LOG_LEVELS, type Logger, type LoggerOptions, type LogLevel } from './logging';
 export { startTelemetry, tracer, withSpan, type Telemetry, type TelemetryOptions } from './telemetry';

@@ -77,6 +77,7 @@ import {
   withSpan,
   type GrpcServer,
   type Store,
+  ChangeSignal,
 } from '@understudy/runtime';
 import {
   appSpecToPb,
@@ -219,8 +220,8 @@ class ControllerNode implements ControllerHandle {
   private readonly handoffs: LiveHandoffs;
   /** Latest completed live handoff per `app/rs` (MoveRs answers with it); bounded. */
   private readonly handoffRecords = new Map<string, HandoffRecord>();
-  /** Resolved (and replaced) whenever a new state is persisted: MoveRs waits on it. */
-  private stateChanged = signal();
+  /** Notified whenever a new state is persisted: MoveRs waits on it. */
+  private readonly stateChanged = new ChangeSignal();
   /** `app/rs` being handed over live right now (pause → decision → execution), with counts. */
   private readonly handoffsInFlight = new Map<string, number>();
 
@@ -1029,16 +1030,12 @@ class ControllerNode implements ControllerHandle {
       if (pred(s)) return s;
       const left = untilMs - Date.now();
       if (left <= 0) throw onTimeout();
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([this.stateChanged.promise, new Promise((r) => (timer = setTimeout(r, Math.min(left, 1000))))]);
-      clearTimeout(timer);
+      await this.stateChanged.wait(Math.min(left, 1000));
     }
   }
 
   private notifyState(): void {
-    const changed = this.stateChanged;
-    this.stateChanged = signal();
-    changed.resolve();
+    this.stateChanged.notify();
   }
 
   private async drainCopy(r: DrainCopyRequest): Promise<DrainCopyResponse> {
@@ -1083,11 +1080,4 @@ const MAX_MOVE_WAIT_MS = 120_000;
 
 function round2(ms: number): number {
   return Math.round(ms * 100) / 100;
-}
-
-/** A one-shot wake-up. */
-function signal(): { promise: Promise<void>; resolve: () => void } {
-  let resolve!: () => void;
-  const promise = new Promise<void>((r) => (resolve = r));
-  return { promise, resolve };
 }
