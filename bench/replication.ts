@@ -28,6 +28,8 @@
  *   updates_per_s  updates acknowledged inside the measured window / window length
  *   p50_ms, p99_ms, max_ms  client-observed ack latency (request sent → ack received) of the
  *                  updates sent and acknowledged inside the window
+ *   copies_rss_mb, copies_rss_growth_mb  (per mode) largest copy RSS at the end of the window,
+ *                  and largest growth of one copy across it: a per-message leak shows here
  * Check at the end: every key's value (queried from its active) equals the increments the
  * load acknowledged for it (`lost` = fewer, `doubled` = more; both must be 0), and every RS's
  * two standbys report the same applied sequence number as its active, and the active sequence
@@ -364,6 +366,20 @@ interface ModeResult {
   failed: number;
   load_cpu_pct: number;
   copies_cpu_pct: number;
+  /** Largest copy RSS at the end of the measured window (MB). */
+  copies_rss_mb: number;
+  /** Largest RSS growth of one copy over the measured window (MB): a leak shows here. */
+  copies_rss_growth_mb: number;
+}
+
+/** Resident set size of a process in MB (from /proc; NaN when unknown). */
+function rssMb(pid: number): number {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : NaN;
+  } catch {
+    return NaN;
+  }
 }
 
 /** CPU seconds used so far by each process (from /proc; Linux). */
@@ -426,10 +442,12 @@ async function runMode(
   };
   await tick(WARMUP_S, 'warm-up');
   const copyCpu0 = cpuSeconds(copyPids);
+  const rss0 = copyPids.map(rssMb);
   for (const p of mine) p.send({ type: 'measure' } satisfies ToWorker);
   await tick(SECONDS, 'measure');
   for (const p of mine) p.send({ type: 'stop' } satisfies ToWorker);
   const copyCpu = cpuSeconds(copyPids) - copyCpu0;
+  const rss1 = copyPids.map(rssMb);
   await Promise.all(finished);
 
   const windowMs = Math.max(...done.map((d) => d.windowMs));
@@ -457,11 +475,13 @@ async function runMode(
     failed: done.reduce((a, d) => a + d.failed, 0),
     load_cpu_pct: Math.round((done.reduce((a, d) => a + d.cpuMs / d.elapsedMs, 0)) * 100),
     copies_cpu_pct: Math.round((copyCpu / (windowMs / 1000)) * 100),
+    copies_rss_mb: Math.round(Math.max(...rss1)),
+    copies_rss_growth_mb: Math.round(Math.max(...rss1.map((r, i) => r - rss0[i]!))),
   };
   console.log(
     `  ${mode}: ${inWindow} updates in ${result.window_s} s = ${result.updates_per_s} updates/s; ack latency p50 ${result.p50_ms} ms, ` +
       `p99 ${result.p99_ms} ms, max ${result.max_ms} ms; retried ${result.retried}, failed ${result.failed}; ` +
-      `CPU: copies ${result.copies_cpu_pct}% of one core, load ${result.load_cpu_pct}%`,
+      `CPU: copies ${result.copies_cpu_pct}% of one core, load ${result.load_cpu_pct}%; copy RSS up to ${result.copies_rss_mb} MB (+${result.copies_rss_growth_mb} MB in the window)`,
   );
   return { result, ackedTotal: done.reduce((a, d) => a + d.ackedTotal, 0) };
 }
