@@ -241,6 +241,16 @@ export function detect(state: DetectorState, event: DetectorEvent, now: number):
   return out.build();
 }
 
+/**
+ * The earliest time a Sweep may find something due (a hang deadline, a probe due or timing out,
+ * a lost copy to forget); Infinity when nothing is scheduled. Never later than the true next
+ * deadline (an entry may be stale, and a Sweep then only reschedules), so a shell that sweeps at
+ * this time detects a hang at its deadline instead of up to one sweep period after it.
+ */
+export function nextDeadline(state: DetectorState): number {
+  return state.heap[0]?.at ?? Infinity;
+}
+
 /** Every watched copy (lost ones until they are forgotten), ordered by copy id. */
 export function watchedCopies(state: DetectorState): WatchedCopyView[] {
   return [...state.copies.values()].sort((a, b) => (a.copyId < b.copyId ? -1 : a.copyId > b.copyId ? 1 : 0)).map(view);

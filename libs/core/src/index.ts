@@ -39,4 +39,4 @@ export {
   type AppLoadView,
   type TrendFit,
 } from './load-plan';
-export { createDetector, detect, watchedCopies, watchedCopy, MAX_WATCHED_COPIES, MAX_OUTSTANDING_PROBES, type DetectorState, type DetectorOptions, type DetectorEvent, type DetectorStep, type DetectorRejection, type FaultReport, type FaultReportKind, type ReportedCopy, type CopyIdentity, type HealthSample, type ProbeDue, type WatchedCopyView } from './detector';
+export { createDetector, detect, nextDeadline, watchedCopies, watchedCopy, MAX_WATCHED_COPIES, MAX_OUTSTANDING_PROBES, type DetectorState, type DetectorOptions, type DetectorEvent, type DetectorStep, type DetectorRejection, type FaultReport, type FaultReportKind, type ReportedCopy, type CopyIdentity, type HealthSample, type ProbeDue, type WatchedCopyView } from './detector';

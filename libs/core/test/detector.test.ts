@@ -4,6 +4,7 @@ import {
   compileDetectionPolicy,
   createDetector,
   detect,
+  nextDeadline,
   watchedCopies,
   watchedCopy,
   type DetectionPolicy,
@@ -304,4 +305,25 @@ test('seeded random schedule: at most one copy report per incarnation; every sil
   const hung = new Set(d.reports.filter((r) => r.kind === 'HANG').map((r) => r.copies[0]!.copyId));
   for (const id of live.keys()) if (!reported.has(`${id}#${live.get(id)}`)) assert.ok(hung.has(id), `${id} must be reported HANG`);
   assert.ok(s.heap.length <= 2 * s.copies.size + 1024);
+});
+
+test('nextDeadline: a Sweep at it finds the hang; it is never after the true deadline', () => {
+  const s = createDetector({ hostFaultWindowMs: 1000 });
+  assert.equal(nextDeadline(s), Infinity, 'nothing watched');
+  attach(s, 'c1', 0);
+  // Probes are off in POLICY: the hang deadline (3 × 100 ms after the last heartbeat) rules.
+  assert.ok(nextDeadline(s) <= 300, `first deadline ${nextDeadline(s)}`);
+  for (let t = 100; t <= 500; t += 100) hb(s, 'c1', t);
+  // Sweeping at each announced deadline walks it forward to the true one without a report.
+  let at = nextDeadline(s);
+  let sweeps = 0;
+  while (at < 800 && sweeps < 20) {
+    assert.deepEqual(kinds(sweep(s, at)), [], `no report at ${at}`);
+    at = nextDeadline(s);
+    sweeps++;
+  }
+  assert.equal(at, 800, 'the true deadline: last heartbeat 500 + 3 × 100');
+  assert.deepEqual(kinds(sweep(s, 799)), []);
+  assert.deepEqual(kinds(sweep(s, 800)), ['HANG:c1#1']);
+  assert.equal(nextDeadline(s), 1800, 'then only forgetting the lost copy is due (host-fault window)');
 });

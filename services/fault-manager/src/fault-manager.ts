@@ -4,8 +4,10 @@
  * - `Attach`: a copy's watch stream (hello, then heartbeats and probe results). The shell looks
  *   up the application's DetectionPolicy from the controller (cached, refreshed), answers with
  *   `settings`, turns stream messages into detector events, sends progress probes when the
- *   detector says they are due, and feeds one Sweep per `sweepIntervalMs`. A broken stream is a
- *   CRASH (unless this instance is shutting down).
+ *   detector says they are due, and feeds it a Sweep at its next deadline (`nextDeadline`: a
+ *   hang is declared at its deadline, not up to a sweep period later) and one per
+ *   `sweepIntervalMs` as a backstop. A broken stream is a CRASH (unless this instance is
+ *   shutting down).
  * - Every detector report goes to the controller's `ReportFault` (reporter = this id), inside a
  *   `fault.detect` span, retried until acknowledged or `reportTimeoutMs` (reports are idempotent
  *   per copy + incarnation, so retries and several fault managers are safe).
@@ -48,6 +50,7 @@ import {
   type FaultReport,
   type HealthSample,
   type WatchedCopyView,
+  nextDeadline,
 } from '@understudy/core';
 import { ControllerClient } from '@understudy/adsm';
 import {
@@ -85,7 +88,7 @@ export interface FaultManagerOptions {
   readonly policyRefreshMs?: number;
   /** Copies of one host lost within this window make a HOST fault. @default 1000 */
   readonly hostFaultWindowMs?: number;
-  /** Period of the detector's deadline sweep. @default 10 */
+  /** Period of the backstop sweep (a Sweep also runs at the detector's next deadline). @default 10 */
   readonly sweepIntervalMs?: number;
   /** How long a fault report is retried before it is given up (and logged). @default 10000 */
   readonly reportTimeoutMs?: number;
@@ -191,6 +194,9 @@ class FaultManagerNode implements FaultManagerHandle {
   private readonly inFlight = new Set<Promise<void>>();
   private nextProbeId = 1;
   private sweepTimer: NodeJS.Timeout | undefined;
+  /** One-shot Sweep at the detector's next deadline, and when it fires. */
+  private deadlineTimer: NodeJS.Timeout | undefined;
+  private deadlineAtMs = Infinity;
   private refreshTimer: NodeJS.Timeout | undefined;
   private stopping = false;
 
@@ -235,6 +241,7 @@ class FaultManagerNode implements FaultManagerHandle {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.sweepTimer);
+    clearTimeout(this.deadlineTimer);
     clearInterval(this.refreshTimer);
     for (const s of this.streams.values()) this.endStream(s, new UnavailableError('fault manager shutting down; attach to another instance'));
     this.streams.clear();
@@ -263,7 +270,20 @@ class FaultManagerNode implements FaultManagerHandle {
     }
     for (const r of step.reports) this.onReport(r);
     for (const p of step.probesDue) this.sendProbe(p.copyId, p.incarnation, p.deadlineMs);
+    this.armDeadline();
     return step;
+  }
+
+  /** Keep a one-shot Sweep set for the detector's next deadline (at most one timer). */
+  private armDeadline(): void {
+    const at = nextDeadline(this.det);
+    if (at >= this.deadlineAtMs || at === Infinity || this.stopping) return;
+    clearTimeout(this.deadlineTimer);
+    this.deadlineAtMs = at;
+    this.deadlineTimer = setTimeout(() => {
+      this.deadlineAtMs = Infinity;
+      this.apply({ type: 'Sweep' });
+    }, Math.max(0, Math.ceil(at - nowMs())));
   }
 
   private onReport(r: FaultReport): void {

@@ -12,7 +12,7 @@ const schema = defineConfig({
   controllers: { env: 'UNDERSTUDY_CONTROLLERS', flag: 'controllers', type: 'string', default: '127.0.0.1:7100', description: 'comma-separated controller host:port list' },
   policyRefreshMs: { env: 'UNDERSTUDY_POLICY_REFRESH_MS', flag: 'policy-refresh-ms', type: 'ms', default: 2000, min: 50, max: 600_000, description: 'how often application detection policies are re-read from the controller' },
   hostFaultWindowMs: { env: 'UNDERSTUDY_HOST_FAULT_WINDOW_MS', flag: 'host-fault-window-ms', type: 'ms', default: 1000, min: 0, max: 600_000, description: 'copies of one host lost within this window make a HOST fault' },
-  sweepIntervalMs: { env: 'UNDERSTUDY_SWEEP_INTERVAL_MS', flag: 'sweep-interval-ms', type: 'ms', default: 10, min: 1, max: 10_000, description: 'period of the deadline sweep (hangs, probe timeouts, probes due)' },
+  sweepIntervalMs: { env: 'UNDERSTUDY_SWEEP_INTERVAL_MS', flag: 'sweep-interval-ms', type: 'ms', default: 10, min: 1, max: 10_000, description: 'period of the backstop sweep (hangs, probe timeouts and probes due are also swept at their deadline)' },
 });
 
 /** Run the process (telemetry already started by the entry file). */

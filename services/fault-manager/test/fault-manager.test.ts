@@ -284,6 +284,37 @@ describe('fault manager (real controller + fault manager processes)', () => {
     assert.equal(c.error, undefined, 'the fault manager does not close a hung copy\'s stream');
   });
 
+  test('a hang is declared at its deadline, not at the next periodic sweep (backstop sweep set to 10 s)', async () => {
+    const slowLines: LogLine[] = [];
+    const slowFm = await startFaultManagerProc({
+      id: 'fm-test-deadline',
+      controllers: [controller.address],
+      sweepIntervalMs: 10_000,
+      logLevel: 'info',
+      onLine: (l) => {
+        if (l.startsWith('{')) slowLines.push(JSON.parse(l) as LogLine);
+      },
+    });
+    const client = new FaultManagerServiceClient(slowFm.address, grpc.credentials.createInsecure());
+    try {
+      const c = new FakeCopy(client, await register('fc-deadline', 'fmtest', 'host-deadline'));
+      copies.push(c);
+      c.attach().startBeats(40);
+      await waitFor(() => c.settings.length > 0, { what: 'settings' });
+      const t0 = Date.now();
+      c.stopBeats();
+      // 3 × 50 ms of silence makes the hang; the backstop sweep runs every 10 s, so only the
+      // deadline timer can find it within the 5 s allowed here (generous for a loaded box).
+      const ms = await outOfService('fc-deadline', t0);
+      const d = slowLines.filter((l) => l.msg === 'fault detected' && l.copy === 'fc-deadline');
+      assert.deepEqual(d.map((l) => l.kind), ['HANG'], `detected after ${ms} ms`);
+      assert.ok(ms < 5000, `hang handled ${ms} ms after the heartbeats stopped`);
+    } finally {
+      client.close();
+      await slowFm.kill();
+    }
+  });
+
   test('threshold breached for breachSamples heartbeats in a row → UNHEALTHY', async () => {
     const c = fake(await register('fc-unhealthy', 'fmtest', 'host-unhealthy')).attach();
     const hot = { ...OK_HEALTH, queueDepth: 500 };
