@@ -238,7 +238,7 @@ async function main(): Promise<void> {
       clientMs.push(p);
       controllerMs.push(res.pauseMs);
       if (!res.paused) unpaused++;
-      if ((i + 1) % 10 === 0 || i === 0) {
+      if (process.env.ALL_MOVES || (i + 1) % 10 === 0 || i === 0) {
         console.log(`  move ${i + 1}/${MOVES}: rs ${rs} ${from} -> ${to} epoch ${res.epoch}: client pause ${p.toFixed(2)} ms, controller ${res.pauseMs.toFixed(2)} ms${res.paused ? '' : ' (not paused)'}`);
       }
     }
