@@ -24,7 +24,7 @@
  *    JSON says which (`converge_driver`).
  * At the end: counter values vs. acknowledged increments → `lost` and `doubled` (must be 0).
  * `ack_latency_p50/p99_ms`: send → ack of every increment of phase 1, the machine's baseline.
- * Progress lines go to stdout; the last line is one JSON object.
+ * Progress lines go to stdout (every tenth move; ALL_MOVES=1: every move); the last line is one JSON object.
  */
 import { performance } from 'node:perf_hooks';
 import { CopyStatus, Role, type GetStatusResponse, type MoveRsResponse, type RsAssignment } from '@understudy/proto';
