@@ -31,8 +31,10 @@ const MISSED = 3;
  * standby's snapshot. A killed copy held 3 actives and 2–3 standbys here, so the two survivors
  * send 5–6 snapshots at once, each ~690 KB with a full table (6–15 ms each on this load; the
  * install itself takes < 1 ms), while they also answer SetRoles and serve the load. Measured
- * (built processes, 50 kills): window 10,000 → crash p50 44 ms, p99 191 ms; 1,000 → p50 20 ms,
- * p99 48 ms.
+ * (built processes, 50 kills), window 10,000: crash p50 23–26 ms, p99 41–57 ms (a GC pause on a
+ * survivor during the transfer makes the worst run). Before a per-round promise leak in the
+ * copies was fixed, the figures grew with the run (p50 44, p99 191): bigger copies die slower,
+ * which delays detection, and collect slower.
  */
 const DEDUPE_WINDOW = process.env.DEDUPE_WINDOW;
 /** Increments per second per RS; 0 = closed loop (each worker sends the next as soon as the last is acknowledged). */
