@@ -145,6 +145,18 @@ interface LogLine {
   [k: string]: unknown;
 }
 
+/** An `onLine` for a process that logs JSON: parsed lines go into `into`, others are skipped. */
+function collectLogLines(into: LogLine[]): (line: string) => void {
+  return (l) => {
+    if (!l.startsWith('{')) return;
+    try {
+      into.push(JSON.parse(l) as LogLine);
+    } catch {
+      // not a log line
+    }
+  };
+}
+
 describe('fault manager (real controller + fault manager processes)', () => {
   let dataDir: string;
   let controller: Proc;
@@ -223,14 +235,7 @@ describe('fault manager (real controller + fault manager processes)', () => {
       id: 'fm-test-1',
       controllers: [controller.address],
       logLevel: 'info',
-      onLine: (l) => {
-        if (!l.startsWith('{')) return;
-        try {
-          fmLines.push(JSON.parse(l) as LogLine);
-        } catch {
-          // not a log line
-        }
-      },
+      onLine: collectLogLines(fmLines),
     });
     fm = new FaultManagerServiceClient(fmProc.address, grpc.credentials.createInsecure());
   });
@@ -291,9 +296,7 @@ describe('fault manager (real controller + fault manager processes)', () => {
       controllers: [controller.address],
       sweepIntervalMs: 10_000,
       logLevel: 'info',
-      onLine: (l) => {
-        if (l.startsWith('{')) slowLines.push(JSON.parse(l) as LogLine);
-      },
+      onLine: collectLogLines(slowLines),
     });
     const client = new FaultManagerServiceClient(slowFm.address, grpc.credentials.createInsecure());
     try {
