@@ -1,5 +1,35 @@
-/** Small helpers the benchmarks share (percentiles, rounding, one key per RS). */
+/** Small helpers the benchmarks share (percentiles, rounding, one key per RS, /proc readings). */
+import * as fs from 'node:fs';
 import { keyToRs } from '@understudy/core';
+
+/** Clock ticks per second of /proc/<pid>/stat times (USER_HZ: 100 on Linux). */
+const USER_HZ = 100;
+
+/** CPU seconds (user + system) used so far by the processes together, from /proc (Linux); a process that is gone counts 0. */
+export function cpuSeconds(pids: readonly number[]): number {
+  let total = 0;
+  for (const pid of pids) {
+    try {
+      const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      // The command name may hold spaces: fields start after its closing parenthesis.
+      const parts = f.slice(f.lastIndexOf(')') + 2).split(' ');
+      total += (Number(parts[11]) + Number(parts[12])) / USER_HZ;
+    } catch {
+      /* not Linux, or gone */
+    }
+  }
+  return total;
+}
+
+/** Resident set size of a process in MB, from /proc (Linux); NaN when unknown. */
+export function rssMb(pid: number): number {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : NaN;
+  } catch {
+    return NaN;
+  }
+}
 
 /** The p-th percentile (nearest rank) of `xs`; NaN when empty. */
 export function pct(xs: readonly number[], p: number): number {

@@ -56,7 +56,7 @@ import {
   type DeliverStreamResponse,
   type GetStatusResponse,
 } from '@understudy/proto';
-import { PROCESSES } from './lib';
+import { cpuSeconds, PROCESSES, rssMb } from './lib';
 import { entryScript } from '../test/harness/processes';
 import { clientChannelOptions, freePort, insecureCredentials, startProcess, unaryCall, type Proc } from '@understudy/runtime';
 
@@ -370,32 +370,6 @@ interface ModeResult {
   copies_rss_mb: number;
   /** Largest RSS growth of one copy over the measured window (MB): a leak shows here. */
   copies_rss_growth_mb: number;
-}
-
-/** Resident set size of a process in MB (from /proc; NaN when unknown). */
-function rssMb(pid: number): number {
-  try {
-    const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) / 1024 : NaN;
-  } catch {
-    return NaN;
-  }
-}
-
-/** CPU seconds used so far by each process (from /proc; Linux). */
-function cpuSeconds(pids: number[]): number {
-  let total = 0;
-  const tick = 100; // USER_HZ
-  for (const pid of pids) {
-    try {
-      const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const parts = f.slice(f.lastIndexOf(')') + 2).split(' ');
-      total += (Number(parts[11]) + Number(parts[12])) / tick;
-    } catch {
-      /* not Linux, or gone */
-    }
-  }
-  return total;
 }
 
 /** Run one load mode on the cluster: warm-up, measured window, collect. */

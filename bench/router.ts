@@ -48,7 +48,7 @@ import {
   type SendStreamRequest,
   type SendStreamResponse,
 } from '@understudy/proto';
-import { PROCESSES } from './lib';
+import { cpuSeconds, PROCESSES } from './lib';
 import { entryScript } from '../test/harness/processes';
 import { clientChannelOptions, freePort, insecureCredentials, startProcess, unaryCall, type Proc } from '@understudy/runtime';
 
@@ -71,21 +71,6 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 function pct(sorted: Float64Array, p: number): number {
   if (sorted.length === 0) return NaN;
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
-}
-
-/** CPU seconds used so far by each process (from /proc; Linux). */
-function cpuSeconds(pids: readonly number[]): number {
-  let total = 0;
-  for (const pid of pids) {
-    try {
-      const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const parts = f.slice(f.lastIndexOf(')') + 2).split(' ');
-      total += (Number(parts[11]) + Number(parts[12])) / 100;
-    } catch {
-      /* not Linux, or gone */
-    }
-  }
-  return total;
 }
 
 // ---- the two senders -------------------------------------------------------------------------

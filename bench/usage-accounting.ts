@@ -6,7 +6,6 @@
  * USAGE_ALDM_VIA_ROUTER=1 sends them through the routers instead (unary Send per record).
  * Last line: `{"bench":"usage-accounting","records":…,"acked_per_s":…,"billed_per_s":…,"cpu_s":{…}}`.
  */
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -14,19 +13,10 @@ import { BillingExporter } from '../examples/usage-accounting/src/exporter';
 import { UsageLoad } from '../examples/usage-accounting/src/load';
 import { startPipeline } from '../examples/usage-accounting/src/pipeline';
 import { FileSink, readBillingFiles } from '../examples/usage-accounting/src/sink';
+import { cpuSeconds } from './lib';
 
 const RECORDS = Number(process.argv[2] ?? 20_000);
 const ROOT = path.resolve(__dirname, '..');
-
-/** CPU seconds (user + system) of a process so far, from /proc. */
-function cpuSeconds(pid: number): number {
-  try {
-    const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    return (Number(f[11]) + Number(f[12])) / Number(execFileSync('getconf', ['CLK_TCK']).toString());
-  } catch {
-    return 0;
-  }
-}
 
 async function main(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'understudy-usage-bench-'));
@@ -42,7 +32,7 @@ async function main(): Promise<void> {
       ...p.services.map((s) => [s.name, s.pid] as [string, number]),
       ['bench (load + exporter)', process.pid],
     ];
-    const cpu0 = procs().map(([, pid]) => cpuSeconds(pid));
+    const cpu0 = procs().map(([, pid]) => cpuSeconds([pid]));
     const load = new UsageLoad({ aldmAddress: p.aldmAddress, runId: `b${Date.now().toString(36)}`, total: RECORDS, window: 2000 });
     const t0 = Date.now();
     load.start();
@@ -54,7 +44,7 @@ async function main(): Promise<void> {
     clearInterval(timer);
     load.close();
     const cpu: Record<string, number> = {};
-    procs().forEach(([name, pid], i) => (cpu[name] = Math.round(((cpu[name] ?? 0) + cpuSeconds(pid) - cpu0[i]!) * 10) / 10));
+    procs().forEach(([name, pid], i) => (cpu[name] = Math.round(((cpu[name] ?? 0) + cpuSeconds([pid]) - cpu0[i]!) * 10) / 10));
     process.stdout.write(`${RECORDS} records: acknowledged in ${ackedS.toFixed(1)} s, billed in ${billedS.toFixed(1)} s\n`);
     process.stdout.write(`${JSON.stringify({ bench: 'usage-accounting', records: RECORDS, acked_per_s: Math.round(RECORDS / ackedS), billed_per_s: Math.round(RECORDS / billedS), resends: load.resends, cpu_s: cpu })}\n`);
   } finally {

@@ -62,7 +62,6 @@ import {
 import { RoutingClient } from './client';
 import { decodeJson, encodeJson } from './codec';
 
-
 // ------------------------------------------------------------------------------------ pure rules
 
 /** Where a view of the shared data is: the master RS's epoch and sequence number it reflects. */
