@@ -13,11 +13,23 @@
  *
  * Wire format (`dedupe_packed` of InstallSnapshot and FetchState): u32le entry count, then per
  * entry, oldest first: u16le id length, UTF-8 id, u32le reply length, reply. In memory,
- * `buf[start, end)` holds the entries in the same form back to back. The index maps an id to the LOGICAL offset of its entry (`base` +
- * position in `buf`), so growing or compacting the buffer only moves `base`.
+ * `buf[start, end)` holds the entries in the same form back to back.
+ *
+ * The id index is an open-addressing hash table (linear probing, backward-shift deletion) of
+ * typed arrays: per slot the LOGICAL offset of an entry (`base` + position in `buf`, so growing
+ * or compacting the buffer only moves `base`) and the hash of its id bytes; ids are compared
+ * against the bytes in `buf`. Why not a `Map<string, number>`: every copy holds the tables of
+ * all its RS (10,000 ids each by default), and every message id then lived seconds as a heap
+ * string, so each one was promoted to the old generation and swept again: under steady load the
+ * Map lookups, the id strings re-made to drop the oldest entry, and the major GCs they caused
+ * were about a tenth of a copy's CPU. The typed arrays hold no per-id objects.
  */
 /** Initial buffer size; grows by doubling the live part. */
 const INITIAL_BYTES = 4096;
+/** Initial index slots (a power of two); doubles when half full. */
+const INITIAL_SLOTS = 16;
+/** UTF-8 bytes of the id a `get` looks up; grows for longer ids. */
+let scratch = Buffer.allocUnsafe(1024);
 /** Largest id the wire format holds (u16 length). */
 const MAX_ID_BYTES = 0xffff;
 
@@ -29,8 +41,14 @@ export class DedupeTable {
   /** Logical offset of `buf[0]`. */
   private base = 0;
   private count = 0;
-  /** id → logical offset of its entry; null until first read after a snapshot was loaded. */
-  private index: Map<string, number> | null = new Map();
+  /** Whether the index covers every entry (false after a snapshot was loaded, until first read). */
+  private isIndexed = true;
+  /** Per index slot: logical offset of the entry + 1 (0: an empty slot). */
+  private slotOffset = new Float64Array(INITIAL_SLOTS);
+  /** Per index slot: hash of the entry's id bytes. */
+  private slotHash = new Uint32Array(INITIAL_SLOTS);
+  /** Slots in use. */
+  private slotsUsed = 0;
 
   /** @param window most entries kept (older ones are dropped first); a positive integer. */
   constructor(private readonly window: number) {
@@ -44,10 +62,13 @@ export class DedupeTable {
 
   /** The reply recorded for `id` (a view: valid until the caller drops it), or undefined. */
   get(id: string): Buffer | undefined {
-    const at = this.idx().get(id);
-    if (at === undefined) return undefined;
-    const o = at - this.base;
-    const l = this.buf.readUInt16LE(o);
+    this.warm();
+    if (id.length * 3 > scratch.length) scratch = Buffer.allocUnsafe(id.length * 3);
+    const l = scratch.write(id, 0, 'utf8');
+    if (l > MAX_ID_BYTES) return undefined;
+    const slot = this.find(scratch, 0, l, hashBytes(scratch, 0, l));
+    if (slot < 0) return undefined;
+    const o = this.slotOffset[slot]! - 1 - this.base;
     const rl = this.buf.readUInt32LE(o + 2 + l);
     return this.buf.subarray(o + 6 + l, o + 6 + l + rl);
   }
@@ -59,19 +80,26 @@ export class DedupeTable {
    * characters, so none reaches here).
    */
   set(id: string, reply: Uint8Array): void {
-    if (this.index?.has(id)) return;
     const l = Buffer.byteLength(id, 'utf8');
     if (l > MAX_ID_BYTES) throw new RangeError(`dedupe id of ${l} bytes: at most ${MAX_ID_BYTES}`);
     this.reserve(6 + l + reply.length);
     const b = this.buf;
     const at = this.end;
-    b.writeUInt16LE(l, at);
+    // The id goes where the entry will be; it is only committed (end moved) when new.
     b.write(id, at + 2, l, 'utf8');
+    let slot = -1;
+    let h = 0;
+    if (this.isIndexed) {
+      h = hashBytes(b, at + 2, l);
+      slot = this.find(b, at + 2, l, h);
+      if (slot >= 0) return;
+    }
+    b.writeUInt16LE(l, at);
     b.writeUInt32LE(reply.length, at + 2 + l);
     b.set(reply, at + 6 + l);
     this.end = at + 6 + l + reply.length;
     this.count++;
-    this.index?.set(id, this.base + at);
+    if (this.isIndexed) this.insertAt(-slot - 1, this.base + at, h);
     while (this.count > this.window) this.dropOldest();
   }
 
@@ -79,7 +107,8 @@ export class DedupeTable {
   clear(): void {
     this.buf = Buffer.allocUnsafe(INITIAL_BYTES);
     this.start = this.end = this.base = this.count = 0;
-    this.index = new Map();
+    this.resetIndex(INITIAL_SLOTS);
+    this.isIndexed = true;
   }
 
   /** The table in the wire format (`dedupe_packed`): a copy, safe to send. */
@@ -107,7 +136,8 @@ export class DedupeTable {
     blob.copy(this.buf, this.end, 4);
     this.end += bodyBytes;
     this.count += blobCount;
-    this.index = null;
+    this.isIndexed = false;
+    this.resetIndex(INITIAL_SLOTS);
     while (this.count > this.window) this.dropOldest();
   }
 
@@ -129,38 +159,116 @@ export class DedupeTable {
    * read does not pay for it. Idempotent.
    */
   warm(): void {
-    this.idx();
+    if (this.isIndexed) return;
+    // Slots for every entry up front: no regrowth while building.
+    this.resetIndex(slotsFor(this.count));
+    const b = this.buf;
+    for (let o = this.start; o < this.end; ) {
+      const l = b.readUInt16LE(o);
+      const h = hashBytes(b, o + 2, l);
+      // First reply wins, as in `set`: a later entry with the same id stays unindexed.
+      const slot = this.find(b, o + 2, l, h);
+      if (slot < 0) this.insertAt(-slot - 1, this.base + o, h);
+      o += 6 + l + b.readUInt32LE(o + 2 + l);
+    }
+    this.isIndexed = true;
   }
 
   /** Whether the index is built (for tests). */
   get indexed(): boolean {
-    return this.index !== null;
+    return this.isIndexed;
   }
 
-  private idx(): Map<string, number> {
-    if (this.index) return this.index;
-    const index = new Map<string, number>();
+  /**
+   * The slot holding the id `src[from, from + l)` (hash `h`), or `-(empty slot + 1)`: where it
+   * would be inserted.
+   */
+  private find(src: Uint8Array, from: number, l: number, h: number): number {
+    const offsets = this.slotOffset;
+    const hashes = this.slotHash;
+    const mask = offsets.length - 1;
     const b = this.buf;
-    for (let o = this.start; o < this.end; ) {
-      const l = b.readUInt16LE(o);
-      const id = b.toString('utf8', o + 2, o + 2 + l);
-      // First reply wins, as in `set`.
-      if (!index.has(id)) index.set(id, this.base + o);
-      o += 6 + l + b.readUInt32LE(o + 2 + l);
+    for (let i = h & mask; ; i = (i + 1) & mask) {
+      const off = offsets[i]!;
+      if (off === 0) return -i - 1;
+      if (hashes[i] !== h) continue;
+      const o = off - 1 - this.base;
+      if ((b[o]! | (b[o + 1]! << 8)) === l && bytesEqual(b, o + 2, src, from, l)) return i;
     }
-    this.index = index;
-    return index;
+  }
+
+  /** Fill the empty slot `i` (from `find`), growing the table first when it is half full. */
+  private insertAt(i: number, logicalOffset: number, h: number): void {
+    if (2 * (this.slotsUsed + 1) > this.slotOffset.length) {
+      this.grow();
+      i = h & (this.slotOffset.length - 1);
+      while (this.slotOffset[i] !== 0) i = (i + 1) & (this.slotOffset.length - 1);
+    }
+    this.slotOffset[i] = logicalOffset + 1;
+    this.slotHash[i] = h;
+    this.slotsUsed++;
+  }
+
+  private grow(): void {
+    const offsets = this.slotOffset;
+    const hashes = this.slotHash;
+    this.slotOffset = new Float64Array(offsets.length * 2);
+    this.slotHash = new Uint32Array(offsets.length * 2);
+    const mask = this.slotOffset.length - 1;
+    for (let j = 0; j < offsets.length; j++) {
+      if (offsets[j] === 0) continue;
+      let i = hashes[j]! & mask;
+      while (this.slotOffset[i] !== 0) i = (i + 1) & mask;
+      this.slotOffset[i] = offsets[j]!;
+      this.slotHash[i] = hashes[j]!;
+    }
+  }
+
+  private resetIndex(slots: number): void {
+    this.slotOffset = new Float64Array(slots);
+    this.slotHash = new Uint32Array(slots);
+    this.slotsUsed = 0;
+  }
+
+  /** Empty slot `i`, moving later entries of its probe run back (no tombstones). */
+  private removeSlot(i: number): void {
+    const offsets = this.slotOffset;
+    const hashes = this.slotHash;
+    const mask = offsets.length - 1;
+    this.slotsUsed--;
+    for (;;) {
+      offsets[i] = 0;
+      let j = i;
+      for (;;) {
+        j = (j + 1) & mask;
+        if (offsets[j] === 0) return;
+        const home = hashes[j]! & mask;
+        // The entry at j may move to i only when its home slot is not in (i, j] (cyclically).
+        const stays = i <= j ? i < home && home <= j : i < home || home <= j;
+        if (!stays) break;
+      }
+      offsets[i] = offsets[j]!;
+      hashes[i] = hashes[j]!;
+      i = j;
+    }
   }
 
   private dropOldest(): void {
     const b = this.buf;
     const o = this.start;
     const l = b.readUInt16LE(o);
-    if (this.index) {
-      const id = b.toString('utf8', o + 2, o + 2 + l);
+    if (this.isIndexed) {
       // Only when this entry is the indexed one (a later entry with the same id, loaded from a
-      // snapshot, keeps its own).
-      if (this.index.get(id) === this.base + o) this.index.delete(id);
+      // snapshot, is not indexed; the indexed one is always the older).
+      const want = this.base + o + 1;
+      const offsets = this.slotOffset;
+      const mask = offsets.length - 1;
+      for (let i = hashBytes(b, o + 2, l) & mask; offsets[i] !== 0; i = (i + 1) & mask) {
+        if (offsets[i] === want) {
+          this.removeSlot(i);
+          break;
+        }
+      }
     }
     this.start = o + 6 + l + b.readUInt32LE(o + 2 + l);
     this.count--;
@@ -201,4 +309,27 @@ function checkPacked(b: Buffer): number {
   }
   if (o !== b.length) throw new RangeError(`dedupe blob has ${b.length - o} bytes after its ${count} entries`);
   return count;
+}
+
+/** Index slots (a power of two) that hold `n` entries at most half full. */
+function slotsFor(n: number): number {
+  let slots = INITIAL_SLOTS;
+  while (slots < 2 * n) slots *= 2;
+  return slots;
+}
+
+/** FNV-1a over `b[from, from + l)`, with a final avalanche (ids often differ only at the end). */
+function hashBytes(b: Uint8Array, from: number, l: number): number {
+  let h = 0x811c9dc5;
+  for (let i = from, end = from + l; i < end; i++) h = Math.imul(h ^ b[i]!, 0x01000193);
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  return (h ^ (h >>> 16)) >>> 0;
+}
+
+function bytesEqual(a: Uint8Array, ao: number, b: Uint8Array, bo: number, l: number): boolean {
+  for (let i = 0; i < l; i++) if (a[ao + i] !== b[bo + i]) return false;
+  return true;
 }

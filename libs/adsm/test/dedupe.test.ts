@@ -108,3 +108,46 @@ test('dedupe table: a malformed blob is refused whole (the table is unchanged)',
   assert.throws(() => new DedupeTable(0), RangeError);
   assert.throws(() => new DedupeTable(5).set('x'.repeat(70_000), Buffer.alloc(0)), RangeError);
 });
+
+test('dedupe table: matches a simple model over seeded random sets, lookups, drops and snapshot loads', () => {
+  // The model: entries oldest first, at most `window`; an id already held keeps its first
+  // reply. (A just-loaded table appends without looking, as a standby applying its active's
+  // already-deduped entries does; the test above covers that, so here a load is read at once.)
+  for (let seed = 1; seed <= 20; seed++) {
+    let x = seed * 0x9e3779b1;
+    const rand = (n: number): number => {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      return (x >>> 0) % n;
+    };
+    const window = 1 + rand(300);
+    const idSpace = window * (1 + rand(4));
+    const idOf = (k: number): string => (k % 7 === 0 ? `ü-${k}` : `m-${k}`);
+    let t = new DedupeTable(window);
+    const model: [string, string][] = [];
+    for (let step = 0; step < 5000; step++) {
+      const op = rand(100);
+      const id = idOf(rand(idSpace));
+      if (op < 60) {
+        const reply = `r${step}`;
+        t.set(id, Buffer.from(reply));
+        if (!model.some(([m]) => m === id)) {
+          model.push([id, reply]);
+          if (model.length > window) model.shift();
+        }
+      } else if (op < 99) {
+        const want = model.find(([m]) => m === id)?.[1];
+        assert.equal(t.get(id)?.toString(), want, `seed ${seed} step ${step}: get ${id}`);
+      } else {
+        // A standby installing a snapshot of the table.
+        const copy = new DedupeTable(window);
+        copy.load(noEntries, t.pack());
+        copy.warm();
+        t = copy;
+      }
+      assert.equal(t.size, model.length, `seed ${seed} step ${step}: size`);
+    }
+    assert.deepEqual(t.entries().map(([id, r]) => [id, r.toString()]), model, `seed ${seed}: entries`);
+  }
+});
