@@ -10,20 +10,29 @@
  * active copy of the key's RS and acknowledged by it. The active runs the handler, sends the
  * resulting update to both standbys (Replicate; the copy groups the messages queued for one RS
  * into one Replicate batch: group commit) and acknowledges only once both standbys applied it.
- * The client never batches updates: each has its own request, its own ack, its own latency.
+ * The client never merges updates: each has its own request, message id, ack and latency.
  *
- * Two ways to send, measured one after the other on the same cluster (BENCH_MODES):
- *   unary   one AdsmService.Deliver call per update (what RoutingClient does)
- *   stream  AdsmService.DeliverStream: one long-lived stream per (load process, active copy);
- *           each update is one DeliverStreamRequest answered by one DeliverStreamResponse
- *           (same copy-side path as Deliver; saves the per-call HTTP/2 stream setup)
+ * Three ways to send, measured one after the other on the same cluster (BENCH_MODES):
+ *   unary   one AdsmService.Deliver call per update (what RoutingClient.deliver does)
+ *   stream  AdsmService.DeliverStream through a grpc-js client stream: one long-lived stream per
+ *           (load process, active copy); each update is one DeliverStreamRequest answered by one
+ *           DeliverStreamResponse (saves the per-call HTTP/2 stream setup)
+ *   link    DeliverStream through the library's DeliverLink (the Router's data path): requests
+ *           of one event-loop turn share one write, and with STREAM_BATCH (adsm.proto) one
+ *           message; the copy answers the acks of one turn in one message
  * The headline figures (updates_per_s, p50_ms, p99_ms, max_ms) are those of the LAST mode in
- * BENCH_MODES (default: stream); every mode's figures are in the JSON under its name.
+ * BENCH_MODES (default: unary,stream,link, so link); every mode's figures are in the JSON under
+ * its name.
  *
  * Load: BENCH_WORKERS load processes (forked from this file), each with BENCH_CONCURRENCY
  * closed-loop senders straight at the active copy (routes from a RoutingClient; a failed attempt
  * is retried with the same message id through the RoutingClient, so an update counts once
- * however many attempts it took). Per mode: warm-up BENCH_WARMUP_S seconds, then BENCH_SECONDS
+ * however many attempts it took). Closed loop measures capacity: the senders keep the cluster
+ * saturated, so latency there is mostly queueing (in flight / throughput). BENCH_RATE=N instead
+ * offers N updates/s in an OPEN loop (updates go out when due whatever the answers do, and each
+ * latency counts from when it was due, so stalls are not hidden: no coordinated omission);
+ * `behind` counts updates not sent because 4096 were unanswered, `load_send_lag_p99_ms` how late
+ * the load process itself was. Per mode: warm-up BENCH_WARMUP_S seconds, then BENCH_SECONDS
  * measured.
  *   updates_per_s  updates acknowledged inside the measured window / window length
  *   p50_ms, p99_ms, max_ms  client-observed ack latency (request sent → ack received) of the
@@ -45,7 +54,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
-import { ControllerClient, RoutingClient, encodeJson } from '@understudy/adsm';
+import { ControllerClient, DeliverLink, RoutingClient, encodeJson } from '@understudy/adsm';
 import { keyToRs } from '@understudy/core';
 import {
   AdsmServiceClient,
@@ -53,6 +62,7 @@ import {
   Partitioning,
   Role,
   type DeliverRequest,
+  type DeliverStreamRequest,
   type DeliverStreamResponse,
   type GetStatusResponse,
 } from '@understudy/proto';
@@ -64,13 +74,16 @@ const ROOT = path.resolve(__dirname, '..');
 const RS = Number(process.env.BENCH_RS ?? 12);
 const WORKERS = Number(process.env.BENCH_WORKERS ?? 1);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 64);
+/** Open loop: total updates/s offered (split over the load processes); 0 = closed loop. */
+const RATE_PER_S = Number(process.env.BENCH_RATE ?? 0);
+const OPEN_LOOP_MAX_IN_FLIGHT = 4096;
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const WARMUP_S = Number(process.env.BENCH_WARMUP_S ?? 3);
 const KEYS_PER_WORKER = Number(process.env.BENCH_KEYS ?? 512);
-const MODES = (process.env.BENCH_MODES ?? 'unary,stream').split(',').map((m) => m.trim()) as SendMode[];
+const MODES = (process.env.BENCH_MODES ?? 'unary,stream,link').split(',').map((m) => m.trim()) as SendMode[];
 const APP = 'counter';
 
-type SendMode = 'unary' | 'stream';
+type SendMode = 'unary' | 'stream' | 'link';
 
 // ---- messages between the bench and its load workers ------------------------------------
 
@@ -80,6 +93,7 @@ interface WorkerInit {
   mode: SendMode;
   controllers: string[];
   concurrency: number;
+  ratePerS: number;
   keys: number;
 }
 type ToWorker = WorkerInit | { type: 'measure' } | { type: 'stop' };
@@ -90,6 +104,8 @@ interface WorkerDone {
   ackedTotal: number;
   retried: number;
   failed: number;
+  behind: number;
+  sendLagP99Ms: number;
   latencies: string; // base64 of a Float64Array (ms)
   acked: Record<string, number>;
   cpuMs: number;
@@ -101,7 +117,7 @@ type FromWorker = { type: 'ready' } | { type: 'progress'; acked: number } | Work
 
 /** One DeliverStream to one copy, shared by all senders of a load process. */
 class StreamSender {
-  private stream: grpc.ClientDuplexStream<{ correlationId: number; request: DeliverRequest }, DeliverStreamResponse> | undefined;
+  private stream: grpc.ClientDuplexStream<DeliverStreamRequest, DeliverStreamResponse> | undefined;
   private readonly waiting = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   private next = 1;
 
@@ -112,7 +128,7 @@ class StreamSender {
     const correlationId = this.next++;
     return new Promise((resolve, reject) => {
       this.waiting.set(correlationId, { resolve, reject });
-      s.write({ correlationId, request });
+      s.write({ correlationId, request, more: [] });
     });
   }
 
@@ -176,7 +192,18 @@ async function worker(): Promise<void> {
     }
     return s.send(req);
   };
-  const deliver = init.mode === 'stream' ? deliverStream : deliverUnary;
+  type Waiter = { resolve: () => void; reject: (e: Error) => void };
+  const links = new Map<string, DeliverLink<Waiter>>();
+  const deliverLink = (address: string, req: DeliverRequest): Promise<void> => {
+    let l = links.get(address);
+    if (!l) {
+      l = new DeliverLink<Waiter>(address, (w, err) => (err ? w.reject(err) : w.resolve()));
+      links.set(address, l);
+    }
+    const link = l;
+    return new Promise((resolve, reject) => void link.send(req, { resolve, reject }));
+  };
+  const deliver = init.mode === 'stream' ? deliverStream : init.mode === 'link' ? deliverLink : deliverUnary;
 
   let phase: 'warmup' | 'measure' | 'stop' = 'warmup';
   let windowStart = 0;
@@ -187,16 +214,19 @@ async function worker(): Promise<void> {
   let ackedInWindow = 0;
   let retried = 0;
   let failed = 0;
+  let behind = 0;
   let next = 0;
   let seq = 0;
   const prefix = `${init.mode[0]}${init.index}-${process.pid}-`;
 
-  const one = async (): Promise<void> => {
+  /** `scheduledAt`: open loop, the time the update was due (latency counts from then). */
+  const one = async (scheduledAt?: number): Promise<void> => {
     const k = next++ % keys.length;
     const key = keys[k]!;
     const rs = keyRs[k]!;
     const messageId = prefix + seq++;
-    const t0 = performance.now();
+    const t0 = scheduledAt ?? performance.now();
+    if (scheduledAt !== undefined && phase === 'measure' && sendLagN < sendLag.length) sendLag[sendLagN++] = performance.now() - scheduledAt;
     const route = routing.route(APP, rs);
     try {
       if (!route?.activeAddress) throw new Error('no route');
@@ -223,6 +253,34 @@ async function worker(): Promise<void> {
       }
       lat[latN++] = t1 - t0;
     }
+  };
+  /**
+   * Open loop: updates are due at a fixed rate whatever the answers do; each one's latency
+   * counts from when it was due (no coordinated omission). Bounded: at most OPEN_LOOP_MAX_IN_FLIGHT
+   * unanswered; an update due beyond that is counted in `behind` and not sent.
+   */
+  /** Open loop: how late the load process itself sent each update (part of its latency). */
+  const sendLag = new Float64Array(1 << 21);
+  let sendLagN = 0;
+  const openLoop = async (ratePerS: number): Promise<void> => {
+    const start = performance.now();
+    const running = new Set<Promise<void>>();
+    let due = 0;
+    while (phase !== 'stop') {
+      const now = performance.now();
+      // Update i is due at start + i / rate: all of those due by now go out.
+      const target = Math.floor(((now - start) * ratePerS) / 1000) + 1;
+      for (; due < target; due++) {
+        if (running.size >= OPEN_LOOP_MAX_IN_FLIGHT) {
+          behind++;
+          continue;
+        }
+        const p: Promise<void> = one(start + (due * 1000) / ratePerS).finally(() => running.delete(p));
+        running.add(p);
+      }
+      await new Promise<void>((r) => setTimeout(r, 1));
+    }
+    await Promise.all(running);
   };
   const loop = async (): Promise<void> => {
     while (phase !== 'stop') await one();
@@ -251,19 +309,23 @@ async function worker(): Promise<void> {
           ackedTotal,
           retried,
           failed,
+          behind,
+          sendLagP99Ms: pct(sendLag.subarray(0, sendLagN).sort(), 99),
           latencies: Buffer.from(lat.buffer, 0, latN * 8).toString('base64'),
           acked: ackedByKey,
           cpuMs: (cpu.user + cpu.system) / 1000,
           elapsedMs: performance.now() - started,
         });
         for (const s of streams.values()) s.close();
+        for (const l of links.values()) l.close();
         routing.close();
         for (const c of clients.values()) c.close();
         setTimeout(() => process.exit(0), 50);
       });
     }
   });
-  loops = Array.from({ length: init.concurrency }, () => loop());
+  if (init.ratePerS > 0) loops = [openLoop(init.ratePerS)];
+  else loops = Array.from({ length: init.concurrency }, () => loop());
   send({ type: 'ready' });
 }
 
@@ -364,6 +426,10 @@ interface ModeResult {
   window_s: number;
   retried: number;
   failed: number;
+  /** Open loop: updates not sent because OPEN_LOOP_MAX_IN_FLIGHT were unanswered (the cluster fell behind). */
+  behind: number;
+  /** Open loop: p99 of how late the load process sent an update (the largest of its processes). */
+  load_send_lag_p99_ms: number | null;
   load_cpu_pct: number;
   copies_cpu_pct: number;
   /** Largest copy RSS at the end of the measured window (MB). */
@@ -380,7 +446,8 @@ async function runMode(
   ackedByKey: Map<string, number>,
   procs: ChildProcess[],
 ): Promise<{ result: ModeResult; ackedTotal: number }> {
-  console.log(`mode ${mode}: ${WORKERS} load process(es) x ${CONCURRENCY} in flight, ${WARMUP_S} s warm-up + ${SECONDS} s measured`);
+  const shape = RATE_PER_S > 0 ? `open loop at ${RATE_PER_S} updates/s` : `${CONCURRENCY} in flight`;
+  console.log(`mode ${mode}: ${WORKERS} load process(es), ${shape}, ${WARMUP_S} s warm-up + ${SECONDS} s measured`);
   const done: WorkerDone[] = [];
   const progress = new Array<number>(WORKERS).fill(0);
   const finished: Promise<void>[] = [];
@@ -403,7 +470,7 @@ async function runMode(
         child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`load worker ${i} exited with ${code}`))));
       }),
     );
-    child.send({ type: 'init', index: i, mode, controllers, concurrency: CONCURRENCY, keys: KEYS_PER_WORKER } satisfies ToWorker);
+    child.send({ type: 'init', index: i, mode, controllers, concurrency: CONCURRENCY, ratePerS: RATE_PER_S / WORKERS, keys: KEYS_PER_WORKER } satisfies ToWorker);
   }
   await Promise.all(ready);
   const sum = (): number => progress.reduce((a, b) => a + b, 0);
@@ -447,6 +514,8 @@ async function runMode(
     window_s: r2(windowMs / 1000),
     retried: done.reduce((a, d) => a + d.retried, 0),
     failed: done.reduce((a, d) => a + d.failed, 0),
+    behind: done.reduce((a, d) => a + d.behind, 0),
+    load_send_lag_p99_ms: RATE_PER_S > 0 ? r2(Math.max(...done.map((d) => d.sendLagP99Ms))) : null,
     load_cpu_pct: Math.round((done.reduce((a, d) => a + d.cpuMs / d.elapsedMs, 0)) * 100),
     copies_cpu_pct: Math.round((copyCpu / (windowMs / 1000)) * 100),
     copies_rss_mb: Math.round(Math.max(...rss1)),
@@ -454,7 +523,9 @@ async function runMode(
   };
   console.log(
     `  ${mode}: ${inWindow} updates in ${result.window_s} s = ${result.updates_per_s} updates/s; ack latency p50 ${result.p50_ms} ms, ` +
-      `p99 ${result.p99_ms} ms, max ${result.max_ms} ms; retried ${result.retried}, failed ${result.failed}; ` +
+      `p99 ${result.p99_ms} ms, max ${result.max_ms} ms; retried ${result.retried}, failed ${result.failed}` +
+      (RATE_PER_S > 0 ? `, behind ${result.behind}, load send lag p99 ${result.load_send_lag_p99_ms} ms` : '') +
+      '; ' +
       `CPU: copies ${result.copies_cpu_pct}% of one core, load ${result.load_cpu_pct}%; copy RSS up to ${result.copies_rss_mb} MB (+${result.copies_rss_growth_mb} MB in the window)`,
   );
   return { result, ackedTotal: done.reduce((a, d) => a + d.ackedTotal, 0) };
@@ -466,7 +537,7 @@ async function main(): Promise<void> {
     `replication bench: controller + 3 counter copies, ${RS} RS x (1 active + 2 sync standbys), modes ${MODES.join(', ')}, ` +
       `${os.cpus().length} cores, load average ${loadavg.toFixed(2)}, node ${process.version}`,
   );
-  for (const m of MODES) if (m !== 'unary' && m !== 'stream') throw new Error(`BENCH_MODES: unknown mode ${m}`);
+  for (const m of MODES) if (m !== 'unary' && m !== 'stream' && m !== 'link') throw new Error(`BENCH_MODES: unknown mode ${m}`);
   const cluster = await startCluster();
   const procs: ChildProcess[] = [];
   try {
@@ -550,7 +621,8 @@ async function main(): Promise<void> {
         copies: 3,
         standbys: 2,
         load_processes: WORKERS,
-        in_flight: WORKERS * CONCURRENCY,
+        in_flight: RATE_PER_S > 0 ? null : WORKERS * CONCURRENCY,
+        offered_per_s: RATE_PER_S > 0 ? RATE_PER_S : null,
         cores: os.cpus().length,
         loadavg_1m: r2(loadavg),
         node: process.version,

@@ -117,6 +117,7 @@ function directSender(routing: RoutingClient, ks: Keyspace, clients: Map<string,
       stream(route.activeAddress).write({
         correlationId,
         request: { app: APP, rs, messageId: prefix + seq++, payload: ks.payloads[k]!, key: ks.keys[k]!, routeEpoch: route.epoch },
+        more: [],
       });
     },
     close: () => {

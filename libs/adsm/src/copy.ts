@@ -71,6 +71,7 @@ import { DataFlow, type DataFlowOptions } from './dataflow';
 import { Outbox } from './outbox';
 import { MAX_PAUSE_LEASE_MS, RsPauses } from './pause';
 import { SharedData } from './shared';
+import { TickBatcher, streamBatchMetadata, takesBatches } from './stream-batch';
 import type { AppDefinition, RsHandler } from './handler';
 
 type RoleName = 'ACTIVE' | 'STANDBY' | 'OUT_OF_SERVICE';
@@ -784,20 +785,39 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
    * id and its own status, and goes out as soon as that request completes (a synchronous
    * handler such as Replicate therefore answers in stream order). The stream ends after the
    * client half-closed and every request it sent was answered.
+   *
+   * STREAM_BATCH (stream-batch.ts): the response headers say this copy takes several requests
+   * per message (`more`, handled in order after the message's own request, which a carrier
+   * message may leave out); a client that said it takes batched answers gets the answers
+   * completed in one turn of the event loop in one message.
    */
   private serveCorrelated<Q, A>(call: CorrelatedServerCall<Q, A>, method: string, fn: (req: Q) => Promise<A> | A): void {
+    type Answer = CorrelatedAnswer<A>;
     let open = true;
     let pending = 0;
     let ended = false;
     const finish = (): void => {
-      if (open && ended && pending === 0) {
+      if (open && ended && pending === 0 && answers.size === 0) {
         open = false;
         call.end();
       }
     };
+    const answers = new TickBatcher<Answer>(
+      (batch) => {
+        if (open) call.write(batch.length === 1 ? batch[0]! : { ...batch[0]!, more: batch.slice(1) });
+        finish();
+      },
+      (a) => 32 + (a.statusMessage.length + ((a.response as { reply?: Uint8Array } | undefined)?.reply?.length ?? 0)),
+    );
+    const batchAnswers = takesBatches(call.metadata);
+    const send = (a: Answer): void => {
+      if (!open) return;
+      if (batchAnswers) answers.push(a);
+      else call.write(a);
+    };
     const ok = (correlationId: number, response: A): void => {
       pending--;
-      if (open) call.write({ correlationId, response, statusCode: 0, statusMessage: '', statusMetadata: {} });
+      send({ correlationId, response, statusCode: 0, statusMessage: '', statusMetadata: {}, more: [] });
       finish();
     };
     const failed = (correlationId: number, e: unknown): void => {
@@ -807,16 +827,15 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       for (const [k, v] of Object.entries(wire.metadata.getMap())) if (typeof v === 'string') statusMetadata[k] = v;
       if (wire.details === INTERNAL_ERROR_DETAILS) this.log.error({ method, err: ensureError(e) }, 'stream request failed with an internal error');
       else this.log.debug({ method, code: grpc.status[wire.code], details: wire.details }, 'stream request failed');
-      if (open) call.write({ correlationId, response: undefined, statusCode: wire.code, statusMessage: wire.details, statusMetadata });
+      send({ correlationId, response: undefined, statusCode: wire.code, statusMessage: wire.details, statusMetadata, more: [] });
       finish();
     };
-    call.on('data', (msg: { correlationId: number; request?: Q | undefined }) => {
+    const handle = (msg: CorrelatedRequest<Q>, nested: boolean): void => {
       pending++;
       const correlationId = typeof msg.correlationId === 'number' ? msg.correlationId : 0;
       let result: Promise<A> | A;
       try {
-        const bad = malformedReason(msg);
-        if (bad !== undefined) throw new InvalidArgumentError(`malformed request: ${bad}`);
+        if (nested && msg.more.length > 0) throw new InvalidArgumentError('malformed request: an item of `more` has `more` itself');
         if (!msg.request) throw new InvalidArgumentError('request is required');
         result = fn(msg.request);
       } catch (e) {
@@ -825,6 +844,18 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       }
       if (result instanceof Promise) result.then((r) => ok(correlationId, r), (e: unknown) => failed(correlationId, e));
       else ok(correlationId, result);
+    };
+    call.sendMetadata(streamBatchMetadata());
+    call.on('data', (msg: CorrelatedRequest<Q>) => {
+      const bad = malformedReason(msg);
+      if (bad !== undefined) {
+        pending++;
+        failed(0, new InvalidArgumentError(`malformed request: ${bad}`));
+        return;
+      }
+      // A carrier (no request of its own, items in `more`) is not itself a request.
+      if (msg.request !== undefined || msg.more.length === 0) handle(msg, false);
+      for (const item of msg.more) handle(item, true);
     });
     call.on('end', () => {
       ended = true;
@@ -832,9 +863,11 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     });
     call.on('error', () => {
       open = false;
+      answers.clear();
     });
     call.on('cancelled', () => {
       open = false;
+      answers.clear();
     });
   }
 
@@ -1865,17 +1898,31 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
   }
 }
 
-/** Server side of a correlated bidi stream (DeliverStream, ReplicateStream). */
-type CorrelatedServerCall<Q, A> = grpc.ServerDuplexStream<
-  { correlationId: number; request?: Q | undefined },
-  { correlationId: number; response?: A | undefined; statusCode: number; statusMessage: string; statusMetadata: Record<string, string> }
->;
+/** A request message of a correlated bidi stream (DeliverStream, ReplicateStream). */
+interface CorrelatedRequest<Q> {
+  correlationId: number;
+  request?: Q | undefined;
+  more: CorrelatedRequest<Q>[];
+}
+/** An answer message of a correlated bidi stream. */
+interface CorrelatedAnswer<A> {
+  correlationId: number;
+  response?: A | undefined;
+  statusCode: number;
+  statusMessage: string;
+  statusMetadata: Record<string, string>;
+  more: CorrelatedAnswer<A>[];
+}
+/** Server side of a correlated bidi stream. */
+type CorrelatedServerCall<Q, A> = grpc.ServerDuplexStream<CorrelatedRequest<Q>, CorrelatedAnswer<A>>;
 
 /**
  * Active → one standby address: Replicate requests over one long-lived ReplicateStream (no
  * HTTP/2 stream setup per batch), answered in order, each with its own deadline. The stream is
  * reopened after it breaks; a standby without ReplicateStream (UNIMPLEMENTED: an older version
- * during an upgrade) is served with unary Replicate calls from then on.
+ * during an upgrade) is served with unary Replicate calls from then on. Once the standby's
+ * response headers say it takes STREAM_BATCH, the requests of one event-loop turn (the batches
+ * of several RS) go out as one message, and batched answers are taken.
  */
 class ReplicationLink {
   private stream: grpc.ClientDuplexStream<ReplicateStreamRequest, ReplicateStreamResponse> | undefined;
@@ -1883,6 +1930,13 @@ class ReplicationLink {
   private nextId = 1;
   private unaryOnly = false;
   private closed = false;
+  /** The standby of the current stream takes several requests per message. */
+  private batching = false;
+  private readonly outgoing = new TickBatcher<ReplicateStreamRequest>(
+    (batch) => this.writeBatch(batch),
+    (r) => 64 + (r.request?.entries.reduce((n, e) => n + e.update.length + e.reply.length + e.messageId.length, 0) ?? 0),
+    { maxItems: 64 },
+  );
 
   constructor(private readonly client: AdsmServiceClient) {}
 
@@ -1896,15 +1950,29 @@ class ReplicationLink {
         reject(new DeadlineExceededError(`Replicate to ${this.client.getChannel().getTarget()} took over ${deadlineMs} ms`));
       }, deadlineMs);
       this.waiting.set(correlationId, { resolve, reject, timer });
-      s.write({ correlationId, request: req });
+      const m: ReplicateStreamRequest = { correlationId, request: req, more: [] };
+      if (this.batching) this.outgoing.push(m);
+      else s.write(m);
     });
+  }
+
+  /** One message for the requests of a turn; those no longer waited for (stream broke, timed out) are left out. */
+  private writeBatch(batch: ReplicateStreamRequest[]): void {
+    const live = batch.filter((m) => this.waiting.has(m.correlationId));
+    if (live.length === 0 || this.closed) return;
+    const s = this.open();
+    s.write(live.length === 1 ? live[0]! : { ...live[0]!, more: live.slice(1) });
   }
 
   private open(): grpc.ClientDuplexStream<ReplicateStreamRequest, ReplicateStreamResponse> {
     if (this.stream) return this.stream;
-    const s = this.client.replicateStream();
+    const s = this.client.replicateStream(streamBatchMetadata());
     this.stream = s;
-    s.on('data', (m: ReplicateStreamResponse) => {
+    this.batching = false;
+    s.on('metadata', (md: grpc.Metadata) => {
+      if (this.stream === s && takesBatches(md)) this.batching = true;
+    });
+    const answer = (m: ReplicateStreamResponse): void => {
       const w = this.waiting.get(m.correlationId);
       if (!w) return; // timed out already
       this.waiting.delete(m.correlationId);
@@ -1915,9 +1983,16 @@ class ReplicationLink {
         for (const [k, v] of Object.entries(m.statusMetadata)) metadata.set(k, v);
         w.reject(fromServiceError({ code: m.statusCode || grpc.status.UNKNOWN, details: m.statusMessage, metadata }));
       }
+    };
+    s.on('data', (m: ReplicateStreamResponse) => {
+      answer(m);
+      for (const a of m.more) answer(a);
     });
     const broken = (e: Error): void => {
-      if (this.stream === s) this.stream = undefined;
+      if (this.stream === s) {
+        this.stream = undefined;
+        this.batching = false;
+      }
       const err = fromServiceError(e);
       if ((e as Partial<grpc.ServiceError>).code === grpc.status.UNIMPLEMENTED) this.unaryOnly = true;
       for (const w of this.waiting.values()) {
@@ -1925,6 +2000,7 @@ class ReplicationLink {
         w.reject(err);
       }
       this.waiting.clear();
+      this.outgoing.clear();
     };
     s.on('error', (e: Error) => broken(e));
     s.on('end', () => broken(new UnavailableError('replication stream ended')));
@@ -1933,6 +2009,7 @@ class ReplicationLink {
 
   close(): void {
     this.closed = true;
+    this.outgoing.clear();
     this.stream?.cancel();
     this.stream = undefined;
   }

@@ -51,6 +51,7 @@ import {
   silentLogger,
 } from '@understudy/runtime';
 import type { RouteInfo, RoutingClient } from './client';
+import { STREAM_BATCH_HEADER, takesBatches } from './stream-batch';
 
 // ---------------------------------------------------------------------------------- DeliverLink
 
@@ -100,6 +101,10 @@ export class DeliverLink<T> {
   private chunk: Buffer | undefined;
   private used = 0;
   private flushScheduled = false;
+  /** The copy of the current stream takes several requests per message (STREAM_BATCH). */
+  private batching = false;
+  /** Offset in `chunk` of the open carrier frame's header (batching), or -1. */
+  private frameStart = -1;
   /** Response bytes not parsed yet (a frame split across DATA frames), and their length. */
   private rest: Buffer[] = [];
   private restBytes = 0;
@@ -188,17 +193,30 @@ export class DeliverLink<T> {
       (keyLen > 0 ? 1 + varintSize(keyLen) + keyLen : 0) +
       (r.routeEpoch !== 0 ? 1 + varintSize(r.routeEpoch) : 0);
     const msgLen = (correlationId !== 0 ? 1 + varintSize(correlationId) : 0) + 1 + varintSize(inner) + inner;
-    const need = 5 + msgLen;
+    // Batching: the request is one item (field 3, `more`) of the open carrier frame.
+    const item = this.batching ? 1 + varintSize(msgLen) + msgLen : 0;
+    const need = this.batching ? (this.frameStart >= 0 ? item : 5 + item) : 5 + msgLen;
     if (!this.chunk || this.used + need > this.chunk.length) {
+      this.closeFrame();
       if (this.chunk && this.used > 0) this.chunks.push(this.chunk.subarray(0, this.used));
-      this.chunk = Buffer.allocUnsafe(Math.max(WRITE_CHUNK_BYTES, need));
+      this.chunk = Buffer.allocUnsafe(Math.max(WRITE_CHUNK_BYTES, 5 + item, 5 + msgLen));
       this.used = 0;
     }
     const c = this.chunk;
     let o = this.used;
-    c[o] = 0;
-    c.writeUInt32BE(msgLen, o + 1);
-    o += 5;
+    if (!this.batching) {
+      c[o] = 0;
+      c.writeUInt32BE(msgLen, o + 1);
+      o += 5;
+    } else {
+      if (this.frameStart < 0) {
+        this.frameStart = o;
+        c[o] = 0;
+        o += 5; // length written by closeFrame
+      }
+      c[o++] = 0x1a;
+      o = writeVarint(c, o, msgLen);
+    }
     // DeliverStreamRequest: 1 correlation_id (varint), 2 request (message).
     if (correlationId !== 0) {
       c[o++] = 0x08;
@@ -239,8 +257,16 @@ export class DeliverLink<T> {
     this.used = o;
   }
 
+  /** Write the length of the open carrier frame (everything from its header to `used`). */
+  private closeFrame(): void {
+    if (this.frameStart < 0 || !this.chunk) return;
+    this.chunk.writeUInt32BE(this.used - this.frameStart - 5, this.frameStart + 1);
+    this.frameStart = -1;
+  }
+
   private flush(): void {
     this.flushScheduled = false;
+    this.closeFrame();
     if (this.chunk && this.used > 0) {
       this.chunks.push(this.chunk.subarray(0, this.used));
       // The written bytes belong to the stream now; the next frames go to a fresh chunk.
@@ -267,10 +293,19 @@ export class DeliverLink<T> {
       this.startKeepalive(s0);
     }
     const stream = session.request(
-      { ':method': 'POST', ':path': DELIVER_STREAM_PATH, ':authority': this.address, 'content-type': 'application/grpc', te: 'trailers', 'grpc-accept-encoding': 'identity' },
+      {
+        ':method': 'POST',
+        ':path': DELIVER_STREAM_PATH,
+        ':authority': this.address,
+        'content-type': 'application/grpc',
+        te: 'trailers',
+        'grpc-accept-encoding': 'identity',
+        [STREAM_BATCH_HEADER]: '1',
+      },
       { endStream: false },
     );
     this.stream = stream;
+    this.batching = false;
     this.resetRest();
     let status: number | undefined;
     let statusMessage = '';
@@ -284,6 +319,8 @@ export class DeliverLink<T> {
     stream.on('response', (h: http2.IncomingHttpHeaders) => {
       const http = Number(h[':status']);
       if (http !== 200) status ??= grpc.status.UNAVAILABLE;
+      // Requests still in the chunk were encoded one per frame: close nothing, just switch.
+      if (this.stream === stream && takesBatches(h)) this.batching = true;
       noteStatus(h);
     });
     stream.on('trailers', (h: http2.IncomingHttpHeaders) => noteStatus(h));
@@ -329,12 +366,8 @@ export class DeliverLink<T> {
         return;
       }
       off += 5 + len;
-      const tag = this.waiting.get(m.correlationId);
-      if (tag === undefined) continue; // forgotten (abandoned or expired)
-      this.waiting.delete(m.correlationId);
-      if (m.statusCode === grpc.status.OK && m.response) this.handler(tag, null, m.response, false);
-      else this.handler(tag, streamStatusError(m), undefined, false);
-      if (this.stream !== stream) return; // a handler reset the link
+      if (!this.answer(m)) return; // a handler reset the link
+      for (const a of m.more) if (!this.answer(a)) return;
     }
     if (off < buf.length) {
       // Copied: the chunk's memory is not ours to keep.
@@ -342,6 +375,17 @@ export class DeliverLink<T> {
       this.restBytes = buf.length - off;
       if (this.restBytes < 5) this.restNeed = 5;
     }
+  }
+
+  /** Hand one answer to its request's handler; false when the handler reset the link. */
+  private answer(m: DeliverStreamResponse): boolean {
+    const stream = this.stream;
+    const tag = this.waiting.get(m.correlationId);
+    if (tag === undefined) return true; // forgotten (abandoned or expired)
+    this.waiting.delete(m.correlationId);
+    if (m.statusCode === grpc.status.OK && m.response) this.handler(tag, null, m.response, false);
+    else this.handler(tag, streamStatusError(m), undefined, false);
+    return this.stream === stream;
   }
 
   private resetRest(): void {
@@ -379,6 +423,7 @@ export class DeliverLink<T> {
     this.resetRest();
     this.chunks = [];
     this.used = 0;
+    this.frameStart = -1;
     if (!stream.destroyed) stream.destroy();
     this.failAll(err, broken);
   }
@@ -391,6 +436,7 @@ export class DeliverLink<T> {
     this.resetRest();
     this.chunks = [];
     this.used = 0;
+    this.frameStart = -1;
     if (this.pingTimer) clearInterval(this.pingTimer);
     this.pingTimer = undefined;
     if (stream && !stream.destroyed) stream.destroy();

@@ -24,6 +24,7 @@ export {
 } from './forwarder';
 export { ControllerClient, LEADER_ADDRESS_KEY, leaderAddressOf, type ControllerClientOptions } from './controller-client';
 export { encodeJson, decodeJson } from './codec';
+export { STREAM_BATCH_HEADER, streamBatchMetadata, takesBatches } from './stream-batch';
 export { runCopyProcess, copyProcessConfig, FENCED_EXIT_CODE } from './process';
 export { FaultManagerLink, faultManagerOrder, type FaultManagerLinkOptions } from './watch';
 export { LoadReporter, type LoadReporterOptions } from './load';

@@ -4,11 +4,13 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { AdsmServiceClient, Role, type DeliverStreamResponse, type Member } from '@understudy/proto';
+import * as grpc from '@grpc/grpc-js';
+import { AdsmServiceClient, Role, type DeliverStreamRequest, type DeliverStreamResponse, type Member } from '@understudy/proto';
 import { InvalidArgumentError, NotActiveError, NotFoundError, StaleEpochError, clientChannelOptions, insecureCredentials, silentLogger, unaryCall } from '@understudy/runtime';
 import { decodeJson, encodeJson, startCopy, type CopyHandle } from '../src/index';
 import { counterApp } from '../../../examples/counter/src/counter';
 import { membersOf } from './members';
+import { STREAM_BATCH_HEADER, streamBatchMetadata } from '../src/stream-batch';
 
 const APP = 'counter';
 // Nothing listens here: copies keep serving while they cannot reach a controller.
@@ -226,16 +228,22 @@ describe('ADSM replication and fencing', () => {
     await place(5, 1, 1, a, [b]);
     const stream = client(a).deliverStream();
     const answers = new Map<number, DeliverStreamResponse>();
+    let headers: grpc.Metadata | undefined;
+    stream.on('metadata', (md: grpc.Metadata) => (headers = md));
+    let batchedAnswers = 0;
     const done = new Promise<void>((resolve, reject) => {
-      stream.on('data', (m: DeliverStreamResponse) => answers.set(m.correlationId, m));
+      stream.on('data', (m: DeliverStreamResponse) => {
+        answers.set(m.correlationId, m);
+        batchedAnswers += m.more.length;
+      });
       stream.on('end', () => resolve());
       stream.on('error', reject);
     });
     const n = 200;
-    for (let i = 0; i < n; i++) stream.write({ correlationId: i + 1, request: { app: APP, rs: 5, messageId: `s${i}`, payload: encodeJson({ key: 's' }), key: 's', routeEpoch: 0 } });
-    stream.write({ correlationId: 1000, request: { app: APP, rs: 5, messageId: 's3', payload: encodeJson({ key: 's' }), key: 's', routeEpoch: 0 } });
-    stream.write({ correlationId: 1001, request: { app: APP, rs: 6, messageId: 'x1', payload: encodeJson({ key: 's' }), key: 's', routeEpoch: 0 } });
-    stream.write({ correlationId: 1002, request: { app: APP, rs: 5, messageId: 'x2', payload: Buffer.from('{not json'), key: 's', routeEpoch: 0 } });
+    for (let i = 0; i < n; i++) stream.write({ correlationId: i + 1, request: { app: APP, rs: 5, messageId: `s${i}`, payload: encodeJson({ key: 's' }), key: 's', routeEpoch: 0 }, more: [] });
+    stream.write({ correlationId: 1000, request: { app: APP, rs: 5, messageId: 's3', payload: encodeJson({ key: 's' }), key: 's', routeEpoch: 0 }, more: [] });
+    stream.write({ correlationId: 1001, request: { app: APP, rs: 6, messageId: 'x1', payload: encodeJson({ key: 's' }), key: 's', routeEpoch: 0 }, more: [] });
+    stream.write({ correlationId: 1002, request: { app: APP, rs: 5, messageId: 'x2', payload: Buffer.from('{not json'), key: 's', routeEpoch: 0 }, more: [] });
     stream.end();
     await done;
     assert.equal(answers.size, n + 3);
@@ -248,7 +256,59 @@ describe('ADSM replication and fencing', () => {
     assert.equal(answers.get(1001)!.statusCode, 9, 'FAILED_PRECONDITION (NOT_ACTIVE) for an RS this copy does not hold');
     assert.match(answers.get(1001)!.statusMessage, /NOT_ACTIVE/);
     assert.equal(answers.get(1002)!.statusCode, 3, 'INVALID_ARGUMENT for a payload that is not JSON');
+    assert.equal(batchedAnswers, 0, 'a client that did not ask for batched answers gets one per message');
+    assert.equal(headers?.get(STREAM_BATCH_HEADER)[0], '1', 'the copy says it takes batched requests');
     await place(5, 2, 2, b, [a]);
     assert.equal(await query(b, 5, 's'), n);
+  });
+
+  test('DeliverStream STREAM_BATCH: requests in `more` (after the own request, or in a carrier) are each handled and answered; answers come batched', async () => {
+    const [a, b] = copies as [CopyHandle, CopyHandle, CopyHandle];
+    await place(7, 1, 1, a, [b]);
+    const stream = client(a).deliverStream(streamBatchMetadata());
+    const answers = new Map<number, DeliverStreamResponse[]>();
+    let messages = 0;
+    const done = new Promise<void>((resolve, reject) => {
+      stream.on('data', (m: DeliverStreamResponse) => {
+        messages++;
+        for (const x of [m, ...m.more]) answers.set(x.correlationId, [...(answers.get(x.correlationId) ?? []), x]);
+      });
+      stream.on('end', () => resolve());
+      stream.on('error', reject);
+    });
+    const req = (i: number, key = 'b'): DeliverStreamRequest => ({
+      correlationId: i,
+      request: { app: APP, rs: 7, messageId: `b${i}`, payload: encodeJson({ key }), key, routeEpoch: 0 },
+      more: [],
+    });
+    const n = 300;
+    // Own request + 99 more; then carriers (no own request) of 100 each.
+    stream.write({ ...req(1), more: Array.from({ length: 99 }, (_, i) => req(i + 2)) });
+    stream.write({ correlationId: 0, request: undefined, more: Array.from({ length: 100 }, (_, i) => req(i + 101)) });
+    stream.write({ correlationId: 0, request: undefined, more: Array.from({ length: 100 }, (_, i) => req(i + 201)) });
+    // Bad items get their own status; the others in the same message are unaffected.
+    stream.write({
+      correlationId: 0,
+      request: undefined,
+      more: [
+        { ...req(1000), more: [req(1001)] },
+        { ...req(1002), request: { ...req(1002).request!, payload: Buffer.from('{not json') } },
+        { correlationId: 1003, request: undefined, more: [] },
+        req(1004),
+      ],
+    });
+    stream.end();
+    await done;
+    for (let i = 1; i <= n; i++) assert.equal(answers.get(i)?.length, 1, `request ${i} answered once`);
+    const values = Array.from({ length: n }, (_, i) => decodeJson<{ value: number }>(answers.get(i + 1)![0]!.response!.reply).value);
+    assert.deepEqual(values.sort((x, y) => x - y), Array.from({ length: n }, (_, i) => i + 1), 'each applied once');
+    assert.equal(answers.get(1000)![0]!.statusCode, 3, 'an item with `more` of its own is refused');
+    assert.match(answers.get(1000)![0]!.statusMessage, /has `more` itself/);
+    assert.equal(answers.has(1001), false, 'and what it nested is not run');
+    assert.equal(answers.get(1002)![0]!.statusCode, 3);
+    assert.equal(answers.get(1003)![0]!.statusCode, 3, 'an item without a request');
+    assert.equal(answers.get(1004)![0]!.statusCode, 0);
+    assert.ok(messages < answers.size / 2, `answers came batched: ${answers.size} in ${messages} messages`);
+    assert.equal(await query(a, 7, 'b'), n + 1);
   });
 });

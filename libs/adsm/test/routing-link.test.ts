@@ -82,11 +82,11 @@ class FakeCopy {
   private answer(call: grpc.ServerDuplexStream<DeliverStreamRequest, DeliverStreamResponse>, m: DeliverStreamRequest, a: Answer): void {
     const r = m.request!;
     if (a === 'not-active') {
-      call.write({ correlationId: m.correlationId, response: undefined, statusCode: grpc.status.FAILED_PRECONDITION, statusMessage: `NOT_ACTIVE: ${this.copyId} is not active for ${r.app}/${r.rs}`, statusMetadata: {} });
+      call.write({ correlationId: m.correlationId, response: undefined, statusCode: grpc.status.FAILED_PRECONDITION, statusMessage: `NOT_ACTIVE: ${this.copyId} is not active for ${r.app}/${r.rs}`, statusMetadata: {}, more: [] });
       return;
     }
     const reply = Buffer.from(JSON.stringify({ copy: this.copyId, messageId: r.messageId }));
-    call.write({ correlationId: m.correlationId, response: { reply, epoch: 1, duplicate: false, copyId: this.copyId }, statusCode: 0, statusMessage: '', statusMetadata: {} });
+    call.write({ correlationId: m.correlationId, response: { reply, epoch: 1, duplicate: false, copyId: this.copyId }, statusCode: 0, statusMessage: '', statusMetadata: {}, more: [] });
   }
 }
 

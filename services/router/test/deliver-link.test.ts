@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { DeliverLink } from '@understudy/adsm';
+import { DeliverLink, streamBatchMetadata, takesBatches } from '@understudy/adsm';
 import { AdsmServiceService, type DeliverRequest, type DeliverResponse, type DeliverStreamRequest, type DeliverStreamResponse } from '@understudy/proto';
 import { NotActiveError, NotFoundError, UnavailableError, silentLogger, startGrpcServer, toServiceError, type GrpcServer } from '@understudy/runtime';
 import { waitFor } from '../../../test/harness/wait';
@@ -20,30 +20,51 @@ interface Answer {
   readonly broken: boolean;
 }
 
-/** A stub copy: records every request; answers by the payload's first byte ('!' = error, '.' = hold). */
+/**
+ * A stub copy: records every request; answers by the payload's first byte ('!' = error, '.' =
+ * hold). With `batching` it says it takes STREAM_BATCH (as a real copy does) and answers the
+ * items of one message in one message when the client asked for that.
+ */
 class StubCopy {
   readonly received: DeliverRequest[] = [];
   readonly held: (() => void)[] = [];
+  /** Request messages received (a batch is one). */
+  messages = 0;
   server!: GrpcServer;
+
+  constructor(private readonly batching = false) {}
 
   async start(): Promise<string> {
     const deliverStream = (call: grpc.ServerDuplexStream<DeliverStreamRequest, DeliverStreamResponse>): void => {
-      call.on('data', (m: DeliverStreamRequest) => {
-        const r = m.request!;
-        this.received.push(r);
-        const answer = (): void => {
-          if (r.payload[0] === 0x21) {
-            const wire = toServiceError(r.rs === 1 ? new NotActiveError('copy c9 is STANDBY') : new NotFoundError('no such app'));
-            const md: Record<string, string> = {};
-            for (const [k, v] of Object.entries(wire.metadata.getMap())) md[k] = String(v);
-            call.write({ correlationId: m.correlationId, response: undefined, statusCode: wire.code, statusMessage: wire.details, statusMetadata: md });
-          } else {
-            // The reply echoes the payload (large payloads make large replies: split frames).
-            call.write({ correlationId: m.correlationId, response: { reply: r.payload, epoch: r.routeEpoch, duplicate: false, copyId: 'c9' }, statusCode: 0, statusMessage: '', statusMetadata: {} });
-          }
-        };
-        if (r.payload[0] === 0x2e) this.held.push(answer);
-        else answer();
+      const batchAnswers = this.batching && takesBatches(call.metadata);
+      if (this.batching) call.sendMetadata(streamBatchMetadata());
+      call.on('data', (msg: DeliverStreamRequest) => {
+        this.messages++;
+        // Answers made while this message is handled go out together (batched answers).
+        let out: DeliverStreamResponse[] | null = [];
+        for (const m of msg.request ? [msg, ...msg.more] : msg.more) {
+          const r = m.request!;
+          this.received.push(r);
+          const answer = (): void => {
+            let a: DeliverStreamResponse;
+            if (r.payload[0] === 0x21) {
+              const wire = toServiceError(r.rs === 1 ? new NotActiveError('copy c9 is STANDBY') : new NotFoundError('no such app'));
+              const md: Record<string, string> = {};
+              for (const [k, v] of Object.entries(wire.metadata.getMap())) md[k] = String(v);
+              a = { correlationId: m.correlationId, response: undefined, statusCode: wire.code, statusMessage: wire.details, statusMetadata: md, more: [] };
+            } else {
+              // The reply echoes the payload (large payloads make large replies: split frames).
+              a = { correlationId: m.correlationId, response: { reply: r.payload, epoch: r.routeEpoch, duplicate: false, copyId: 'c9' }, statusCode: 0, statusMessage: '', statusMetadata: {}, more: [] };
+            }
+            if (batchAnswers && out !== null) out.push(a);
+            else call.write(a);
+          };
+          if (r.payload[0] === 0x2e) this.held.push(answer);
+          else answer();
+        }
+        const batch = out;
+        out = null;
+        if (batch.length > 0) call.write({ ...batch[0]!, more: batch.slice(1) });
       });
       call.on('end', () => call.end());
       call.on('error', () => undefined);
@@ -96,6 +117,47 @@ describe('DeliverLink against a grpc-js AdsmService', () => {
     }
     assert.equal(l.inFlight, 0);
     l.close();
+  });
+
+  test('STREAM_BATCH: once the copy said it takes batches, the requests of one turn go in one message; batched answers are matched', async () => {
+    const batching = new StubCopy(true);
+    const at = await batching.start();
+    try {
+      const { l, answers } = link(at);
+      // The first request goes before the copy's headers are known: on its own.
+      l.send({ app: 'counter', rs: 0, messageId: 'first', payload: Buffer.from('{}'), key: 'a', routeEpoch: 1 }, -1);
+      await until(() => answers.length === 1, 'the first answer');
+      assert.equal(batching.messages, 1);
+      const reqs: DeliverRequest[] = [
+        ...Array.from({ length: 3000 }, (_, i) => ({ app: 'counter', rs: i % 300, messageId: `id-${i}`, payload: Buffer.from(`{"n":${i}}`), key: `k${i}`, routeEpoch: i })),
+        { app: 'counter', rs: 1, messageId: 'na', payload: Buffer.from('!'), key: '', routeEpoch: 1 },
+        // Larger than one 64 KiB write chunk: a frame of its own.
+        { app: 'counter', rs: 5, messageId: 'big', payload: Buffer.alloc(300_000, 0x41), key: 'big', routeEpoch: 3 },
+        { app: 'äpp-漢字', rs: 127, messageId: 'x'.repeat(256), payload: Buffer.alloc(0), key: 'kéy', routeEpoch: 2 ** 40 + 5 },
+      ];
+      reqs.forEach((r, i) => l.send(r, i));
+      await until(() => answers.length === reqs.length + 1, 'every answer');
+      assert.deepEqual(
+        batching.received.slice(1).map((r) => ({ ...r, payload: Buffer.from(r.payload) })),
+        reqs.map((r) => ({ ...r, payload: Buffer.from(r.payload) })),
+        'every request arrived as sent, in order',
+      );
+      assert.ok(batching.messages < 20, `${reqs.length} requests in ${batching.messages - 1} messages`);
+      for (const a of answers.slice(1)) {
+        const r = reqs[a.tag]!;
+        if (r.messageId === 'na') {
+          assert.ok(a.err instanceof NotActiveError, String(a.err));
+          continue;
+        }
+        assert.equal(a.err, null, `request ${a.tag}`);
+        assert.ok(Buffer.from(a.res!.reply).equals(Buffer.from(r.payload)), `reply of request ${a.tag}`);
+        assert.equal(a.res!.epoch, r.routeEpoch);
+      }
+      assert.equal(new Set(answers.map((a) => a.tag)).size, answers.length, 'each answered once');
+      l.close();
+    } finally {
+      await batching.server.shutdown(100);
+    }
   });
 
   test('status answers become typed errors (not broken); forgotten requests are not answered', async () => {

@@ -79,7 +79,11 @@ export interface DeliverResponse {
 export interface DeliverStreamRequest {
   /** Chosen by the sender to match the response; not interpreted by the copy. */
   correlationId: number;
-  request: DeliverRequest | undefined;
+  request:
+    | DeliverRequest
+    | undefined;
+  /** Further requests of the same message (STREAM_BATCH), handled after this one. */
+  more: DeliverStreamRequest[];
 }
 
 export interface DeliverStreamResponse {
@@ -95,6 +99,8 @@ export interface DeliverStreamResponse {
   statusCode: number;
   statusMessage: string;
   statusMetadata: { [key: string]: string };
+  /** Further answers of the same message (STREAM_BATCH). */
+  more: DeliverStreamResponse[];
 }
 
 export interface DeliverStreamResponse_StatusMetadataEntry {
@@ -178,7 +184,11 @@ export interface ReplicateResponse {
 export interface ReplicateStreamRequest {
   /** Chosen by the sender to match the response; not interpreted by the standby. */
   correlationId: number;
-  request: ReplicateRequest | undefined;
+  request:
+    | ReplicateRequest
+    | undefined;
+  /** Further requests of the same message (STREAM_BATCH), handled after this one. */
+  more: ReplicateStreamRequest[];
 }
 
 export interface ReplicateStreamResponse {
@@ -194,6 +204,8 @@ export interface ReplicateStreamResponse {
   statusCode: number;
   statusMessage: string;
   statusMetadata: { [key: string]: string };
+  /** Further answers of the same message (STREAM_BATCH). */
+  more: ReplicateStreamResponse[];
 }
 
 export interface ReplicateStreamResponse_StatusMetadataEntry {
@@ -1065,7 +1077,7 @@ export const DeliverResponse: MessageFns<DeliverResponse> = {
 };
 
 function createBaseDeliverStreamRequest(): DeliverStreamRequest {
-  return { correlationId: 0, request: undefined };
+  return { correlationId: 0, request: undefined, more: [] };
 }
 
 export const DeliverStreamRequest: MessageFns<DeliverStreamRequest> = {
@@ -1075,6 +1087,9 @@ export const DeliverStreamRequest: MessageFns<DeliverStreamRequest> = {
     }
     if (message.request !== undefined) {
       DeliverRequest.encode(message.request, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.more) {
+      DeliverStreamRequest.encode(v!, writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -1108,6 +1123,14 @@ export const DeliverStreamRequest: MessageFns<DeliverStreamRequest> = {
             message.request = DeliverRequest.decode(reader, reader.uint32());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.more.push(DeliverStreamRequest.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1128,6 +1151,7 @@ export const DeliverStreamRequest: MessageFns<DeliverStreamRequest> = {
         ? globalThis.Number(object.correlation_id)
         : 0,
       request: isSet(object.request) ? DeliverRequest.fromJSON(object.request) : undefined,
+      more: globalThis.Array.isArray(object?.more) ? object.more.map((e: any) => DeliverStreamRequest.fromJSON(e)) : [],
     };
   },
 
@@ -1138,6 +1162,9 @@ export const DeliverStreamRequest: MessageFns<DeliverStreamRequest> = {
     }
     if (message.request !== undefined) {
       obj.request = DeliverRequest.toJSON(message.request);
+    }
+    if (message.more?.length) {
+      obj.more = message.more.map((e) => DeliverStreamRequest.toJSON(e));
     }
     return obj;
   },
@@ -1151,12 +1178,13 @@ export const DeliverStreamRequest: MessageFns<DeliverStreamRequest> = {
     message.request = (object.request !== undefined && object.request !== null)
       ? DeliverRequest.fromPartial(object.request)
       : undefined;
+    message.more = object.more?.map((e) => DeliverStreamRequest.fromPartial(e)) || [];
     return message;
   },
 };
 
 function createBaseDeliverStreamResponse(): DeliverStreamResponse {
-  return { correlationId: 0, response: undefined, statusCode: 0, statusMessage: "", statusMetadata: {} };
+  return { correlationId: 0, response: undefined, statusCode: 0, statusMessage: "", statusMetadata: {}, more: [] };
 }
 
 export const DeliverStreamResponse: MessageFns<DeliverStreamResponse> = {
@@ -1176,6 +1204,9 @@ export const DeliverStreamResponse: MessageFns<DeliverStreamResponse> = {
     globalThis.Object.entries(message.statusMetadata).forEach(([key, value]: [string, string]) => {
       DeliverStreamResponse_StatusMetadataEntry.encode({ key: key as any, value }, writer.uint32(42).fork()).join();
     });
+    for (const v of message.more) {
+      DeliverStreamResponse.encode(v!, writer.uint32(50).fork()).join();
+    }
     return writer;
   },
 
@@ -1235,6 +1266,14 @@ export const DeliverStreamResponse: MessageFns<DeliverStreamResponse> = {
             }
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.more.push(DeliverStreamResponse.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1292,6 +1331,9 @@ export const DeliverStreamResponse: MessageFns<DeliverStreamResponse> = {
           {},
         )
         : {},
+      more: globalThis.Array.isArray(object?.more)
+        ? object.more.map((e: any) => DeliverStreamResponse.fromJSON(e))
+        : [],
     };
   },
 
@@ -1318,6 +1360,9 @@ export const DeliverStreamResponse: MessageFns<DeliverStreamResponse> = {
         });
       }
     }
+    if (message.more?.length) {
+      obj.more = message.more.map((e) => DeliverStreamResponse.toJSON(e));
+    }
     return obj;
   },
 
@@ -1341,6 +1386,7 @@ export const DeliverStreamResponse: MessageFns<DeliverStreamResponse> = {
       },
       {},
     );
+    message.more = object.more?.map((e) => DeliverStreamResponse.fromPartial(e)) || [];
     return message;
   },
 };
@@ -2236,7 +2282,7 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
 };
 
 function createBaseReplicateStreamRequest(): ReplicateStreamRequest {
-  return { correlationId: 0, request: undefined };
+  return { correlationId: 0, request: undefined, more: [] };
 }
 
 export const ReplicateStreamRequest: MessageFns<ReplicateStreamRequest> = {
@@ -2246,6 +2292,9 @@ export const ReplicateStreamRequest: MessageFns<ReplicateStreamRequest> = {
     }
     if (message.request !== undefined) {
       ReplicateRequest.encode(message.request, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.more) {
+      ReplicateStreamRequest.encode(v!, writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -2279,6 +2328,14 @@ export const ReplicateStreamRequest: MessageFns<ReplicateStreamRequest> = {
             message.request = ReplicateRequest.decode(reader, reader.uint32());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.more.push(ReplicateStreamRequest.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2299,6 +2356,9 @@ export const ReplicateStreamRequest: MessageFns<ReplicateStreamRequest> = {
         ? globalThis.Number(object.correlation_id)
         : 0,
       request: isSet(object.request) ? ReplicateRequest.fromJSON(object.request) : undefined,
+      more: globalThis.Array.isArray(object?.more)
+        ? object.more.map((e: any) => ReplicateStreamRequest.fromJSON(e))
+        : [],
     };
   },
 
@@ -2309,6 +2369,9 @@ export const ReplicateStreamRequest: MessageFns<ReplicateStreamRequest> = {
     }
     if (message.request !== undefined) {
       obj.request = ReplicateRequest.toJSON(message.request);
+    }
+    if (message.more?.length) {
+      obj.more = message.more.map((e) => ReplicateStreamRequest.toJSON(e));
     }
     return obj;
   },
@@ -2322,12 +2385,13 @@ export const ReplicateStreamRequest: MessageFns<ReplicateStreamRequest> = {
     message.request = (object.request !== undefined && object.request !== null)
       ? ReplicateRequest.fromPartial(object.request)
       : undefined;
+    message.more = object.more?.map((e) => ReplicateStreamRequest.fromPartial(e)) || [];
     return message;
   },
 };
 
 function createBaseReplicateStreamResponse(): ReplicateStreamResponse {
-  return { correlationId: 0, response: undefined, statusCode: 0, statusMessage: "", statusMetadata: {} };
+  return { correlationId: 0, response: undefined, statusCode: 0, statusMessage: "", statusMetadata: {}, more: [] };
 }
 
 export const ReplicateStreamResponse: MessageFns<ReplicateStreamResponse> = {
@@ -2347,6 +2411,9 @@ export const ReplicateStreamResponse: MessageFns<ReplicateStreamResponse> = {
     globalThis.Object.entries(message.statusMetadata).forEach(([key, value]: [string, string]) => {
       ReplicateStreamResponse_StatusMetadataEntry.encode({ key: key as any, value }, writer.uint32(42).fork()).join();
     });
+    for (const v of message.more) {
+      ReplicateStreamResponse.encode(v!, writer.uint32(50).fork()).join();
+    }
     return writer;
   },
 
@@ -2406,6 +2473,14 @@ export const ReplicateStreamResponse: MessageFns<ReplicateStreamResponse> = {
             }
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.more.push(ReplicateStreamResponse.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2463,6 +2538,9 @@ export const ReplicateStreamResponse: MessageFns<ReplicateStreamResponse> = {
           {},
         )
         : {},
+      more: globalThis.Array.isArray(object?.more)
+        ? object.more.map((e: any) => ReplicateStreamResponse.fromJSON(e))
+        : [],
     };
   },
 
@@ -2489,6 +2567,9 @@ export const ReplicateStreamResponse: MessageFns<ReplicateStreamResponse> = {
         });
       }
     }
+    if (message.more?.length) {
+      obj.more = message.more.map((e) => ReplicateStreamResponse.toJSON(e));
+    }
     return obj;
   },
 
@@ -2512,6 +2593,7 @@ export const ReplicateStreamResponse: MessageFns<ReplicateStreamResponse> = {
       },
       {},
     );
+    message.more = object.more?.map((e) => ReplicateStreamResponse.fromPartial(e)) || [];
     return message;
   },
 };
@@ -5025,6 +5107,8 @@ export const AdsmServiceService = {
    * every request is handled exactly like a Deliver call and answered by one response
    * carrying its correlation_id, in completion order (not necessarily request order).
    * A failed delivery is answered with its status in the response; the stream stays open.
+   * Stream batching (both ways optional, see STREAM_BATCH below): several requests may
+   * travel in one message (`more`) and several answers in one response (`more`).
    */
   deliverStream: {
     path: "/understudy.v1.AdsmService/DeliverStream" as const,
@@ -5060,7 +5144,8 @@ export const AdsmServiceService = {
    * Replicate over one long-lived stream per (active, standby) pair: requests are
    * handled exactly like Replicate calls, one after the other in stream order, and
    * each is answered with its correlation_id and its own status. An active falls
-   * back to unary Replicate when the standby does not implement it.
+   * back to unary Replicate when the standby does not implement it. Stream batching as
+   * for DeliverStream.
    */
   replicateStream: {
     path: "/understudy.v1.AdsmService/ReplicateStream" as const,
@@ -5189,6 +5274,8 @@ export interface AdsmServiceServer extends UntypedServiceImplementation {
    * every request is handled exactly like a Deliver call and answered by one response
    * carrying its correlation_id, in completion order (not necessarily request order).
    * A failed delivery is answered with its status in the response; the stream stays open.
+   * Stream batching (both ways optional, see STREAM_BATCH below): several requests may
+   * travel in one message (`more`) and several answers in one response (`more`).
    */
   deliverStream: handleBidiStreamingCall<DeliverStreamRequest, DeliverStreamResponse>;
   /** Read-only query answered by the active copy. */
@@ -5199,7 +5286,8 @@ export interface AdsmServiceServer extends UntypedServiceImplementation {
    * Replicate over one long-lived stream per (active, standby) pair: requests are
    * handled exactly like Replicate calls, one after the other in stream order, and
    * each is answered with its correlation_id and its own status. An active falls
-   * back to unary Replicate when the standby does not implement it.
+   * back to unary Replicate when the standby does not implement it. Stream batching as
+   * for DeliverStream.
    */
   replicateStream: handleBidiStreamingCall<ReplicateStreamRequest, ReplicateStreamResponse>;
   /** Active → standby: full state of one RS (new standby or new epoch). */
@@ -5287,6 +5375,8 @@ export interface AdsmServiceClient extends Client {
    * every request is handled exactly like a Deliver call and answered by one response
    * carrying its correlation_id, in completion order (not necessarily request order).
    * A failed delivery is answered with its status in the response; the stream stays open.
+   * Stream batching (both ways optional, see STREAM_BATCH below): several requests may
+   * travel in one message (`more`) and several answers in one response (`more`).
    */
   deliverStream(): ClientDuplexStream<DeliverStreamRequest, DeliverStreamResponse>;
   deliverStream(options: Partial<CallOptions>): ClientDuplexStream<DeliverStreamRequest, DeliverStreamResponse>;
@@ -5330,7 +5420,8 @@ export interface AdsmServiceClient extends Client {
    * Replicate over one long-lived stream per (active, standby) pair: requests are
    * handled exactly like Replicate calls, one after the other in stream order, and
    * each is answered with its correlation_id and its own status. An active falls
-   * back to unary Replicate when the standby does not implement it.
+   * back to unary Replicate when the standby does not implement it. Stream batching as
+   * for DeliverStream.
    */
   replicateStream(): ClientDuplexStream<ReplicateStreamRequest, ReplicateStreamResponse>;
   replicateStream(options: Partial<CallOptions>): ClientDuplexStream<ReplicateStreamRequest, ReplicateStreamResponse>;
