@@ -13,11 +13,12 @@
  * The client never merges updates: each has its own request, message id, ack and latency.
  *
  * Three ways to send, measured one after the other on the same cluster (BENCH_MODES):
- *   unary   one AdsmService.Deliver call per update (what RoutingClient.deliver does)
+ *   unary   one AdsmService.Deliver call per update
  *   stream  AdsmService.DeliverStream through a grpc-js client stream: one long-lived stream per
  *           (load process, active copy); each update is one DeliverStreamRequest answered by one
  *           DeliverStreamResponse (saves the per-call HTTP/2 stream setup)
- *   link    DeliverStream through the library's DeliverLink (the Router's data path): requests
+ *   link    DeliverStream through the library's DeliverLink (what RoutingClient.deliver and the
+ *           Router use): requests
  *           of one event-loop turn share one write, and with STREAM_BATCH (adsm.proto) one
  *           message; the copy answers the acks of one turn in one message
  * The headline figures (updates_per_s, p50_ms, p99_ms, max_ms) are those of the LAST mode in

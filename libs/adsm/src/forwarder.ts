@@ -82,11 +82,13 @@ const WRITE_CHUNK_BYTES = 64 * 1024;
  * answered through the handler with its tag. Requests of one link reach the copy in the order
  * they were sent. The stream is reopened on the next send after it broke.
  *
- * Why not a grpc-js client call: a DeliverStreamRequest carries one message, and grpc-js pays
- * its whole per-message path (interceptors, retry buffer, promises, one HTTP/2 DATA frame) for
- * every one. This link speaks the same gRPC wire protocol (length-prefixed protobuf messages on
- * an HTTP/2 POST, status in trailers) straight on `node:http2` and packs every request queued in
- * one event-loop turn into one write: batching on the unchanged contract. The copy's grpc-js
+ * Why not a grpc-js client call: grpc-js pays its whole per-message path (interceptors, retry
+ * buffer, promises, one HTTP/2 DATA frame) for every message. This link speaks the same gRPC wire
+ * protocol (length-prefixed protobuf messages on an HTTP/2 POST, status in trailers) straight on
+ * `node:http2` and packs every request queued in one event-loop turn into one write. Once the
+ * copy's response headers say it takes STREAM_BATCH (stream-batch.ts), those requests are the
+ * items (`more`) of ONE carrier message, and the copy's answers of one turn come in one message;
+ * before that (or with an older copy) each request is a message of its own. The copy's grpc-js
  * server sees an ordinary DeliverStream call. Plaintext only, like every Understudy channel today
  * (`insecureCredentials`); TLS would pass its options to `http2.connect`.
  */
