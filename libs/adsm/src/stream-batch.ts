@@ -40,7 +40,7 @@ export interface TickBatcherOptions {
  * that turn's microtasks have run (`process.nextTick`): work that fans out through promise chains
  * in the same turn (the batches of several RS, the acks of one commit) lands in one batch, and no
  * item waits for I/O. Bounded: a batch is handed over as soon as it holds `maxItems` items or
- * `maxBytes` bytes.
+ * `maxBytes` bytes, and an item that would take it past `maxBytes` starts the next one.
  */
 export class TickBatcher<T> {
   private items: T[] = [];
@@ -66,8 +66,13 @@ export class TickBatcher<T> {
   }
 
   push(item: T): void {
+    const w = this.weigh(item);
+    // What waits goes first when this item would take the batch past `maxBytes`: a batch is
+    // only larger than that when one item alone is (a message the receiver's size limit judges
+    // exactly as it would without batching).
+    if (this.items.length > 0 && this.bytes + w > this.maxBytes) this.flush();
     this.items.push(item);
-    this.bytes += this.weigh(item);
+    this.bytes += w;
     if (this.items.length >= this.maxItems || this.bytes >= this.maxBytes) {
       this.flush();
       return;

@@ -23,7 +23,11 @@ test('TickBatcher: bounded by items and bytes; clear drops what waits', async ()
   for (const s of ['a', 'b', 'c', 'd']) b.push(s);
   assert.deepEqual(batches, [['a', 'b', 'c']], 'a full batch goes at once');
   b.push('0123456789');
-  assert.deepEqual(batches, [['a', 'b', 'c'], ['d', '0123456789']], 'so does one over the byte bound');
+  assert.deepEqual(batches, [['a', 'b', 'c'], ['d'], ['0123456789']], 'an item past the byte bound starts its own batch (and fills it)');
+  b.push('01234');
+  b.push('56789');
+  assert.deepEqual(batches.slice(3), [['01234', '56789']], 'reaching the byte bound hands the batch over');
+  batches.length = 2;
   b.push('x');
   b.clear();
   assert.equal(b.size, 0);
