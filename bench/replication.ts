@@ -46,7 +46,12 @@
  * numbers add up to the acknowledged updates (`standby_mismatch` must be 0).
  *
  * The machine is shared by everything here (copies, controller, load): on a small box the
- * figures are CPU-bound; `loadavg_1m` at the start is printed to show outside load.
+ * figures are CPU-bound; `loadavg_1m` at the start is printed to show outside load. What the
+ * same message path costs with no framework code at all, on the same machine: `npm run bench --
+ * relay-floor` (compare p99 at the same machine load).
+ * BENCH_DUMP=<path>: each load process writes `<path>.<index>`, a Float64Array of (due time as
+ * epoch ms, latency ms) pairs of the measured updates, to line latency spikes up with other
+ * processes' logs (GC, event-loop stalls).
  * Progress lines go to stdout; the last line is one JSON object.
  */
 import { fork, type ChildProcess } from 'node:child_process';
@@ -210,6 +215,9 @@ async function worker(): Promise<void> {
   let windowStart = 0;
   let windowEnd = 0;
   let lat = new Float64Array(1 << 18);
+  const DUMP = process.env.BENCH_DUMP;
+  const dump = new Float64Array(DUMP ? 1 << 22 : 0);
+  let dumpN = 0;
   let latN = 0;
   let ackedTotal = 0;
   let ackedInWindow = 0;
@@ -253,6 +261,11 @@ async function worker(): Promise<void> {
         lat = bigger;
       }
       lat[latN++] = t1 - t0;
+      if (DUMP && dumpN < dump.length / 2) {
+        dump[dumpN * 2] = performance.timeOrigin + t0;
+        dump[dumpN * 2 + 1] = t1 - t0;
+        dumpN++;
+      }
     }
   };
   /**
@@ -317,6 +330,7 @@ async function worker(): Promise<void> {
           cpuMs: (cpu.user + cpu.system) / 1000,
           elapsedMs: performance.now() - started,
         });
+        if (DUMP) fs.writeFileSync(`${DUMP}.${init.index}`, Buffer.from(dump.buffer, 0, dumpN * 16));
         for (const s of streams.values()) s.close();
         for (const l of links.values()) l.close();
         routing.close();
