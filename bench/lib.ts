@@ -21,6 +21,29 @@ export function cpuSeconds(pids: readonly number[]): number {
   return total;
 }
 
+/** Cumulative CPU time of the whole machine (all cores) from /proc/stat: busy and total clock ticks. */
+export interface MachineTicks {
+  readonly busy: number;
+  readonly total: number;
+}
+
+/** The machine's CPU ticks so far (Linux); zeros elsewhere. Busy = everything but idle and iowait. */
+export function machineTicks(): MachineTicks {
+  try {
+    const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
+    const total = f.reduce((a, b) => a + b, 0);
+    return { busy: total - f[3]! - f[4]!, total };
+  } catch {
+    return { busy: 0, total: 0 };
+  }
+}
+
+/** Percent of the whole machine (all cores) busy between two readings; NaN when unknown. */
+export function machineBusyPct(from: MachineTicks, to: MachineTicks): number {
+  const total = to.total - from.total;
+  return total > 0 ? Math.round((100 * (to.busy - from.busy)) / total) : NaN;
+}
+
 /** Resident set size of a process in MB, from /proc (Linux); NaN when unknown. */
 export function rssMb(pid: number): number {
   try {

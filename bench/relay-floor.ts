@@ -20,11 +20,10 @@
  * Progress lines go to stdout; the last line is one JSON object.
  */
 import { fork, type ChildProcess } from 'node:child_process';
-import * as fs from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
 import { freePort } from '@understudy/runtime';
-import { r2 } from './lib';
+import { machineBusyPct, machineTicks, r2 } from './lib';
 
 const RATE = Number(process.env.BENCH_RATE ?? 20_000);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
@@ -135,12 +134,6 @@ async function relay(port: number, peerPorts: number[], workUs: number): Promise
   });
 }
 
-function busyTicks(): { busy: number; total: number } {
-  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
-  const total = f.reduce((a, b) => a + b, 0);
-  return { busy: total - f[3]! - f[4]!, total };
-}
-
 async function point(workUs: number): Promise<Record<string, number>> {
   const ports = [await freePort(), await freePort(), await freePort()];
   const kids: ChildProcess[] = [];
@@ -166,14 +159,14 @@ async function point(workUs: number): Promise<Record<string, number>> {
     const sends = ports.map((p) => connect(p, onAnswer));
     const t0 = performance.now();
     let sent = 0;
-    let cpu0 = busyTicks();
+    let cpu0 = machineTicks();
     let unanswered = 0;
     await new Promise<void>((resolve) => {
       const timer = setInterval(() => {
         const now = performance.now();
         if (!measuring && now - t0 >= WARMUP_S * 1000) {
           measuring = true;
-          cpu0 = busyTicks();
+          cpu0 = machineTicks();
           due.clear(); // warm-up items still out are not measured
         }
         const target = Math.floor(((now - t0) * RATE) / 1000);
@@ -190,13 +183,13 @@ async function point(workUs: number): Promise<Record<string, number>> {
         }
       }, 1);
     });
-    const cpu1 = busyTicks();
+    const cpu1 = machineTicks();
     const drainUntil = performance.now() + 2000;
     while (due.size > 0 && performance.now() < drainUntil) await new Promise((r) => setTimeout(r, 10));
     unanswered = due.size;
     lat.sort((a, b) => a - b);
     const q = (p: number): number => r2(lat[Math.min(lat.length - 1, Math.ceil(p * lat.length) - 1)] ?? NaN);
-    return { work_us: workUs, busy_pct: Math.round((100 * (cpu1.busy - cpu0.busy)) / (cpu1.total - cpu0.total)), measured: lat.length, unanswered, p50_ms: q(0.5), p99_ms: q(0.99), p999_ms: q(0.999), max_ms: r2(lat[lat.length - 1] ?? NaN) };
+    return { work_us: workUs, busy_pct: machineBusyPct(cpu0, cpu1), measured: lat.length, unanswered, p50_ms: q(0.5), p99_ms: q(0.99), p999_ms: q(0.999), max_ms: r2(lat[lat.length - 1] ?? NaN) };
   } finally {
     for (const k of kids) k.kill('SIGKILL');
   }

@@ -38,6 +38,8 @@
  *   updates_per_s  updates acknowledged inside the measured window / window length
  *   p50_ms, p99_ms, max_ms  client-observed ack latency (request sent → ack received) of the
  *                  updates sent and acknowledged inside the window
+ *   machine_busy_pct  the whole machine's CPU (all cores, /proc/stat) busy over the window: compare
+ *                  p99 with `relay-floor`'s at the same figure
  *   copies_rss_mb, copies_rss_growth_mb  (per mode) largest copy RSS at the end of the window,
  *                  and largest growth of one copy across it: a per-message leak shows here
  * Check at the end: every key's value (queried from its active) equals the increments the
@@ -72,7 +74,7 @@ import {
   type DeliverStreamResponse,
   type GetStatusResponse,
 } from '@understudy/proto';
-import { cpuSeconds, PROCESSES, rssMb } from './lib';
+import { cpuSeconds, machineBusyPct, machineTicks, PROCESSES, rssMb } from './lib';
 import { entryScript } from '../test/harness/processes';
 import { clientChannelOptions, freePort, insecureCredentials, startProcess, unaryCall, type Proc } from '@understudy/runtime';
 
@@ -447,6 +449,7 @@ interface ModeResult {
   load_send_lag_p99_ms: number | null;
   load_cpu_pct: number;
   copies_cpu_pct: number;
+  machine_busy_pct: number;
   /** Largest copy RSS at the end of the measured window (MB). */
   copies_rss_mb: number;
   /** Largest RSS growth of one copy over the measured window (MB): a leak shows here. */
@@ -498,11 +501,13 @@ async function runMode(
   };
   await tick(WARMUP_S, 'warm-up');
   const copyCpu0 = cpuSeconds(copyPids);
+  const machine0 = machineTicks();
   const rss0 = copyPids.map(rssMb);
   for (const p of mine) p.send({ type: 'measure' } satisfies ToWorker);
   await tick(SECONDS, 'measure');
   for (const p of mine) p.send({ type: 'stop' } satisfies ToWorker);
   const copyCpu = cpuSeconds(copyPids) - copyCpu0;
+  const machineBusy = machineBusyPct(machine0, machineTicks());
   const rss1 = copyPids.map(rssMb);
   await Promise.all(finished);
 
@@ -533,6 +538,7 @@ async function runMode(
     load_send_lag_p99_ms: RATE_PER_S > 0 ? r2(Math.max(...done.map((d) => d.sendLagP99Ms))) : null,
     load_cpu_pct: Math.round((done.reduce((a, d) => a + d.cpuMs / d.elapsedMs, 0)) * 100),
     copies_cpu_pct: Math.round((copyCpu / (windowMs / 1000)) * 100),
+    machine_busy_pct: machineBusy,
     copies_rss_mb: Math.round(Math.max(...rss1)),
     copies_rss_growth_mb: Math.round(Math.max(...rss1.map((r, i) => r - rss0[i]!))),
   };
@@ -541,7 +547,7 @@ async function runMode(
       `p99 ${result.p99_ms} ms, max ${result.max_ms} ms; retried ${result.retried}, failed ${result.failed}` +
       (RATE_PER_S > 0 ? `, behind ${result.behind}, load send lag p99 ${result.load_send_lag_p99_ms} ms` : '') +
       '; ' +
-      `CPU: copies ${result.copies_cpu_pct}% of one core, load ${result.load_cpu_pct}%; copy RSS up to ${result.copies_rss_mb} MB (+${result.copies_rss_growth_mb} MB in the window)`,
+      `CPU: copies ${result.copies_cpu_pct}% of one core, load ${result.load_cpu_pct}%, machine ${result.machine_busy_pct}% busy; copy RSS up to ${result.copies_rss_mb} MB (+${result.copies_rss_growth_mb} MB in the window)`,
   );
   return { result, ackedTotal: done.reduce((a, d) => a + d.ackedTotal, 0) };
 }
