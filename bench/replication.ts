@@ -370,7 +370,8 @@ async function startCluster(): Promise<{
     return (l) => out.write(`${l}\n`);
   };
   const env: Record<string, string> = { LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn', REDIS_URL: '' };
-  // BENCH_COPY_NODE_OPTIONS (e.g. '--cpu-prof --cpu-prof-dir=/tmp/prof') goes to the copies only.
+  // BENCH_COPY_NODE_OPTIONS goes to the copies only, e.g. '--require /tmp/profile.cjs' (a preload
+  // that profiles through node:inspector; Node refuses --cpu-prof in NODE_OPTIONS) or V8 flags.
   const copyEnv: Record<string, string> = process.env.BENCH_COPY_NODE_OPTIONS ? { ...env, NODE_OPTIONS: process.env.BENCH_COPY_NODE_OPTIONS } : env;
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'understudy-bench-ctl-'));
   const port = await freePort();
