@@ -37,6 +37,8 @@ const MISSED = 3;
  * which delays detection, and collect slower.
  */
 const DEDUPE_WINDOW = process.env.DEDUPE_WINDOW;
+/** The copies' `--snapshot-bytes-in-flight` (default 256 KiB: full-table snapshots to one peer go one at a time). */
+const SNAPSHOT_BYTES_IN_FLIGHT = process.env.SNAPSHOT_BYTES_IN_FLIGHT;
 /** Increments per second per RS; 0 = closed loop (each worker sends the next as soon as the last is acknowledged). */
 const RATE_PER_RS = Number(process.env.RATE_PER_RS ?? 0);
 
@@ -195,7 +197,10 @@ async function main(): Promise<void> {
     standbys: 1,
     faultManagers: 2,
     detection: { heartbeatIntervalMs: HEARTBEAT_MS, missedHeartbeats: MISSED },
-    ...(DEDUPE_WINDOW !== undefined ? { copyEnv: { UNDERSTUDY_DEDUPE_WINDOW: DEDUPE_WINDOW } } : {}),
+    copyEnv: {
+      ...(DEDUPE_WINDOW !== undefined ? { UNDERSTUDY_DEDUPE_WINDOW: DEDUPE_WINDOW } : {}),
+      ...(SNAPSHOT_BYTES_IN_FLIGHT !== undefined ? { UNDERSTUDY_SNAPSHOT_BYTES_IN_FLIGHT: SNAPSHOT_BYTES_IN_FLIGHT } : {}),
+    },
   });
   const load = new Load(cl, keysPerRs(RS, 'fo-'));
   const crash: { first: number; all: number }[] = [];
@@ -263,6 +268,7 @@ async function main(): Promise<void> {
       heartbeat_ms: HEARTBEAT_MS,
       missed_heartbeats: MISSED,
       dedupe_window: Number(DEDUPE_WINDOW ?? 10_000),
+      snapshot_bytes_in_flight: Number(SNAPSHOT_BYTES_IN_FLIGHT ?? 262_144),
       crash_runs: crash.length,
       hang_runs: hang.length,
       acked: [...load.acked.values()].reduce((x, y) => x + y, 0),

@@ -72,6 +72,7 @@ import { Outbox } from './outbox';
 import { MAX_PAUSE_LEASE_MS, RsPauses } from './pause';
 import { SharedData } from './shared';
 import { TickBatcher, streamBatchMetadata, takesBatches } from './stream-batch';
+import { ByteGate } from './byte-gate';
 import type { AppDefinition, RsHandler } from './handler';
 
 type RoleName = 'ACTIVE' | 'STANDBY' | 'OUT_OF_SERVICE';
@@ -103,6 +104,13 @@ export interface CopyOptions<S, M, U, R, Q, QR> {
   readonly deliverTimeoutMs?: number;
   /** Deadline of one Replicate / InstallSnapshot call. @default 1000 */
   readonly replicationCallTimeoutMs?: number;
+  /**
+   * Snapshot bytes (InstallSnapshot) in flight together to one peer. Several snapshots to a peer
+   * that together exceed it go one after another, in order, so the first one (a promoted RS's
+   * new standby after a failover) is not slowed down by the rest; one snapshot larger than this
+   * always goes. @default 262144
+   */
+  readonly snapshotBytesInFlight?: number;
   /**
    * How long a copy activated for an RS whose state it lacks keeps trying to fetch it from the
    * RS's other members before starting from the initial state. @default 3000
@@ -303,6 +311,8 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
   private readonly slots = new Map<number, RsSlot<S>>();
   /** Clients of the other members, by address; closed once no RS lists the address (restarted peers get new ports). */
   private readonly peerClients = new ClientCache((address) => new AdsmServiceClient(address, insecureCredentials(), clientChannelOptions()));
+  /** Per peer address with snapshots under way: their byte gate (see `snapshotBytesInFlight`). */
+  private readonly snapshotGates = new Map<string, ByteGate>();
   private readonly replicationLinks = new ClientCache((address) => new ReplicationLink(this.peerClients.get(address)));
   private readonly controller: ControllerClient;
   private server: GrpcServer | undefined;
@@ -346,6 +356,9 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     if (opts.replicationBatchMax !== undefined && (!Number.isSafeInteger(opts.replicationBatchMax) || opts.replicationBatchMax < 1)) {
       throw new InvalidArgumentError(`replicationBatchMax must be a positive integer, got ${opts.replicationBatchMax}`);
     }
+    if (opts.snapshotBytesInFlight !== undefined && !(Number.isSafeInteger(opts.snapshotBytesInFlight) && opts.snapshotBytesInFlight >= 1)) {
+      throw new InvalidArgumentError(`snapshotBytesInFlight must be a positive integer, got ${opts.snapshotBytesInFlight}`);
+    }
     if (opts.dedupeWindow !== undefined && (!Number.isSafeInteger(opts.dedupeWindow) || opts.dedupeWindow < 1)) {
       throw new InvalidArgumentError(`dedupeWindow must be a positive integer, got ${opts.dedupeWindow}`);
     }
@@ -364,6 +377,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       heartbeatIntervalMs: opts.heartbeatIntervalMs ?? 500,
       deliverTimeoutMs: opts.deliverTimeoutMs ?? 5000,
       replicationCallTimeoutMs: opts.replicationCallTimeoutMs ?? 1000,
+      snapshotBytesInFlight: opts.snapshotBytesInFlight ?? 262_144,
       recoverTimeoutMs: opts.recoverTimeoutMs ?? 3000,
       roleWaitMs: opts.roleWaitMs ?? 1000,
       maxQueuePerRs: opts.maxQueuePerRs ?? 10_000,
@@ -1355,19 +1369,26 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     const client = this.peerClient(peer.address);
     if (peer.needsSnapshot && peer.tryBase) await this.offerBase(slot, peer, epoch);
     if (peer.needsSnapshot || (peer.ackedSeq >= 0 && peer.ackedSeq < slot.seq && logIndex(slot.log, peer.ackedSeq + 1) < 0)) {
-      const res = await unaryCall(client.installSnapshot.bind(client), {
-        app: this.appName,
-        rs: slot.rs,
-        epoch,
-        fromCopyId: this.copyId,
-        seq: slot.seq,
-        state: encodeJson(this.handler.snapshot ? this.handler.snapshot(slot.state) : slot.state),
-        dedupe: [],
-        dedupePacked: slot.dedupe.pack(),
-        outbox: slot.outbox.list(),
-      }, { deadlineMs: this.o.replicationCallTimeoutMs });
-      peer.ackedSeq = res.appliedSeq;
-      peer.needsSnapshot = false;
+      // Taken after the turn comes (state, seq and table of the same moment, at or past `target`).
+      const release = await this.snapshotGate(peer.address).acquire(slot.dedupe.packedBytes);
+      try {
+        if (slot.role !== 'ACTIVE' || slot.epoch !== epoch) throw new NotActiveError(`NOT_ACTIVE: ${this.appName}/${slot.rs} changed while its snapshot waited`);
+        const res = await unaryCall(client.installSnapshot.bind(client), {
+          app: this.appName,
+          rs: slot.rs,
+          epoch,
+          fromCopyId: this.copyId,
+          seq: slot.seq,
+          state: encodeJson(this.handler.snapshot ? this.handler.snapshot(slot.state) : slot.state),
+          dedupe: [],
+          dedupePacked: slot.dedupe.pack(),
+          outbox: slot.outbox.list(),
+        }, { deadlineMs: this.o.replicationCallTimeoutMs });
+        peer.ackedSeq = res.appliedSeq;
+        peer.needsSnapshot = false;
+      } finally {
+        release();
+      }
     }
     if (peer.ackedSeq >= target) return;
     const from = logIndex(slot.log, peer.ackedSeq + 1);
@@ -1516,6 +1537,25 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
 
   private replicationLink(address: string): ReplicationLink {
     return this.replicationLinks.get(address);
+  }
+
+  /** The snapshot gate of one peer; dropped once idle, so the map holds only peers with snapshots under way. */
+  private snapshotGate(address: string): { acquire(bytes: number): Promise<() => void> } {
+    let g = this.snapshotGates.get(address);
+    if (!g) {
+      g = new ByteGate(this.o.snapshotBytesInFlight);
+      this.snapshotGates.set(address, g);
+    }
+    const gate = g;
+    return {
+      acquire: async (bytes) => {
+        const release = await gate.acquire(bytes);
+        return () => {
+          release();
+          if (gate.bytesInFlight === 0 && gate.queued === 0 && this.snapshotGates.get(address) === gate) this.snapshotGates.delete(address);
+        };
+      },
+    };
   }
 
   private peerClient(address: string): AdsmServiceClient {

@@ -60,6 +60,11 @@ export class DedupeTable {
     return this.count;
   }
 
+  /** Size of `pack()`'s result, in bytes. */
+  get packedBytes(): number {
+    return 4 + this.end - this.start;
+  }
+
   /** The reply recorded for `id` (a view: valid until the caller drops it), or undefined. */
   get(id: string): Buffer | undefined {
     this.warm();

@@ -73,6 +73,15 @@ export const copyProcessConfig = defineConfig({
     max: 10_000_000,
     description: 'message ids remembered per RS for dedupe; replicated, and sent in every snapshot (so it sets the cost of catching a new standby up, e.g. after a failover)',
   },
+  snapshotBytesInFlight: {
+    env: 'UNDERSTUDY_SNAPSHOT_BYTES_IN_FLIGHT',
+    flag: 'snapshot-bytes-in-flight',
+    type: 'int',
+    default: 262_144,
+    min: 1,
+    max: 1024 * 1024 * 1024,
+    description: 'snapshot bytes sent to one peer together; more go one after another, so after a failover the first new standby is caught up first',
+  },
   checkpointRedisPrefix: {
     env: 'UNDERSTUDY_CHECKPOINT_REDIS_PREFIX',
     flag: 'checkpoint-redis-prefix',
@@ -131,6 +140,7 @@ export async function runCopyProcess<S, M, U, R, Q, QR>(
       maxOutboxBytesPerRs: c.maxOutboxBytesPerRs,
     },
     dedupeWindow: c.dedupeWindow,
+    snapshotBytesInFlight: c.snapshotBytesInFlight,
     ...(checkpointStore ? { checkpoints: storeCheckpoints(checkpointStore) } : {}),
     onFenced: async () => {
       await copy.stop();
