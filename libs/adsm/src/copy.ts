@@ -13,6 +13,8 @@ import {
   type DeliverResponse,
   type GetCopyInfoResponse,
   type Health,
+  type AddOlderDedupeRequest,
+  type AddOlderDedupeResponse,
   type InstallSnapshotRequest,
   type InstallSnapshotResponse,
   type Member as PbMember,
@@ -81,6 +83,9 @@ type RoleName = 'ACTIVE' | 'STANDBY' | 'OUT_OF_SERVICE';
 const KICK_SYNC_ATTEMPTS = 12;
 /** Delay before a standby builds the index of an installed dedupe table (see onInstallSnapshot). */
 const DEDUPE_WARM_DELAY_MS = 1000;
+/** Response header of a copy's ReplicateStream: it takes split snapshots (SNAPSHOT_SPLIT in adsm.proto). */
+const SNAPSHOT_SPLIT_HEADER = 'understudy-snapshot-split';
+
 
 /** Options of {@link startCopy}. */
 export interface CopyOptions<S, M, U, R, Q, QR> {
@@ -111,6 +116,13 @@ export interface CopyOptions<S, M, U, R, Q, QR> {
    * always goes. @default 262144
    */
   readonly snapshotBytesInFlight?: number;
+  /**
+   * SNAPSHOT_SPLIT (adsm.proto): to a standby that takes it, a snapshot carries only the newest
+   * dedupe entries up to this many bytes, and the older ones follow; commits wait only for the
+   * first part. 0: always send the whole table with the state (a standby promoted in the window
+   * between the parts, after a second fault, remembers only the newest ids). @default 65536
+   */
+  readonly snapshotSplitDedupeBytes?: number;
   /**
    * How long a copy activated for an RS whose state it lacks keeps trying to fetch it from the
    * RS's other members before starting from the initial state. @default 3000
@@ -186,8 +198,10 @@ export interface CopyHandle {
   /**
    * Current role per RS (for tests and tools). `waits`: waits in progress on the RS's change
    * signal (replication rounds, queries); bounded by the work under way, not by history.
+   * `dedupeIds`: message ids remembered; `olderDedupePending`: a STANDBY waiting for the older
+   * part of a split snapshot's dedupe table (SNAPSHOT_SPLIT in adsm.proto).
    */
-  roles(): Map<number, { role: RoleName; epoch: number; seq: number; waits: number }>;
+  roles(): Map<number, { role: RoleName; epoch: number; seq: number; waits: number; dedupeIds: number; olderDedupePending: boolean }>;
   /** Stop serving (graceful). */
   stop(): Promise<void>;
 }
@@ -204,6 +218,8 @@ interface PeerProgress {
   tryBase: boolean;
   /** The controller has been told (or a report is queued) that this standby is caught up. */
   reported: boolean;
+  /** The older part of a split snapshot's dedupe table is on its way: not caught up until it lands. */
+  olderDedupe?: boolean;
 }
 
 interface DeliverOutcome {
@@ -226,6 +242,11 @@ interface Job {
 /** One RS as this copy holds it. */
 class RsSlot<S> {
   role: RoleName = 'OUT_OF_SERVICE';
+  /**
+   * STANDBY: installed a split snapshot (SNAPSHOT_SPLIT in adsm.proto) at this epoch and seq and
+   * waits for the older part of its dedupe table; until then only the newest ids are remembered.
+   */
+  olderDedupeFor: { epoch: number; seq: number } | undefined = undefined;
   epoch = 0;
   version = 0;
   members: PbMember[] = [];
@@ -359,6 +380,9 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     if (opts.snapshotBytesInFlight !== undefined && !(Number.isSafeInteger(opts.snapshotBytesInFlight) && opts.snapshotBytesInFlight >= 1)) {
       throw new InvalidArgumentError(`snapshotBytesInFlight must be a positive integer, got ${opts.snapshotBytesInFlight}`);
     }
+    if (opts.snapshotSplitDedupeBytes !== undefined && !(Number.isSafeInteger(opts.snapshotSplitDedupeBytes) && opts.snapshotSplitDedupeBytes >= 0)) {
+      throw new InvalidArgumentError(`snapshotSplitDedupeBytes must be a non-negative integer, got ${opts.snapshotSplitDedupeBytes}`);
+    }
     if (opts.dedupeWindow !== undefined && (!Number.isSafeInteger(opts.dedupeWindow) || opts.dedupeWindow < 1)) {
       throw new InvalidArgumentError(`dedupeWindow must be a positive integer, got ${opts.dedupeWindow}`);
     }
@@ -378,6 +402,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       deliverTimeoutMs: opts.deliverTimeoutMs ?? 5000,
       replicationCallTimeoutMs: opts.replicationCallTimeoutMs ?? 1000,
       snapshotBytesInFlight: opts.snapshotBytesInFlight ?? 262_144,
+      snapshotSplitDedupeBytes: opts.snapshotSplitDedupeBytes ?? 65_536,
       recoverTimeoutMs: opts.recoverTimeoutMs ?? 3000,
       roleWaitMs: opts.roleWaitMs ?? 1000,
       maxQueuePerRs: opts.maxQueuePerRs ?? 10_000,
@@ -427,6 +452,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       replicate: unaryHandler('Replicate', this.log, (req: ReplicateRequest) => this.whenRoleKnown(req.rs, req.epoch, () => this.onReplicate(req))),
       replicateStream: (call) => this.serveCorrelated(call, 'ReplicateStream', (req: ReplicateRequest) => this.whenRoleKnown(req.rs, req.epoch, () => this.onReplicate(req))),
       installSnapshot: unaryHandler('InstallSnapshot', this.log, (req: InstallSnapshotRequest) => this.whenRoleKnown(req.rs, req.epoch, () => this.onInstallSnapshot(req))),
+      addOlderDedupe: unaryHandler('AddOlderDedupe', this.log, (req: AddOlderDedupeRequest) => this.onAddOlderDedupe(req)),
       getCopyInfo: unaryHandler('GetCopyInfo', this.log, () => this.onGetCopyInfo()),
       shutdown: unaryHandler('Shutdown', this.log, (req: ShutdownRequest) => this.onShutdown(req)),
       fetchState: unaryHandler('FetchState', this.log, (req: FetchStateRequest) => this.onFetchState(req)),
@@ -525,9 +551,11 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       .catch((e: unknown) => this.log.error({ err: ensureError(e).message }, 'onFenced failed'));
   }
 
-  roles(): Map<number, { role: RoleName; epoch: number; seq: number; waits: number }> {
-    const out = new Map<number, { role: RoleName; epoch: number; seq: number; waits: number }>();
-    for (const [rs, s] of this.slots) out.set(rs, { role: s.role, epoch: s.epoch, seq: s.seq, waits: s.changes.listenerCount });
+  roles(): Map<number, { role: RoleName; epoch: number; seq: number; waits: number; dedupeIds: number; olderDedupePending: boolean }> {
+    const out = new Map<number, { role: RoleName; epoch: number; seq: number; waits: number; dedupeIds: number; olderDedupePending: boolean }>();
+    for (const [rs, s] of this.slots) {
+      out.set(rs, { role: s.role, epoch: s.epoch, seq: s.seq, waits: s.changes.listenerCount, dedupeIds: s.dedupe.size, olderDedupePending: s.olderDedupeFor !== undefined });
+    }
     return out;
   }
 
@@ -678,6 +706,13 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     slot.version = version;
     slot.members = members;
     slot.role = role;
+    if (role === 'ACTIVE' && slot.olderDedupeFor !== undefined) {
+      log.warn(
+        { snapshotSeq: slot.olderDedupeFor.seq, idsRemembered: slot.dedupe.size },
+        'promoted before the older part of its snapshot\'s dedupe table arrived (its active failed too): a retry of an older message id could be applied again',
+      );
+      slot.olderDedupeFor = undefined;
+    }
     if (role === 'ACTIVE') {
       if (!slot.hasState && slot.recovering === null) {
         // Epoch 1 is the RS's first activation ever: the initial state is the truth. Later, the
@@ -859,7 +894,10 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       if (result instanceof Promise) result.then((r) => ok(correlationId, r), (e: unknown) => failed(correlationId, e));
       else ok(correlationId, result);
     };
-    call.sendMetadata(streamBatchMetadata());
+    const headers = streamBatchMetadata();
+    // This copy takes split snapshots (SNAPSHOT_SPLIT); an active learns it from its replication stream.
+    if (method === 'ReplicateStream') headers.set(SNAPSHOT_SPLIT_HEADER, '1');
+    call.sendMetadata(headers);
     call.on('data', (msg: CorrelatedRequest<Q>) => {
       const bad = malformedReason(msg);
       if (bad !== undefined) {
@@ -1369,25 +1407,39 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     const client = this.peerClient(peer.address);
     if (peer.needsSnapshot && peer.tryBase) await this.offerBase(slot, peer, epoch);
     if (peer.needsSnapshot || (peer.ackedSeq >= 0 && peer.ackedSeq < slot.seq && logIndex(slot.log, peer.ackedSeq + 1) < 0)) {
+      // SNAPSHOT_SPLIT when the standby announced it: the newest ids now, the older ones after.
+      const newestBytes = this.o.snapshotSplitDedupeBytes;
+      const split = newestBytes > 0 && this.replicationLink(peer.address).takesSplitSnapshots && slot.dedupe.packedBytes > newestBytes + 4;
       // Taken after the turn comes (state, seq and table of the same moment, at or past `target`).
-      const release = await this.snapshotGate(peer.address).acquire(slot.dedupe.packedBytes);
+      const release = await this.snapshotGate(peer.address).acquire(split ? newestBytes : slot.dedupe.packedBytes);
+      let older: Buffer | undefined;
+      let seq = 0;
       try {
         if (slot.role !== 'ACTIVE' || slot.epoch !== epoch) throw new NotActiveError(`NOT_ACTIVE: ${this.appName}/${slot.rs} changed while its snapshot waited`);
+        const parts = split ? slot.dedupe.packSplit(newestBytes) : { newest: slot.dedupe.pack(), older: undefined };
+        older = parts.older;
+        seq = slot.seq;
         const res = await unaryCall(client.installSnapshot.bind(client), {
           app: this.appName,
           rs: slot.rs,
           epoch,
           fromCopyId: this.copyId,
-          seq: slot.seq,
+          seq,
           state: encodeJson(this.handler.snapshot ? this.handler.snapshot(slot.state) : slot.state),
           dedupe: [],
-          dedupePacked: slot.dedupe.pack(),
+          dedupePacked: parts.newest,
           outbox: slot.outbox.list(),
+          dedupeOlderFollows: older !== undefined,
         }, { deadlineMs: this.o.replicationCallTimeoutMs });
         peer.ackedSeq = res.appliedSeq;
         peer.needsSnapshot = false;
       } finally {
         release();
+      }
+      if (older !== undefined) {
+        // Commits go on now; the standby counts as caught up once the rest is in.
+        peer.olderDedupe = true;
+        void this.sendOlderDedupe(slot, peerId, peer, epoch, seq, older);
       }
     }
     if (peer.ackedSeq >= target) return;
@@ -1411,6 +1463,37 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     if (peer.ackedSeq < target) {
       peer.needsSnapshot = true;
       throw new UnavailableError(`standby ${peerId} at seq ${peer.ackedSeq}, needs ${target}`);
+    }
+  }
+
+  /**
+   * The older part of a split snapshot (SNAPSHOT_SPLIT), behind the snapshots already waiting for
+   * the peer. Landed: the standby is caught up (reported to the controller). Failed: it gets a
+   * whole snapshot on the next round (it remembers only the newest ids until then).
+   */
+  private async sendOlderDedupe(slot: RsSlot<S>, peerId: string, peer: PeerProgress, epoch: number, snapshotSeq: number, older: Buffer): Promise<void> {
+    const current = (): boolean => slot.role === 'ACTIVE' && slot.epoch === epoch && slot.peers.get(peerId) === peer;
+    const release = await this.snapshotGate(peer.address).acquire(older.length);
+    try {
+      if (!current()) return;
+      const client = this.peerClient(peer.address);
+      const res = await unaryCall(
+        client.addOlderDedupe.bind(client),
+        { app: this.appName, rs: slot.rs, epoch, fromCopyId: this.copyId, snapshotSeq, dedupePacked: older },
+        { deadlineMs: this.o.replicationCallTimeoutMs },
+      );
+      // Not taken: the standby waits for a later snapshot's part, whose round completes it.
+      if (!res.taken || !current()) return;
+      peer.olderDedupe = false;
+      this.peerCaughtUp(slot, epoch, peerId, peer);
+    } catch (e) {
+      if (!current()) return;
+      this.log.debug({ rs: slot.rs, epoch, peer: peerId, err: ensureError(e).message }, 'older dedupe part failed; the standby gets a whole snapshot');
+      peer.olderDedupe = false;
+      peer.needsSnapshot = true;
+      this.kickSync(slot);
+    } finally {
+      release();
     }
   }
 
@@ -1451,7 +1534,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
    * batched per copy; the map is keyed by RS and standby, so it is bounded by the roles held.
    */
   private peerCaughtUp(slot: RsSlot<S>, epoch: number, peerId: string, peer: PeerProgress): void {
-    if (peer.reported || slot.role !== 'ACTIVE' || slot.epoch !== epoch || slot.peers.get(peerId) !== peer) return;
+    if (peer.reported || peer.olderDedupe || slot.role !== 'ACTIVE' || slot.epoch !== epoch || slot.peers.get(peerId) !== peer) return;
     peer.reported = true;
     this.syncedQueue.set(`${slot.rs}/${peerId}`, { app: this.appName, rs: slot.rs, standbyCopyId: peerId, standbyIncarnation: peer.incarnation, version: slot.version });
     this.flushSynced();
@@ -1614,7 +1697,8 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     const slot = this.standbySlot(req.app, req.rs, req.epoch, req.fromCopyId);
     if (!slot.synced) {
       const b = req.base;
-      if (b === undefined || !slot.hasState || slot.stateEpoch !== b.epoch || slot.seq !== b.seq) {
+      // A table still missing its older part is not a point to build on: a whole snapshot instead.
+      if (b === undefined || !slot.hasState || slot.stateEpoch !== b.epoch || slot.seq !== b.seq || slot.olderDedupeFor !== undefined) {
         throw new FailedPreconditionError(`NEEDS_SNAPSHOT: ${req.app}/${req.rs} has no snapshot at epoch ${req.epoch}`);
       }
       // Same history point as the active's start of the epoch: same state (see HistoryPoint).
@@ -1667,8 +1751,32 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     slot.synced = true;
     slot.stateEpoch = req.epoch;
     slot.hasState = true;
-    this.log.debug({ rs: req.rs, epoch: req.epoch, seq: req.seq }, 'snapshot installed');
+    slot.olderDedupeFor = req.dedupeOlderFollows ? { epoch: req.epoch, seq: req.seq } : undefined;
+    this.log.debug({ rs: req.rs, epoch: req.epoch, seq: req.seq, split: req.dedupeOlderFollows }, 'snapshot installed');
     return { appliedSeq: slot.seq };
+  }
+
+  /**
+   * The older part of a split snapshot's dedupe table: put in front of the table when this copy
+   * waits for exactly that part. `taken: false` when it waits for another snapshot's part (that
+   * one's sender completes it); `taken: true` also when it waits for none (a whole snapshot came
+   * since, so nothing is missing).
+   */
+  private onAddOlderDedupe(req: AddOlderDedupeRequest): AddOlderDedupeResponse {
+    const slot = this.standbySlot(req.app, req.rs, req.epoch, req.fromCopyId);
+    const w = slot.olderDedupeFor;
+    if (w === undefined) return { taken: true };
+    if (w.epoch !== req.epoch || w.seq !== req.snapshotSeq) return { taken: false };
+    try {
+      slot.dedupe.prependPacked(req.dedupePacked);
+    } catch (e) {
+      throw new InvalidArgumentError(`older dedupe part of ${req.app}/${req.rs}: ${ensureError(e).message}`);
+    }
+    slot.olderDedupeFor = undefined;
+    const dedupe = slot.dedupe;
+    setTimeout(() => dedupe.warm(), DEDUPE_WARM_DELAY_MS).unref();
+    this.log.debug({ rs: req.rs, epoch: req.epoch, snapshotSeq: req.snapshotSeq, ids: dedupe.size }, 'older dedupe part installed');
+    return { taken: true };
   }
 
   // ---- queries & info --------------------------------------------------------------------
@@ -1972,6 +2080,7 @@ class ReplicationLink {
   private closed = false;
   /** The standby of the current stream takes several requests per message. */
   private batching = false;
+  private splitSnapshots = false;
   private readonly outgoing = new TickBatcher<ReplicateStreamRequest>(
     (batch) => this.writeBatch(batch),
     (r) => 64 + (r.request?.entries.reduce((n, e) => n + e.update.length + e.reply.length + e.messageId.length, 0) ?? 0),
@@ -1979,6 +2088,11 @@ class ReplicationLink {
   );
 
   constructor(private readonly client: AdsmServiceClient) {}
+
+  /** The standby of the current stream announced SNAPSHOT_SPLIT (adsm.proto); false until its headers came. */
+  get takesSplitSnapshots(): boolean {
+    return this.splitSnapshots && this.stream !== undefined;
+  }
 
   replicate(req: ReplicateRequest, deadlineMs: number): Promise<ReplicateResponse> {
     if (this.unaryOnly || this.closed) return unaryCall(this.client.replicate.bind(this.client), req, { deadlineMs });
@@ -2009,8 +2123,11 @@ class ReplicationLink {
     const s = this.client.replicateStream(streamBatchMetadata());
     this.stream = s;
     this.batching = false;
+    this.splitSnapshots = false;
     s.on('metadata', (md: grpc.Metadata) => {
-      if (this.stream === s && takesBatches(md)) this.batching = true;
+      if (this.stream !== s) return;
+      if (takesBatches(md)) this.batching = true;
+      if (md.get(SNAPSHOT_SPLIT_HEADER)[0] === '1') this.splitSnapshots = true;
     });
     const answer = (m: ReplicateStreamResponse): void => {
       const w = this.waiting.get(m.correlationId);

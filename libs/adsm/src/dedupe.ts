@@ -146,6 +146,56 @@ export class DedupeTable {
     while (this.count > this.window) this.dropOldest();
   }
 
+  /**
+   * The table in two `pack()`-format parts: `newest`, the newest entries that fit in
+   * `newestBytes` of entry data, and `older`, the rest (undefined when none). `older` then
+   * `newest` hold exactly what `pack()` holds (SNAPSHOT_SPLIT in adsm.proto).
+   */
+  packSplit(newestBytes: number): { newest: Buffer; older: Buffer | undefined } {
+    const b = this.buf;
+    let cut = this.start;
+    let olderCount = 0;
+    while (cut < this.end && this.end - cut > newestBytes) {
+      const l = b.readUInt16LE(cut);
+      cut += 6 + l + b.readUInt32LE(cut + 2 + l);
+      olderCount++;
+    }
+    if (olderCount === 0) return { newest: this.pack(), older: undefined };
+    const older = Buffer.allocUnsafe(4 + cut - this.start);
+    older.writeUInt32LE(olderCount, 0);
+    b.copy(older, 4, this.start, cut);
+    const newest = Buffer.allocUnsafe(4 + this.end - cut);
+    newest.writeUInt32LE(this.count - olderCount, 0);
+    b.copy(newest, 4, cut, this.end);
+    return { newest, older };
+  }
+
+  /**
+   * Put a packed blob's entries in front of the table, as older than every entry held (the older
+   * part of a split snapshot). The blob is checked whole first: RangeError on a malformed one,
+   * and the table is left as it was. Beyond the window the oldest are dropped; the index is
+   * rebuilt on the next read.
+   */
+  prependPacked(packed: Uint8Array): void {
+    const blob = Buffer.from(packed.buffer, packed.byteOffset, packed.byteLength);
+    const n = blob.length === 0 ? 0 : checkPacked(blob);
+    if (n === 0) return;
+    const body = blob.length - 4;
+    const live = this.end - this.start;
+    const next = Buffer.allocUnsafe(Math.max(INITIAL_BYTES, 2 * (body + live)));
+    blob.copy(next, 0, 4);
+    this.buf.copy(next, body, this.start, this.end);
+    // Logical offsets only ever grow: nothing in the (reset) index may alias an older one.
+    this.base += this.end + body;
+    this.buf = next;
+    this.start = 0;
+    this.end = body + live;
+    this.count += n;
+    this.isIndexed = false;
+    this.resetIndex(INITIAL_SLOTS);
+    while (this.count > this.window) this.dropOldest();
+  }
+
   /** Entries oldest first, as pairs (allocates: for checkpoints and tests, not hot paths). */
   entries(): [string, Buffer][] {
     const out: [string, Buffer][] = [];

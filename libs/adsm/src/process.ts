@@ -82,6 +82,15 @@ export const copyProcessConfig = defineConfig({
     max: 1024 * 1024 * 1024,
     description: 'snapshot bytes sent to one peer together; more go one after another, so after a failover the first new standby is caught up first',
   },
+  snapshotSplitDedupeBytes: {
+    env: 'UNDERSTUDY_SNAPSHOT_SPLIT_DEDUPE_BYTES',
+    flag: 'snapshot-split-dedupe-bytes',
+    type: 'int',
+    default: 65_536,
+    min: 0,
+    max: 1024 * 1024 * 1024,
+    description: 'dedupe bytes a snapshot carries with the state (the older ids follow, commits do not wait for them); 0: the whole table with the state',
+  },
   checkpointRedisPrefix: {
     env: 'UNDERSTUDY_CHECKPOINT_REDIS_PREFIX',
     flag: 'checkpoint-redis-prefix',
@@ -141,6 +150,7 @@ export async function runCopyProcess<S, M, U, R, Q, QR>(
     },
     dedupeWindow: c.dedupeWindow,
     snapshotBytesInFlight: c.snapshotBytesInFlight,
+    snapshotSplitDedupeBytes: c.snapshotSplitDedupeBytes,
     ...(checkpointStore ? { checkpoints: storeCheckpoints(checkpointStore) } : {}),
     onFenced: async () => {
       await copy.stop();

@@ -151,3 +151,45 @@ test('dedupe table: matches a simple model over seeded random sets, lookups, dro
     assert.deepEqual(t.entries().map(([id, r]) => [id, r.toString()]), model, `seed ${seed}: entries`);
   }
 });
+
+test('dedupe table: packSplit then load(newest) + prependPacked(older) rebuilds the same table (SNAPSHOT_SPLIT)', () => {
+  const ids = Array.from({ length: 500 }, (_, i) => `split-${i}`);
+  const a = filled(1000, ids);
+  const whole = a.pack();
+  const { newest, older } = a.packSplit(1000);
+  assert.ok(older !== undefined, 'a table over the bound is split');
+  assert.ok(newest.length - 4 <= 1000, `newest part holds ${newest.length - 4} bytes of entries`);
+  assert.equal(newest.readUInt32LE(0) + older.readUInt32LE(0), 500);
+  assert.equal(older.length + newest.length - 4, whole.length, 'the parts hold exactly what pack() holds');
+
+  const b = new DedupeTable(1000);
+  b.load(noEntries, newest);
+  assert.equal(b.get('split-0'), undefined, 'before the older part, only the newest ids are known');
+  assert.equal(b.get('split-499')!.toString(), 'r:split-499');
+  b.set('after-0', Buffer.from('r:after-0')); // committed while the older part travels
+  b.prependPacked(older);
+  assert.deepEqual(b.entries().map(([id]) => id), [...ids, 'after-0'], 'older entries in front, in order');
+  assert.equal(b.get('split-0')!.toString(), 'r:split-0');
+  assert.equal(b.get('after-0')!.toString(), 'r:after-0');
+
+  // Window: the prepended oldest are the first to go.
+  const c = new DedupeTable(100);
+  c.load(noEntries, newest);
+  c.prependPacked(older);
+  assert.equal(c.size, 100);
+  assert.deepEqual(c.entries().map(([id]) => id), ids.slice(-100));
+
+  // Under the bound: one part.
+  const small = a.packSplit(1 << 20);
+  assert.equal(small.older, undefined);
+  assert.deepEqual(small.newest, whole);
+
+  // A malformed older part is refused whole and changes nothing.
+  const d = new DedupeTable(1000);
+  d.load(noEntries, newest);
+  const before = d.entries();
+  assert.throws(() => d.prependPacked(Buffer.from([3, 0, 0, 0, 1])), /dedupe blob truncated/);
+  assert.deepEqual(d.entries(), before);
+  d.prependPacked(Buffer.alloc(0));
+  assert.deepEqual(d.entries(), before, 'an empty part is nothing to add');
+});

@@ -215,7 +215,7 @@ describe('ADSM replication and fencing', () => {
     // A snapshot whose packed dedupe table is malformed is refused whole: the standby keeps what
     // it had, and replication from the real active goes on.
     const ca = client(a);
-    const bad = { app: APP, rs: 11, epoch: 2, fromCopyId: c.copyId, seq: 1_000_000, state: encodeJson({}), dedupe: [], outbox: [], dedupePacked: Buffer.from([5, 0, 0, 0, 1]) };
+    const bad = { app: APP, rs: 11, epoch: 2, fromCopyId: c.copyId, seq: 1_000_000, state: encodeJson({}), dedupe: [], outbox: [], dedupePacked: Buffer.from([5, 0, 0, 0, 1]), dedupeOlderFollows: false };
     await assert.rejects(unaryCall(ca.installSnapshot.bind(ca), bad), (e: Error) => e instanceof InvalidArgumentError && /dedupe table: dedupe blob truncated/.test(e.message));
     assert.equal((await inc(c, 11, 'fs', 'fs-4')).value, 5);
     await place(11, 3, 3, a, [c]);

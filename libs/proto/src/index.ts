@@ -77,6 +77,8 @@ export {
   type UpdateEntry,
   type ReplicateRequest,
   type ReplicateResponse,
+  type AddOlderDedupeRequest,
+  type AddOlderDedupeResponse,
   type InstallSnapshotRequest,
   type InstallSnapshotResponse,
   type GetCopyInfoRequest,

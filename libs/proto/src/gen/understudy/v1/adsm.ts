@@ -234,10 +234,46 @@ export interface InstallSnapshotRequest {
    * acknowledgement waits for its new standby's snapshot.
    */
   dedupePacked: Buffer;
+  /**
+   * SNAPSHOT_SPLIT: dedupe_packed holds only the newest entries of the table; the older ones
+   * follow in an AddOlderDedupe for this epoch and seq.
+   */
+  dedupeOlderFollows: boolean;
 }
 
 export interface InstallSnapshotResponse {
   appliedSeq: number;
+}
+
+/**
+ * SNAPSHOT_SPLIT. A promoted active's first acknowledgement waits for its new standby's
+ * snapshot, and the dedupe table (10,000 ids with replies by default, ~700 KB) is most of it. So
+ * the active may send the state, the outbox and the newest dedupe entries first (commits wait for
+ * that), then the older entries in AddOlderDedupe; the standby puts them in front of its table
+ * and is reported caught up to the controller only then. Until they arrive, the standby
+ * remembers only the newest ids: if it is promoted in that window (its active failed too), a
+ * retry of an older message id could be applied again; it logs that. Without the split the
+ * same double fault finds the standby with no state at all.
+ * Only sent to a copy that announced it: the response headers of its ReplicateStream carry
+ * `understudy-snapshot-split: 1`. Older copies never see a split snapshot.
+ */
+export interface AddOlderDedupeRequest {
+  app: string;
+  rs: number;
+  epoch: number;
+  fromCopyId: string;
+  /** The seq of the InstallSnapshot this belongs to. */
+  snapshotSeq: number;
+  /** Entries older than that snapshot's dedupe_packed, in the same format, oldest first. */
+  dedupePacked: Buffer;
+}
+
+export interface AddOlderDedupeResponse {
+  /**
+   * False: the standby no longer waits for this part (a newer snapshot or epoch replaced it);
+   * the active sends a whole snapshot instead.
+   */
+  taken: boolean;
 }
 
 export interface GetCopyInfoRequest {
@@ -2701,6 +2737,7 @@ function createBaseInstallSnapshotRequest(): InstallSnapshotRequest {
     dedupe: [],
     outbox: [],
     dedupePacked: Buffer.alloc(0),
+    dedupeOlderFollows: false,
   };
 }
 
@@ -2732,6 +2769,9 @@ export const InstallSnapshotRequest: MessageFns<InstallSnapshotRequest> = {
     }
     if (message.dedupePacked.length !== 0) {
       writer.uint32(74).bytes(message.dedupePacked);
+    }
+    if (message.dedupeOlderFollows !== false) {
+      writer.uint32(80).bool(message.dedupeOlderFollows);
     }
     return writer;
   },
@@ -2821,6 +2861,14 @@ export const InstallSnapshotRequest: MessageFns<InstallSnapshotRequest> = {
             message.dedupePacked = Buffer.from(reader.bytes());
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.dedupeOlderFollows = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2852,6 +2900,11 @@ export const InstallSnapshotRequest: MessageFns<InstallSnapshotRequest> = {
         : isSet(object.dedupe_packed)
         ? Buffer.from(bytesFromBase64(object.dedupe_packed))
         : Buffer.alloc(0),
+      dedupeOlderFollows: isSet(object.dedupeOlderFollows)
+        ? globalThis.Boolean(object.dedupeOlderFollows)
+        : isSet(object.dedupe_older_follows)
+        ? globalThis.Boolean(object.dedupe_older_follows)
+        : false,
     };
   },
 
@@ -2884,6 +2937,9 @@ export const InstallSnapshotRequest: MessageFns<InstallSnapshotRequest> = {
     if (message.dedupePacked.length !== 0) {
       obj.dedupePacked = base64FromBytes(message.dedupePacked);
     }
+    if (message.dedupeOlderFollows !== false) {
+      obj.dedupeOlderFollows = message.dedupeOlderFollows;
+    }
     return obj;
   },
 
@@ -2901,6 +2957,7 @@ export const InstallSnapshotRequest: MessageFns<InstallSnapshotRequest> = {
     message.dedupe = object.dedupe?.map((e) => UpdateEntry.fromPartial(e)) || [];
     message.outbox = object.outbox?.map((e) => OutboxEntry.fromPartial(e)) || [];
     message.dedupePacked = object.dedupePacked ?? Buffer.alloc(0);
+    message.dedupeOlderFollows = object.dedupeOlderFollows ?? false;
     return message;
   },
 };
@@ -2974,6 +3031,234 @@ export const InstallSnapshotResponse: MessageFns<InstallSnapshotResponse> = {
   fromPartial<I extends Exact<DeepPartial<InstallSnapshotResponse>, I>>(object: I): InstallSnapshotResponse {
     const message = createBaseInstallSnapshotResponse();
     message.appliedSeq = object.appliedSeq ?? 0;
+    return message;
+  },
+};
+
+function createBaseAddOlderDedupeRequest(): AddOlderDedupeRequest {
+  return { app: "", rs: 0, epoch: 0, fromCopyId: "", snapshotSeq: 0, dedupePacked: Buffer.alloc(0) };
+}
+
+export const AddOlderDedupeRequest: MessageFns<AddOlderDedupeRequest> = {
+  encode(message: AddOlderDedupeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.app !== "") {
+      writer.uint32(10).string(message.app);
+    }
+    if (message.rs !== 0) {
+      writer.uint32(16).uint32(message.rs);
+    }
+    if (message.epoch !== 0) {
+      writer.uint32(24).uint64(message.epoch);
+    }
+    if (message.fromCopyId !== "") {
+      writer.uint32(34).string(message.fromCopyId);
+    }
+    if (message.snapshotSeq !== 0) {
+      writer.uint32(40).uint64(message.snapshotSeq);
+    }
+    if (message.dedupePacked.length !== 0) {
+      writer.uint32(50).bytes(message.dedupePacked);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AddOlderDedupeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAddOlderDedupeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.app = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.rs = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.epoch = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.fromCopyId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.snapshotSeq = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.dedupePacked = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AddOlderDedupeRequest {
+    return {
+      app: isSet(object.app) ? globalThis.String(object.app) : "",
+      rs: isSet(object.rs) ? globalThis.Number(object.rs) : 0,
+      epoch: isSet(object.epoch) ? globalThis.Number(object.epoch) : 0,
+      fromCopyId: isSet(object.fromCopyId)
+        ? globalThis.String(object.fromCopyId)
+        : isSet(object.from_copy_id)
+        ? globalThis.String(object.from_copy_id)
+        : "",
+      snapshotSeq: isSet(object.snapshotSeq)
+        ? globalThis.Number(object.snapshotSeq)
+        : isSet(object.snapshot_seq)
+        ? globalThis.Number(object.snapshot_seq)
+        : 0,
+      dedupePacked: isSet(object.dedupePacked)
+        ? Buffer.from(bytesFromBase64(object.dedupePacked))
+        : isSet(object.dedupe_packed)
+        ? Buffer.from(bytesFromBase64(object.dedupe_packed))
+        : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: AddOlderDedupeRequest): unknown {
+    const obj: any = {};
+    if (message.app !== "") {
+      obj.app = message.app;
+    }
+    if (message.rs !== 0) {
+      obj.rs = Math.round(message.rs);
+    }
+    if (message.epoch !== 0) {
+      obj.epoch = Math.round(message.epoch);
+    }
+    if (message.fromCopyId !== "") {
+      obj.fromCopyId = message.fromCopyId;
+    }
+    if (message.snapshotSeq !== 0) {
+      obj.snapshotSeq = Math.round(message.snapshotSeq);
+    }
+    if (message.dedupePacked.length !== 0) {
+      obj.dedupePacked = base64FromBytes(message.dedupePacked);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AddOlderDedupeRequest>, I>>(base?: I): AddOlderDedupeRequest {
+    return AddOlderDedupeRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AddOlderDedupeRequest>, I>>(object: I): AddOlderDedupeRequest {
+    const message = createBaseAddOlderDedupeRequest();
+    message.app = object.app ?? "";
+    message.rs = object.rs ?? 0;
+    message.epoch = object.epoch ?? 0;
+    message.fromCopyId = object.fromCopyId ?? "";
+    message.snapshotSeq = object.snapshotSeq ?? 0;
+    message.dedupePacked = object.dedupePacked ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseAddOlderDedupeResponse(): AddOlderDedupeResponse {
+  return { taken: false };
+}
+
+export const AddOlderDedupeResponse: MessageFns<AddOlderDedupeResponse> = {
+  encode(message: AddOlderDedupeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.taken !== false) {
+      writer.uint32(8).bool(message.taken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AddOlderDedupeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAddOlderDedupeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.taken = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AddOlderDedupeResponse {
+    return { taken: isSet(object.taken) ? globalThis.Boolean(object.taken) : false };
+  },
+
+  toJSON(message: AddOlderDedupeResponse): unknown {
+    const obj: any = {};
+    if (message.taken !== false) {
+      obj.taken = message.taken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AddOlderDedupeResponse>, I>>(base?: I): AddOlderDedupeResponse {
+    return AddOlderDedupeResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AddOlderDedupeResponse>, I>>(object: I): AddOlderDedupeResponse {
+    const message = createBaseAddOlderDedupeResponse();
+    message.taken = object.taken ?? false;
     return message;
   },
 };
@@ -5170,6 +5455,18 @@ export const AdsmServiceService = {
       Buffer.from(InstallSnapshotResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): InstallSnapshotResponse => InstallSnapshotResponse.decode(value),
   },
+  /** Active → standby: the older part of a split snapshot's dedupe table (SNAPSHOT_SPLIT below). */
+  addOlderDedupe: {
+    path: "/understudy.v1.AdsmService/AddOlderDedupe" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AddOlderDedupeRequest): Buffer =>
+      Buffer.from(AddOlderDedupeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AddOlderDedupeRequest => AddOlderDedupeRequest.decode(value),
+    responseSerialize: (value: AddOlderDedupeResponse): Buffer =>
+      Buffer.from(AddOlderDedupeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AddOlderDedupeResponse => AddOlderDedupeResponse.decode(value),
+  },
   /** Roles and replication positions this copy holds. */
   getCopyInfo: {
     path: "/understudy.v1.AdsmService/GetCopyInfo" as const,
@@ -5292,6 +5589,8 @@ export interface AdsmServiceServer extends UntypedServiceImplementation {
   replicateStream: handleBidiStreamingCall<ReplicateStreamRequest, ReplicateStreamResponse>;
   /** Active → standby: full state of one RS (new standby or new epoch). */
   installSnapshot: handleUnaryCall<InstallSnapshotRequest, InstallSnapshotResponse>;
+  /** Active → standby: the older part of a split snapshot's dedupe table (SNAPSHOT_SPLIT below). */
+  addOlderDedupe: handleUnaryCall<AddOlderDedupeRequest, AddOlderDedupeResponse>;
   /** Roles and replication positions this copy holds. */
   getCopyInfo: handleUnaryCall<GetCopyInfoRequest, GetCopyInfoResponse>;
   /**
@@ -5444,6 +5743,22 @@ export interface AdsmServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: InstallSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  /** Active → standby: the older part of a split snapshot's dedupe table (SNAPSHOT_SPLIT below). */
+  addOlderDedupe(
+    request: AddOlderDedupeRequest,
+    callback: (error: ServiceError | null, response: AddOlderDedupeResponse) => void,
+  ): ClientUnaryCall;
+  addOlderDedupe(
+    request: AddOlderDedupeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AddOlderDedupeResponse) => void,
+  ): ClientUnaryCall;
+  addOlderDedupe(
+    request: AddOlderDedupeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AddOlderDedupeResponse) => void,
   ): ClientUnaryCall;
   /** Roles and replication positions this copy holds. */
   getCopyInfo(

@@ -1,0 +1,193 @@
+/**
+ * SNAPSHOT_SPLIT (adsm.proto): a new standby that announced it gets the state with the newest
+ * dedupe ids first and the older ids in AddOlderDedupe; one that did not (an older version) gets
+ * the whole table in the snapshot. With real copies, a standby caught up that way and then
+ * promoted recognises a retry of the OLDEST message id as a duplicate.
+ *
+ * Setup in each case: RS 0 already has the standby (its replication stream, and so the standby's
+ * headers, are open), RS 1 first runs alone with 1,500 messages (~100 KB of dedupe table, over the
+ * 64 KiB that go with the state), then gets the standby.
+ */
+import { after, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as grpc from '@grpc/grpc-js';
+import {
+  AdsmServiceClient,
+  AdsmServiceService,
+  Role,
+  type AddOlderDedupeRequest,
+  type InstallSnapshotRequest,
+  type Member,
+  type ReplicateRequest,
+  type ReplicateStreamRequest,
+  type ReplicateStreamResponse,
+} from '@understudy/proto';
+import { clientChannelOptions, insecureCredentials, silentLogger, startGrpcServer, unaryCall, type GrpcServer } from '@understudy/runtime';
+import { decodeJson, encodeJson, startCopy, type CopyHandle } from '../src/index';
+import { DedupeTable } from '../src/dedupe';
+import { InvalidArgumentError, NotFoundError } from '@understudy/runtime';
+import { streamBatchMetadata } from '../src/stream-batch';
+import { counterApp } from '../../../examples/counter/src/counter';
+import { membersOf } from './members';
+import { waitFor } from '../../../test/harness/wait';
+
+const APP = 'counter';
+const MESSAGES = 1500;
+
+/** A standby stand-in that records snapshots and older dedupe parts; applies nothing. */
+class RecordingStandby {
+  server!: GrpcServer;
+  readonly incarnation = 5;
+  readonly snapshots: InstallSnapshotRequest[] = [];
+  readonly olderParts: AddOlderDedupeRequest[] = [];
+
+  constructor(
+    readonly copyId: string,
+    private readonly announceSplit: boolean,
+  ) {}
+
+  get address(): string {
+    return `127.0.0.1:${this.server.port}`;
+  }
+
+  async start(): Promise<void> {
+    const applied = (r: ReplicateRequest): { appliedSeq: number } => ({ appliedSeq: Math.max(0, ...r.entries.map((e) => e.seq)) });
+    const impl = {
+      installSnapshot: (call: grpc.ServerUnaryCall<InstallSnapshotRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+        this.snapshots.push(call.request);
+        cb(null, { appliedSeq: call.request.seq });
+      },
+      addOlderDedupe: (call: grpc.ServerUnaryCall<AddOlderDedupeRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+        this.olderParts.push(call.request);
+        cb(null, { taken: true });
+      },
+      replicate: (call: grpc.ServerUnaryCall<ReplicateRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => cb(null, applied(call.request)),
+      replicateStream: (call: grpc.ServerDuplexStream<ReplicateStreamRequest, ReplicateStreamResponse>) => {
+        const headers = streamBatchMetadata();
+        if (this.announceSplit) headers.set('understudy-snapshot-split', '1');
+        call.sendMetadata(headers);
+        call.on('data', (m: ReplicateStreamRequest) => {
+          for (const x of [m, ...m.more]) call.write({ correlationId: x.correlationId, response: applied(x.request!), statusCode: 0, statusMessage: '', statusMetadata: {}, more: [] });
+        });
+        call.on('end', () => call.end());
+        call.on('error', () => undefined);
+      },
+    };
+    this.server = await startGrpcServer({ address: '127.0.0.1:0', services: [{ definition: AdsmServiceService, implementation: impl as never }], logger: silentLogger() });
+  }
+}
+
+const count = (packed: Uint8Array): number => (packed.length < 4 ? 0 : Buffer.from(packed.buffer, packed.byteOffset, packed.byteLength).readUInt32LE(0));
+
+describe('SNAPSHOT_SPLIT', () => {
+  const stops: (() => Promise<void>)[] = [];
+  after(async () => {
+    for (const s of stops.reverse()) await s();
+  });
+
+  const clientOf = (c: { address: string }): AdsmServiceClient => {
+    const cl = new AdsmServiceClient(c.address, insecureCredentials(), clientChannelOptions());
+    stops.push(async () => cl.close());
+    return cl;
+  };
+  const setRole = (cl: AdsmServiceClient, c: { copyId: string; incarnation: number }, rs: number, role: Role, epoch: number, version: number, members: Member[]) =>
+    unaryCall(cl.setRoles.bind(cl), { copyId: c.copyId, incarnation: c.incarnation, leaderTerm: 1, entries: [{ app: APP, rs, role, epoch, version, members }], full: false });
+  const inc = async (cl: AdsmServiceClient, rs: number, messageId: string): Promise<{ value: number; duplicate: boolean }> => {
+    const res = await unaryCall(cl.deliver.bind(cl), { app: APP, rs, messageId, payload: encodeJson({ key: `k${rs}` }), key: `k${rs}`, routeEpoch: 0 });
+    return { value: decodeJson<{ value: number }>(res.reply).value, duplicate: res.duplicate };
+  };
+  /** RS 1 alone on `active` with MESSAGES messages; RS 0 on `active` with `standby`, one message through it. */
+  const prepare = async (id: string, standby: { copyId: string; incarnation: number; address: string }, standbyClient?: AdsmServiceClient) => {
+    const incarnation = Date.now();
+    const active = await startCopy({ app: counterApp, copyId: id, incarnation, controllerAddresses: ['127.0.0.1:1'], logger: silentLogger(), heartbeatIntervalMs: 60_000 });
+    stops.push(() => active.stop());
+    const cl = clientOf(active);
+    const me = { copyId: id, address: active.address, incarnation };
+    const withStandby = membersOf(me, [standby]);
+    await setRole(cl, me, 0, Role.ROLE_ACTIVE, 1, 1, withStandby);
+    if (standbyClient) await setRole(standbyClient, standby, 0, Role.ROLE_STANDBY, 1, 1, withStandby);
+    await inc(cl, 0, `${id}-rs0`);
+    await setRole(cl, me, 1, Role.ROLE_ACTIVE, 1, 1, membersOf(me, []));
+    for (let i = 0; i < MESSAGES; i += 100) await Promise.all(Array.from({ length: 100 }, (_, j) => inc(cl, 1, `${id}-message-${String(i + j).padStart(6, '0')}`)));
+    return { active, cl, me, withStandby };
+  };
+
+  test('a standby that announced it gets the newest ids with the state, the older ones after', async () => {
+    const standby = new RecordingStandby('rec-split', true);
+    await standby.start();
+    stops.push(() => standby.server.shutdown(100));
+    const { cl, me, withStandby } = await prepare('split-a', standby);
+    await setRole(cl, me, 1, Role.ROLE_ACTIVE, 1, 2, withStandby);
+    assert.equal((await inc(cl, 1, 'split-a-after')).value, MESSAGES + 1, 'commits with the new standby');
+    await waitFor(() => standby.olderParts.some((p) => p.rs === 1), { what: 'the older dedupe part of RS 1' });
+    const snap = standby.snapshots.find((s) => s.rs === 1)!;
+    const older = standby.olderParts.find((p) => p.rs === 1)!;
+    assert.equal(snap.dedupeOlderFollows, true, 'the snapshot says the older ids follow');
+    assert.ok(snap.dedupePacked.length <= 64 * 1024 + 4, `${snap.dedupePacked.length} bytes of dedupe went with the state`);
+    assert.equal(older.snapshotSeq, snap.seq);
+    assert.equal(older.epoch, snap.epoch);
+    assert.equal(count(snap.dedupePacked) + count(older.dedupePacked), MESSAGES, 'the two parts hold the whole table');
+  });
+
+  test('a standby that did not announce it (an older version) gets the whole table in the snapshot', async () => {
+    const standby = new RecordingStandby('rec-whole', false);
+    await standby.start();
+    stops.push(() => standby.server.shutdown(100));
+    const { cl, me, withStandby } = await prepare('split-b', standby);
+    await setRole(cl, me, 1, Role.ROLE_ACTIVE, 1, 2, withStandby);
+    assert.equal((await inc(cl, 1, 'split-b-after')).value, MESSAGES + 1);
+    const snap = standby.snapshots.find((s) => s.rs === 1)!;
+    assert.equal(snap.dedupeOlderFollows, false);
+    assert.equal(count(snap.dedupePacked), MESSAGES);
+    assert.equal(standby.olderParts.length, 0);
+  });
+
+  test('real copies: the standby ends with the whole table; promoted, it knows the oldest message id', async () => {
+    const incarnation = Date.now() + 1;
+    const b: CopyHandle = await startCopy({ app: counterApp, copyId: 'split-real-b', incarnation, controllerAddresses: ['127.0.0.1:1'], logger: silentLogger(), heartbeatIntervalMs: 60_000 });
+    stops.push(() => b.stop());
+    const bc = clientOf(b);
+    const bMember = { copyId: b.copyId, address: b.address, incarnation };
+    const { cl, me, withStandby } = await prepare('split-real-a', bMember, bc);
+    await setRole(bc, bMember, 1, Role.ROLE_STANDBY, 1, 2, withStandby);
+    await setRole(cl, me, 1, Role.ROLE_ACTIVE, 1, 2, withStandby);
+    assert.equal((await inc(cl, 1, 'split-real-after')).value, MESSAGES + 1);
+    await waitFor(() => {
+      const r = b.roles().get(1);
+      return r !== undefined && !r.olderDedupePending && r.dedupeIds === MESSAGES + 1;
+    }, { what: 'the standby holding all ids of RS 1' });
+    // The active is gone; the standby takes over at a new epoch.
+    await setRole(bc, bMember, 1, Role.ROLE_ACTIVE, 2, 3, membersOf(bMember, []));
+    const again = await inc(bc, 1, 'split-real-a-message-000000');
+    assert.equal(again.duplicate, true, 'a retry of the oldest message is recognised');
+    assert.equal(again.value, 1, 'and answered with its first reply');
+    assert.equal((await inc(bc, 1, 'split-real-new')).value, MESSAGES + 2, 'nothing was applied twice');
+  });
+
+  test('AddOlderDedupe: only the awaited part is taken; bad input gets a clear status and changes nothing', async () => {
+    const incarnation = Date.now() + 2;
+    const c = await startCopy({ app: counterApp, copyId: 'split-direct', incarnation, controllerAddresses: ['127.0.0.1:1'], logger: silentLogger(), heartbeatIntervalMs: 60_000 });
+    stops.push(() => c.stop());
+    const cc = clientOf(c);
+    const me = { copyId: c.copyId, address: c.address, incarnation };
+    const active = { copyId: 'split-x', address: '127.0.0.1:1', incarnation: 9 };
+    await setRole(cc, me, 3, Role.ROLE_STANDBY, 4, 1, membersOf(active, [me]));
+    const table = new DedupeTable(1000);
+    for (let i = 0; i < 300; i++) table.set(`d-${i}`, Buffer.from(encodeJson({ key: 'k3', value: i + 1 })));
+    const { newest, older } = table.packSplit(2000);
+    const base = { app: APP, rs: 3, epoch: 4, fromCopyId: active.copyId };
+    await unaryCall(cc.installSnapshot.bind(cc), { ...base, seq: 300, state: encodeJson({ k3: 300 }), dedupe: [], outbox: [], dedupePacked: newest, dedupeOlderFollows: true });
+    assert.equal(c.roles().get(3)!.olderDedupePending, true);
+    const part = { ...base, snapshotSeq: 300, dedupePacked: older! };
+    await assert.rejects(unaryCall(cc.addOlderDedupe.bind(cc), { ...part, dedupePacked: Buffer.from([9, 0, 0, 0, 1]) }), (e: Error) => e instanceof InvalidArgumentError && /older dedupe part of counter\/3: dedupe blob truncated/.test(e.message));
+    await assert.rejects(unaryCall(cc.addOlderDedupe.bind(cc), { ...part, app: 'nope' }), (e: Error) => e instanceof NotFoundError);
+    assert.equal((await unaryCall(cc.addOlderDedupe.bind(cc), { ...part, snapshotSeq: 299 })).taken, false, 'the part of another snapshot');
+    assert.equal(c.roles().get(3)!.olderDedupePending, true, 'still waiting after refused parts');
+    assert.equal((await unaryCall(cc.addOlderDedupe.bind(cc), part)).taken, true);
+    const r = c.roles().get(3)!;
+    assert.equal(r.olderDedupePending, false);
+    assert.equal(r.dedupeIds, 300);
+    assert.equal((await unaryCall(cc.addOlderDedupe.bind(cc), part)).taken, true, 'nothing missing any more');
+    assert.equal(c.roles().get(3)!.dedupeIds, 300, 'a repeated part adds nothing');
+  });
+});
