@@ -86,7 +86,6 @@ const DEDUPE_WARM_DELAY_MS = 1000;
 /** Response header of a copy's ReplicateStream: it takes split snapshots (SNAPSHOT_SPLIT in adsm.proto). */
 const SNAPSHOT_SPLIT_HEADER = 'understudy-snapshot-split';
 
-
 /** Options of {@link startCopy}. */
 export interface CopyOptions<S, M, U, R, Q, QR> {
   /** The application this process runs. */
@@ -709,7 +708,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     if (role === 'ACTIVE' && slot.olderDedupeFor !== undefined) {
       log.warn(
         { snapshotSeq: slot.olderDedupeFor.seq, idsRemembered: slot.dedupe.size },
-        'promoted before the older part of its snapshot\'s dedupe table arrived (its active failed too): a retry of an older message id could be applied again',
+        'promoted before the older part of its snapshot\'s dedupe table arrived (the controller only does that when no caught-up member is left): a retry of a message id older than those remembered could be applied again',
       );
       slot.olderDedupeFor = undefined;
     }
