@@ -90,6 +90,7 @@ import {
   topologyFromPb,
 } from './convert';
 import { handedOver, key as rsKey, LiveHandoffs, plannedHandoffs, type Handoff, type HandoffRecord, type PauseResult } from './migration';
+import { RoleSendQueue } from './role-sends';
 
 /** Tracer name of the controller's spans. */
 const TRACER = 'understudy.controller';
@@ -109,7 +110,10 @@ type BeforeExecute = (interrupted: AbortSignal) => Promise<void>;
 /** Runs one step of a decision, optionally as a span. */
 type Step = <T>(name: string, attributes: Attributes, fn: () => Promise<T>) => Promise<T>;
 
-/** SetRoles waiting per copy before further ones are replaced by a full resync. */
+/** A SetRoles command of a decision. */
+type SetRolesCommand = Extract<ControllerCommand, { type: 'SetRoles' }>;
+
+/** SetRoles waiting per copy before further ones fold into one full role set (see `RoleSendQueue`). */
 const MAX_QUEUED_SENDS = 4;
 
 /** Store key of the persisted cluster state. */
@@ -212,7 +216,7 @@ class ControllerNode implements ControllerHandle {
   private readonly copyClients = new ClientCache((address) => new AdsmServiceClient(address, insecureCredentials(), clientChannelOptions()));
   private readonly lastHeard = new Map<string, number>();
   private readonly resync = new Set<string>();
-  private readonly sendQueues = new Map<string, { tail: Promise<void>; depth: number }>();
+  private readonly sendQueues = new Map<string, RoleSendQueue<SetRolesCommand>>();
   private leaseTimer: NodeJS.Timeout | undefined;
   private tickTimer: NodeJS.Timeout | undefined;
   private stopped = false;
@@ -464,7 +468,7 @@ class ControllerNode implements ControllerHandle {
 
   /** Executes a decision's commands: SetRoles (per-copy ordered), routes, stop requests. */
   private async execute(commands: readonly ControllerCommand[], step: Step = (_n, _a, fn) => fn()): Promise<void> {
-    const promote: Extract<ControllerCommand, { type: 'SetRoles' }>[] = [];
+    const promote: SetRolesCommand[] = [];
     const others: Promise<void>[] = [];
     const routes: RouteChange[] = [];
     for (const c of commands) {
@@ -509,32 +513,32 @@ class ControllerNode implements ControllerHandle {
   }
 
   /**
-   * SetRoles to one copy, in order behind earlier sends to the same copy (a full set computed
-   * earlier must not land after a newer change). A copy that does not answer backs its queue
-   * up: beyond `MAX_QUEUED_SENDS` the send is dropped and the copy gets a full resync instead.
+   * SetRoles to one copy, in order behind earlier sends to the same copy; past
+   * `MAX_QUEUED_SENDS` waiting, later ones fold into one full role set (see `RoleSendQueue`).
    */
-  private sendRoles(c: Extract<ControllerCommand, { type: 'SetRoles' }>): Promise<void> {
+  private sendRoles(c: SetRolesCommand): Promise<void> {
     let q = this.sendQueues.get(c.copyId);
     if (!q) {
-      q = { tail: Promise.resolve(), depth: 0 };
+      const queue = new RoleSendQueue<SetRolesCommand>(
+        (cmd) => this.sendRolesNow(cmd),
+        () => {
+          const state = this.current;
+          return this.leader && state?.copies[c.copyId] ? fullRoleSet(state, c.copyId) : undefined;
+        },
+        MAX_QUEUED_SENDS,
+      );
+      q = queue;
       this.sendQueues.set(c.copyId, q);
     }
-    if (q.depth >= MAX_QUEUED_SENDS) {
-      this.resync.add(c.copyId);
-      this.log.warn({ copy: c.copyId, queued: q.depth }, 'SetRoles queue full (copy slow or hung); will resync');
-      return Promise.resolve();
-    }
     const queue = q;
-    queue.depth++;
-    const run = queue.tail.then(() => this.sendRolesNow(c));
-    queue.tail = run.finally(() => {
-      queue.depth--;
-      if (queue.depth === 0 && this.sendQueues.get(c.copyId) === queue) this.sendQueues.delete(c.copyId);
-    });
-    return run;
+    return queue
+      .push(c, (queued) => this.log.warn({ copy: c.copyId, queued }, 'SetRoles queue full (copy slow or hung); a full role set follows the queued ones'))
+      .finally(() => {
+        if (queue.depth === 0 && this.sendQueues.get(c.copyId) === queue) this.sendQueues.delete(c.copyId);
+      });
   }
 
-  private async sendRolesNow(c: Extract<ControllerCommand, { type: 'SetRoles' }>): Promise<void> {
+  private async sendRolesNow(c: SetRolesCommand): Promise<void> {
     const client = this.copyClient(c.address);
     // Shared data: the copy learns its app's master RS with its roles (see SetRolesRequest).
     const app = this.current?.copies[c.copyId]?.app;
