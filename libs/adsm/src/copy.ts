@@ -1744,7 +1744,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     slot.dedupe = dedupe;
     // A standby never reads the table; build its index later, off the failover that installed
     // it, so a promotion does not pay for it on its first delivery.
-    setTimeout(() => dedupe.warm(), DEDUPE_WARM_DELAY_MS).unref();
+    this.warmLater(slot, dedupe);
     slot.outbox.restore(req.outbox, req.seq);
     slot.log.length = 0;
     slot.synced = true;
@@ -1773,9 +1773,34 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     }
     slot.olderDedupeFor = undefined;
     const dedupe = slot.dedupe;
-    setTimeout(() => dedupe.warm(), DEDUPE_WARM_DELAY_MS).unref();
+    this.warmLater(slot, dedupe);
     this.log.debug({ rs: req.rs, epoch: req.epoch, snapshotSeq: req.snapshotSeq, ids: dedupe.size }, 'older dedupe part installed');
     return { taken: true };
+  }
+
+  /**
+   * Build `table`'s index DEDUPE_WARM_DELAY_MS from now, unless the RS holds another table by
+   * then. One table per event-loop turn: a full table takes 1–3 ms, and a copy that just joined
+   * gets the snapshots of all its RS at once; indexing them in one timer turn stalled it 10–25 ms,
+   * about when the next failover could need it.
+   */
+  private warmLater(slot: RsSlot<S>, table: DedupeTable): void {
+    setTimeout(() => {
+      this.toWarm.set(table, slot);
+      if (this.toWarm.size === 1) setImmediate(() => this.warmOne());
+    }, DEDUPE_WARM_DELAY_MS).unref();
+  }
+
+  /** Tables waiting for their index (at most one per RS snapshot installed in the last second or so). */
+  private readonly toWarm = new Map<DedupeTable, RsSlot<S>>();
+
+  private warmOne(): void {
+    const next = this.toWarm.entries().next();
+    if (next.done) return;
+    const [table, slot] = next.value;
+    this.toWarm.delete(table);
+    if (!this.stopped && slot.dedupe === table) table.warm();
+    if (this.toWarm.size > 0) setImmediate(() => this.warmOne());
   }
 
   // ---- queries & info --------------------------------------------------------------------
