@@ -36,7 +36,8 @@ const MISSED = 3;
  * (SNAPSHOT_SPLIT_DEDUPE_BYTES, 0 = whole tables). Measured (built processes, 50 kills per run,
  * alternating runs): gate on/off crash p50 26.6/35.6 ms, p99 52.6/63.3 (means of 4 pairs); split
  * on/off with the gate p50 28.6/30.3, p99 55.9/61.9, all-RS p99 65.0/81.9 (means of 7 pairs, one
- * split run with a 188 ms outlier left out of the means).
+ * split run with a 188 ms outlier left out of the means: a promotion dropped by a full SetRoles
+ * queue, fixed since, see RoleSendQueue in the controller).
  */
 const DEDUPE_WINDOW = process.env.DEDUPE_WINDOW;
 /** The copies' `--snapshot-bytes-in-flight` (default 256 KiB: full-table snapshots to one peer go one at a time). */
