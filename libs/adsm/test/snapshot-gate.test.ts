@@ -7,53 +7,15 @@
  */
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as grpc from '@grpc/grpc-js';
-import { AdsmServiceClient, AdsmServiceService, Role, type DeliverStreamResponse, type InstallSnapshotRequest, type ReplicateRequest, type ReplicateStreamRequest, type ReplicateStreamResponse } from '@understudy/proto';
-import { clientChannelOptions, insecureCredentials, silentLogger, startGrpcServer, unaryCall, type GrpcServer } from '@understudy/runtime';
+import { AdsmServiceClient, Role, type DeliverStreamResponse } from '@understudy/proto';
+import { clientChannelOptions, insecureCredentials, silentLogger, unaryCall } from '@understudy/runtime';
 import { encodeJson, startCopy } from '../src/index';
 import { counterApp } from '../../../examples/counter/src/counter';
 import { membersOf } from './members';
+import { StandInStandby } from './stand-in-standby';
 
 const APP = 'counter';
 const RS = [0, 1, 2, 3];
-
-/** Applies nothing; answers every Replicate at once and every InstallSnapshot after 20 ms. */
-class SlowSnapshotStandby {
-  server!: GrpcServer;
-  readonly copyId = 'slow';
-  readonly incarnation = 3;
-  open = 0;
-  maxOpen = 0;
-  snapshots = 0;
-
-  get address(): string {
-    return `127.0.0.1:${this.server.port}`;
-  }
-
-  async start(): Promise<void> {
-    const applied = (r: ReplicateRequest): { appliedSeq: number } => ({ appliedSeq: Math.max(0, ...r.entries.map((e) => e.seq)) });
-    const impl = {
-      installSnapshot: (call: grpc.ServerUnaryCall<InstallSnapshotRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => {
-        this.snapshots++;
-        this.maxOpen = Math.max(this.maxOpen, ++this.open);
-        // A slow peer, so that snapshots sent together overlap here.
-        setTimeout(() => {
-          this.open--;
-          cb(null, { appliedSeq: call.request.seq });
-        }, 20);
-      },
-      replicate: (call: grpc.ServerUnaryCall<ReplicateRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => cb(null, applied(call.request)),
-      replicateStream: (call: grpc.ServerDuplexStream<ReplicateStreamRequest, ReplicateStreamResponse>) => {
-        call.on('data', (m: ReplicateStreamRequest) => {
-          for (const x of [m, ...m.more]) call.write({ correlationId: x.correlationId, response: applied(x.request!), statusCode: 0, statusMessage: '', statusMetadata: {}, more: [] });
-        });
-        call.on('end', () => call.end());
-        call.on('error', () => undefined);
-      },
-    };
-    this.server = await startGrpcServer({ address: '127.0.0.1:0', services: [{ definition: AdsmServiceService, implementation: impl as never }], logger: silentLogger() });
-  }
-}
 
 describe('snapshot byte gate', () => {
   const stops: (() => Promise<void>)[] = [];
@@ -62,8 +24,8 @@ describe('snapshot byte gate', () => {
   });
 
   /** Starts an active for RS 0..3 with `standby` new to all of them, delivers one message per RS in one stream message. */
-  const run = async (id: string, snapshotBytesInFlight: number | undefined): Promise<{ standby: SlowSnapshotStandby; answers: DeliverStreamResponse[] }> => {
-    const standby = new SlowSnapshotStandby();
+  const run = async (id: string, snapshotBytesInFlight: number | undefined): Promise<{ standby: StandInStandby; answers: DeliverStreamResponse[] }> => {
+    const standby = new StandInStandby({ copyId: 'slow', incarnation: 3, batching: false, snapshotDelayMs: 20 });
     await standby.start();
     stops.push(() => standby.server.shutdown(100));
     const incarnation = Date.now();
@@ -97,15 +59,15 @@ describe('snapshot byte gate', () => {
   test('over the budget, the snapshots to one peer go one at a time', async () => {
     const { standby, answers } = await run('gate-one', 1);
     assert.deepEqual(answers.map((a) => a.statusCode), [0, 0, 0, 0], 'every delivery committed');
-    assert.equal(standby.snapshots, RS.length, 'one snapshot per RS');
-    assert.equal(standby.maxOpen, 1, 'never two snapshots open at the standby at once');
+    assert.equal(standby.snapshots.length, RS.length, 'one snapshot per RS');
+    assert.equal(standby.maxOpenSnapshots, 1, 'never two snapshots open at the standby at once');
   });
 
   test('under the budget (small snapshots, the default), they go together', async () => {
     const { standby, answers } = await run('gate-all', undefined);
     assert.deepEqual(answers.map((a) => a.statusCode), [0, 0, 0, 0], 'every delivery committed');
-    assert.equal(standby.snapshots, RS.length);
-    assert.ok(standby.maxOpen > 1, `${standby.maxOpen} open at once`);
+    assert.equal(standby.snapshots.length, RS.length);
+    assert.ok(standby.maxOpenSnapshots > 1, `${standby.maxOpenSnapshots} open at once`);
   });
 
   test('a budget that is not a positive integer is refused', async () => {

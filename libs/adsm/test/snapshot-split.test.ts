@@ -10,72 +10,18 @@
  */
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as grpc from '@grpc/grpc-js';
-import {
-  AdsmServiceClient,
-  AdsmServiceService,
-  Role,
-  type AddOlderDedupeRequest,
-  type InstallSnapshotRequest,
-  type Member,
-  type ReplicateRequest,
-  type ReplicateStreamRequest,
-  type ReplicateStreamResponse,
-} from '@understudy/proto';
-import { clientChannelOptions, insecureCredentials, silentLogger, startGrpcServer, unaryCall, type GrpcServer } from '@understudy/runtime';
+import { AdsmServiceClient, Role, type Member } from '@understudy/proto';
+import { clientChannelOptions, insecureCredentials, silentLogger, unaryCall } from '@understudy/runtime';
 import { decodeJson, encodeJson, startCopy, type CopyHandle } from '../src/index';
 import { DedupeTable } from '../src/dedupe';
 import { InvalidArgumentError, NotFoundError } from '@understudy/runtime';
-import { streamBatchMetadata } from '../src/stream-batch';
 import { counterApp } from '../../../examples/counter/src/counter';
 import { membersOf } from './members';
+import { StandInStandby } from './stand-in-standby';
 import { waitFor } from '../../../test/harness/wait';
 
 const APP = 'counter';
 const MESSAGES = 1500;
-
-/** A standby stand-in that records snapshots and older dedupe parts; applies nothing. */
-class RecordingStandby {
-  server!: GrpcServer;
-  readonly incarnation = 5;
-  readonly snapshots: InstallSnapshotRequest[] = [];
-  readonly olderParts: AddOlderDedupeRequest[] = [];
-
-  constructor(
-    readonly copyId: string,
-    private readonly announceSplit: boolean,
-  ) {}
-
-  get address(): string {
-    return `127.0.0.1:${this.server.port}`;
-  }
-
-  async start(): Promise<void> {
-    const applied = (r: ReplicateRequest): { appliedSeq: number } => ({ appliedSeq: Math.max(0, ...r.entries.map((e) => e.seq)) });
-    const impl = {
-      installSnapshot: (call: grpc.ServerUnaryCall<InstallSnapshotRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => {
-        this.snapshots.push(call.request);
-        cb(null, { appliedSeq: call.request.seq });
-      },
-      addOlderDedupe: (call: grpc.ServerUnaryCall<AddOlderDedupeRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => {
-        this.olderParts.push(call.request);
-        cb(null, { taken: true });
-      },
-      replicate: (call: grpc.ServerUnaryCall<ReplicateRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => cb(null, applied(call.request)),
-      replicateStream: (call: grpc.ServerDuplexStream<ReplicateStreamRequest, ReplicateStreamResponse>) => {
-        const headers = streamBatchMetadata();
-        if (this.announceSplit) headers.set('understudy-snapshot-split', '1');
-        call.sendMetadata(headers);
-        call.on('data', (m: ReplicateStreamRequest) => {
-          for (const x of [m, ...m.more]) call.write({ correlationId: x.correlationId, response: applied(x.request!), statusCode: 0, statusMessage: '', statusMetadata: {}, more: [] });
-        });
-        call.on('end', () => call.end());
-        call.on('error', () => undefined);
-      },
-    };
-    this.server = await startGrpcServer({ address: '127.0.0.1:0', services: [{ definition: AdsmServiceService, implementation: impl as never }], logger: silentLogger() });
-  }
-}
 
 const count = (packed: Uint8Array): number => (packed.length < 4 ? 0 : Buffer.from(packed.buffer, packed.byteOffset, packed.byteLength).readUInt32LE(0));
 
@@ -113,7 +59,7 @@ describe('SNAPSHOT_SPLIT', () => {
   };
 
   test('a standby that announced it gets the newest ids with the state, the older ones after', async () => {
-    const standby = new RecordingStandby('rec-split', true);
+    const standby = new StandInStandby({ copyId: 'rec-split', incarnation: 5, splitSnapshots: true });
     await standby.start();
     stops.push(() => standby.server.shutdown(100));
     const { cl, me, withStandby } = await prepare('split-a', standby);
@@ -130,7 +76,7 @@ describe('SNAPSHOT_SPLIT', () => {
   });
 
   test('a standby that did not announce it (an older version) gets the whole table in the snapshot', async () => {
-    const standby = new RecordingStandby('rec-whole', false);
+    const standby = new StandInStandby({ copyId: 'rec-whole', incarnation: 5, splitSnapshots: false });
     await standby.start();
     stops.push(() => standby.server.shutdown(100));
     const { cl, me, withStandby } = await prepare('split-b', standby);

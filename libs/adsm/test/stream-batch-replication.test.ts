@@ -7,61 +7,16 @@
  */
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as grpc from '@grpc/grpc-js';
-import {
-  AdsmServiceClient,
-  AdsmServiceService,
-  Role,
-  type DeliverStreamResponse,
-  type InstallSnapshotRequest,
-  type ReplicateRequest,
-  type ReplicateStreamRequest,
-  type ReplicateStreamResponse,
-} from '@understudy/proto';
-import { clientChannelOptions, insecureCredentials, silentLogger, startGrpcServer, unaryCall, type GrpcServer } from '@understudy/runtime';
+import { AdsmServiceClient, Role, type DeliverStreamResponse } from '@understudy/proto';
+import { clientChannelOptions, insecureCredentials, silentLogger, unaryCall } from '@understudy/runtime';
 import { encodeJson, startCopy, type CopyHandle } from '../src/index';
-import { streamBatchMetadata, takesBatches } from '../src/stream-batch';
+import { streamBatchMetadata } from '../src/stream-batch';
 import { counterApp } from '../../../examples/counter/src/counter';
 import { membersOf } from './members';
+import { StandInStandby } from './stand-in-standby';
 
 const APP = 'counter';
 const RS = [0, 1, 2, 3];
-
-/** A standby stand-in: applies nothing, acknowledges every sequence number it is sent. */
-class FakeStandby {
-  readonly messages: ReplicateStreamRequest[] = [];
-  clientTakesBatches = false;
-  server!: GrpcServer;
-  readonly copyId = 'fake';
-  readonly incarnation = 7;
-
-  constructor(private readonly announce: boolean) {}
-
-  get address(): string {
-    return `127.0.0.1:${this.server.port}`;
-  }
-
-  async start(): Promise<void> {
-    const applied = (r: ReplicateRequest): { appliedSeq: number } => ({ appliedSeq: Math.max(0, ...r.entries.map((e) => e.seq)) });
-    const impl = {
-      installSnapshot: (call: grpc.ServerUnaryCall<InstallSnapshotRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => cb(null, { appliedSeq: call.request.seq }),
-      replicate: (call: grpc.ServerUnaryCall<ReplicateRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => cb(null, applied(call.request)),
-      replicateStream: (call: grpc.ServerDuplexStream<ReplicateStreamRequest, ReplicateStreamResponse>) => {
-        this.clientTakesBatches = takesBatches(call.metadata);
-        if (this.announce) call.sendMetadata(streamBatchMetadata());
-        call.on('data', (m: ReplicateStreamRequest) => {
-          this.messages.push(m);
-          const answers = [m, ...m.more].map((x) => ({ correlationId: x.correlationId, response: applied(x.request!), statusCode: 0, statusMessage: '', statusMetadata: {}, more: [] }));
-          if (this.announce && this.clientTakesBatches) call.write({ ...answers[0]!, more: answers.slice(1) });
-          else for (const a of answers) call.write(a);
-        });
-        call.on('end', () => call.end());
-        call.on('error', () => undefined);
-      },
-    };
-    this.server = await startGrpcServer({ address: '127.0.0.1:0', services: [{ definition: AdsmServiceService, implementation: impl as never }], logger: silentLogger() });
-  }
-}
 
 describe('ReplicateStream STREAM_BATCH', () => {
   const stops: (() => Promise<void>)[] = [];
@@ -70,7 +25,7 @@ describe('ReplicateStream STREAM_BATCH', () => {
   });
 
   /** An active copy for RS 0..3 with `standby` as their only standby; returns a deliver-4-in-one-turn helper. */
-  const setUp = async (standby: FakeStandby, id: string): Promise<{ active: CopyHandle; deliverAll: (round: number) => Promise<DeliverStreamResponse[]> }> => {
+  const setUp = async (standby: StandInStandby, id: string): Promise<{ active: CopyHandle; deliverAll: (round: number) => Promise<DeliverStreamResponse[]> }> => {
     await standby.start();
     stops.push(() => standby.server.shutdown(100));
     const incarnation = Date.now();
@@ -102,7 +57,7 @@ describe('ReplicateStream STREAM_BATCH', () => {
   };
 
   test('a standby that announced batching gets the batches of one turn in one message', async () => {
-    const standby = new FakeStandby(true);
+    const standby = new StandInStandby({ copyId: 'fake', batching: true });
     const { deliverAll } = await setUp(standby, 'batch-a');
     // First round: snapshots to the new standby, then the stream opens and its headers arrive.
     for (const round of [0, 1, 2]) {
@@ -116,7 +71,7 @@ describe('ReplicateStream STREAM_BATCH', () => {
   });
 
   test('a standby that did not announce it (an older version) gets one request per message', async () => {
-    const standby = new FakeStandby(false);
+    const standby = new StandInStandby({ copyId: 'fake', batching: false });
     const { deliverAll } = await setUp(standby, 'batch-b');
     for (const round of [0, 1, 2]) {
       const answers = await deliverAll(round);
