@@ -1910,14 +1910,12 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         }),
       );
       if (slot.role !== 'ACTIVE' || slot.epoch !== epoch) return;
-      let best: { from: string; r: FetchStateResponse } | undefined;
-      for (const a of answers) {
-        if (!a || !a.r.hasState) continue;
-        if (!best || a.r.stateEpoch > best.r.stateEpoch || (a.r.stateEpoch === best.r.stateEpoch && a.r.seq > best.r.seq)) best = a;
-      }
+      const held = answers.filter((a): a is { from: string; r: FetchStateResponse } => a !== undefined && a.r.hasState);
+      const best = newestState(held);
       if (best) {
         const snap = decodeJson(best.r.state);
         const dedupe = snapshotDedupe(best.r, `state of ${this.appName}/${slot.rs} from ${best.from}`, this.o.dedupeWindow);
+        if (best.r.dedupePartial) this.fillOlderDedupe(slot.rs, dedupe, best, held, log);
         slot.state = this.handler.restore ? this.handler.restore(snap) : (snap as S);
         slot.seq = best.r.seq;
         slot.dedupe = dedupe;
@@ -1944,13 +1942,31 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     }
   }
 
+  /**
+   * The newest state held has only the newest part of its dedupe table (SNAPSHOT_SPLIT, its
+   * older part not landed): take the older ids from the most recent complete table of the same
+   * epoch (a prefix of the same history, so what it has and `dedupe` lacks is older than
+   * `dedupe`'s first id). Without one, a retry of an older message would run again: logged.
+   */
+  private fillOlderDedupe(rs: number, dedupe: DedupeTable, best: { from: string; r: FetchStateResponse }, held: readonly { from: string; r: FetchStateResponse }[], log: Logger): void {
+    const complete = newestState(held.filter((a) => !a.r.dedupePartial && a.r.stateEpoch === best.r.stateEpoch));
+    if (!complete) {
+      log.warn({ from: best.from, idsRemembered: dedupe.size }, 'the newest state held has only the newest dedupe ids and no member holds the rest: a retry of an older message would run again');
+      return;
+    }
+    const { added, joined } = dedupe.prependMissingFrom(snapshotDedupe(complete.r, `state of ${this.appName}/${rs} from ${complete.from}`, this.o.dedupeWindow));
+    const fields = { from: best.from, olderFrom: complete.from, olderSeq: complete.r.seq, added };
+    if (joined) log.info(fields, 'the newest state had only the newest dedupe ids: the older ones taken from a complete table');
+    else log.warn(fields, 'the newest state had only the newest dedupe ids; the complete table ends before them, so the ids in between are known to neither: a retry of one would run again');
+  }
+
   /** Hand this copy's state of an RS to a newly activated member (see `recoverState`). */
   private onFetchState(req: FetchStateRequest): FetchStateResponse {
     if (req.app !== this.appName) throw new NotFoundError(`application ${JSON.stringify(req.app)} is not served by this copy`);
     if (!(req.epoch > 0)) throw new InvalidArgumentError('epoch must be > 0 (the requester\'s new epoch for the RS)');
     if (!req.copyId) throw new InvalidArgumentError('copy_id is required (who is fetching the state)');
     const slot = this.slots.get(req.rs);
-    if (!slot || !slot.hasState || slot.recovering !== null) return { hasState: false, stateEpoch: 0, seq: 0, state: Buffer.alloc(0), dedupe: [], dedupePacked: Buffer.alloc(0), outbox: [] };
+    if (!slot || !slot.hasState || slot.recovering !== null) return { hasState: false, stateEpoch: 0, seq: 0, state: Buffer.alloc(0), dedupe: [], dedupePacked: Buffer.alloc(0), outbox: [], dedupePartial: false };
     if (req.epoch <= slot.epoch && slot.role === 'ACTIVE') {
       throw new FailedPreconditionError(`copy ${this.copyId} is the ACTIVE of ${req.app}/${req.rs} at epoch ${slot.epoch}; epoch ${req.epoch} is not newer`);
     }
@@ -1972,6 +1988,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
       dedupe: [],
       dedupePacked: slot.dedupe.pack(),
       outbox: slot.outbox.list(),
+      dedupePartial: slot.olderDedupeFor !== undefined,
     };
   }
 
@@ -2210,6 +2227,24 @@ function snapshotDedupe(m: { readonly dedupe: readonly UpdateEntry[]; readonly d
     throw new InvalidArgumentError(`${what}: dedupe table: ${(e as Error).message}`);
   }
   return out;
+}
+
+/**
+ * The most recent of the states members answered with (highest state epoch, then sequence); of
+ * equals, one whose dedupe table is complete (SNAPSHOT_SPLIT: `dedupe_partial` not set).
+ */
+function newestState<T extends { r: FetchStateResponse }>(held: readonly T[]): T | undefined {
+  let best: T | undefined;
+  for (const a of held) {
+    if (
+      !best ||
+      a.r.stateEpoch > best.r.stateEpoch ||
+      (a.r.stateEpoch === best.r.stateEpoch && (a.r.seq > best.r.seq || (a.r.seq === best.r.seq && best.r.dedupePartial && !a.r.dedupePartial)))
+    ) {
+      best = a;
+    }
+  }
+  return best;
 }
 
 /** `update` of an outbox housekeeping entry: no state update. */

@@ -196,6 +196,24 @@ export class DedupeTable {
     while (this.count > this.window) this.dropOldest();
   }
 
+  /**
+   * Put the entries of `other` that this table does not hold in front of it, in `other`'s
+   * order, as older than every entry held. For a table that holds only the newest ids of a
+   * history (a split snapshot's first part) and a complete table of an earlier point of the SAME
+   * history (same epoch): what it lacks is what is older than its first entry. `joined`: the
+   * newest id of `other` is held here, so no ids between the two can be missing (false: `other`
+   * ends before this table's first id, and the ids in between are known to neither). Beyond the
+   * window the oldest are dropped. Allocates: a recovery path, not a hot one.
+   */
+  prependMissingFrom(other: DedupeTable): { added: number; joined: boolean } {
+    const all = other.entries();
+    const missing = new DedupeTable(this.window);
+    for (const [id, reply] of all) if (this.get(id) === undefined) missing.set(id, reply);
+    const joined = all.length === 0 || this.get(all[all.length - 1]![0]) !== undefined;
+    this.prependPacked(missing.pack());
+    return { added: missing.size, joined };
+  }
+
   /** Entries oldest first, as pairs (allocates: for checkpoints and tests, not hot paths). */
   entries(): [string, Buffer][] {
     const out: [string, Buffer][] = [];

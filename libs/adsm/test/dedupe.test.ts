@@ -193,3 +193,35 @@ test('dedupe table: packSplit then load(newest) + prependPacked(older) rebuilds 
   d.prependPacked(Buffer.alloc(0));
   assert.deepEqual(d.entries(), before, 'an empty part is nothing to add');
 });
+
+test('dedupe table: prependMissingFrom fills a newest-only table from a complete one of an earlier point of the same history', () => {
+  const ids = Array.from({ length: 400 }, (_, i) => `h-${i}`);
+  const { newest } = filled(1000, ids).packSplit(800);
+  const partialOf = (window: number): DedupeTable => {
+    const t = new DedupeTable(window);
+    t.load(noEntries, newest);
+    return t;
+  };
+  const newestIds = partialOf(1000).entries().map(([id]) => id);
+  assert.ok(newestIds.length < 50 && newestIds[0] !== 'h-0', `the partial table holds only the newest ids (${newestIds.length})`);
+
+  // The complete table ends inside the newest part (a standby one batch behind): joined.
+  const complete = filled(1000, ids.slice(0, 390));
+  const partial = partialOf(1000);
+  assert.deepEqual(partial.prependMissingFrom(complete), { added: 400 - newestIds.length, joined: true }, 'every id it lacked, none it had');
+  assert.deepEqual(partial.entries().map(([id]) => id), ids, 'the whole history, oldest first');
+  assert.equal(partial.get('h-0')!.toString(), 'r:h-0');
+  assert.equal(partial.get('h-399')!.toString(), 'r:h-399');
+  assert.deepEqual(partial.prependMissingFrom(complete), { added: 0, joined: true }, 'nothing missing any more');
+
+  // The complete table ends before the newest part: the ids in between are known to neither.
+  const behind = partialOf(1000);
+  const gap = behind.prependMissingFrom(filled(1000, ids.slice(0, 300)));
+  assert.deepEqual(gap, { added: 300, joined: false });
+  assert.equal(behind.get('h-300'), undefined, 'h-300 is in neither table');
+
+  // The window still bounds the result: the prepended oldest go first.
+  const small = partialOf(100);
+  small.prependMissingFrom(complete);
+  assert.deepEqual(small.entries().map(([id]) => id), ids.slice(-100));
+});

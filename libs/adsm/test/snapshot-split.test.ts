@@ -2,7 +2,9 @@
  * SNAPSHOT_SPLIT (adsm.proto): a new standby that announced it gets the state with the newest
  * dedupe ids first and the older ids in AddOlderDedupe; one that did not (an older version) gets
  * the whole table in the snapshot. With real copies, a standby caught up that way and then
- * promoted recognises a retry of the OLDEST message id as a duplicate.
+ * promoted recognises a retry of the OLDEST message id as a duplicate. A copy activated without
+ * state, fetching it from a member still waiting for its older part and from one a batch behind
+ * with a complete table, takes the newest state and the older ids from the complete table.
  *
  * Setup in each case: RS 0 already has the standby (its replication stream, and so the standby's
  * headers, are open), RS 1 first runs alone with 1,500 messages (~100 KB of dedupe table, over the
@@ -135,5 +137,46 @@ describe('SNAPSHOT_SPLIT', () => {
     assert.equal(r.dedupeIds, 300);
     assert.equal((await unaryCall(cc.addOlderDedupe.bind(cc), part)).taken, true, 'nothing missing any more');
     assert.equal(c.roles().get(3)!.dedupeIds, 300, 'a repeated part adds nothing');
+  });
+
+  test('a copy activated without state takes the newest state and fills its older ids from a complete table of the same epoch', async () => {
+    const start = async (copyId: string, incarnation: number) => {
+      const h = await startCopy({ app: counterApp, copyId, incarnation, controllerAddresses: ['127.0.0.1:1'], logger: silentLogger(), heartbeatIntervalMs: 60_000 });
+      stops.push(() => h.stop());
+      return { h, cl: clientOf(h), m: { copyId, address: h.address, incarnation } };
+    };
+    const base = Date.now() + 10;
+    const partial = await start('split-fetch-p', base);
+    const complete = await start('split-fetch-f', base + 1);
+    const fresh = await start('split-fetch-n', base + 2);
+    // RS 5's history at epoch 4: 401 messages on an active that is gone now ('split-gone').
+    const gone = { copyId: 'split-gone', address: '127.0.0.1:1', incarnation: 9 };
+    const history = new DedupeTable(10_000);
+    for (let i = 0; i <= 400; i++) history.set(`f-${i}`, Buffer.from(encodeJson({ key: 'k5', value: i + 1 })));
+    const atEpoch4 = membersOf(gone, [partial.m, complete.m]);
+    await setRole(partial.cl, partial.m, 5, Role.ROLE_STANDBY, 4, 1, atEpoch4);
+    await setRole(complete.cl, complete.m, 5, Role.ROLE_STANDBY, 4, 1, atEpoch4);
+    const snap = { app: APP, rs: 5, epoch: 4, fromCopyId: gone.copyId, dedupe: [], outbox: [] };
+    // The partial member is at seq 401 with the newest ids only (its older part never came);
+    // the complete one is one batch behind, at seq 396 with the whole table up to there.
+    await unaryCall(partial.cl.installSnapshot.bind(partial.cl), { ...snap, seq: 401, state: encodeJson({ k5: 401 }), dedupePacked: history.packSplit(2000).newest, dedupeOlderFollows: true });
+    const upTo396 = new DedupeTable(10_000);
+    for (const [id, reply] of history.entries().slice(0, 396)) upTo396.set(id, reply);
+    await unaryCall(complete.cl.installSnapshot.bind(complete.cl), { ...snap, seq: 396, state: encodeJson({ k5: 396 }), dedupePacked: upTo396.pack(), dedupeOlderFollows: false });
+    assert.equal(partial.h.roles().get(5)!.olderDedupePending, true);
+    assert.ok(partial.h.roles().get(5)!.dedupeIds < 100, 'the partial member knows only the newest ids');
+
+    // A copy without state becomes the active at epoch 5 and fetches the state from both.
+    const atEpoch5 = membersOf(fresh.m, [partial.m, complete.m]);
+    await setRole(partial.cl, partial.m, 5, Role.ROLE_STANDBY, 5, 2, atEpoch5);
+    await setRole(complete.cl, complete.m, 5, Role.ROLE_STANDBY, 5, 2, atEpoch5);
+    assert.equal(partial.h.roles().get(5)!.olderDedupePending, true, 'still partial at the new epoch');
+    await setRole(fresh.cl, fresh.m, 5, Role.ROLE_ACTIVE, 5, 2, atEpoch5);
+    const oldest = await inc(fresh.cl, 5, 'f-0');
+    assert.equal(oldest.duplicate, true, 'a retry of the oldest message is recognised (its id came from the complete table)');
+    assert.equal(oldest.value, 1, 'and answered with its first reply');
+    const newest = await inc(fresh.cl, 5, 'f-400');
+    assert.deepEqual(newest, { value: 401, duplicate: true }, 'the newest message (known to the partial member only) too');
+    assert.equal((await inc(fresh.cl, 5, 'f-new')).value, 402, 'the newest state was taken, nothing applied twice');
   });
 });

@@ -253,7 +253,9 @@ export interface InstallSnapshotResponse {
  * and is reported caught up to the controller only then. Until they arrive, the standby
  * remembers only the newest ids: if it is promoted in that window (its active failed too), a
  * retry of an older message id could be applied again; it logs that. Without the split the
- * same double fault finds the standby with no state at all.
+ * same double fault finds the standby with no state at all. A copy activated without state
+ * (FetchState) that gets the newest state from such a standby fills the older ids from a
+ * complete table of the same epoch when another member has one (FetchStateResponse.dedupe_partial).
  * Only sent to a copy that announced it: the response headers of its ReplicateStream carry
  * `understudy-snapshot-split: 1`. Older copies never see a split snapshot.
  */
@@ -383,6 +385,12 @@ export interface FetchStateResponse {
   outbox: OutboxEntry[];
   /** The dedupe table packed (see InstallSnapshotRequest.dedupe_packed). */
   dedupePacked: Buffer;
+  /**
+   * SNAPSHOT_SPLIT: this copy holds only the newest part of the table (the older part of its
+   * snapshot has not landed). The fetching copy prefers a complete table of the same state, or
+   * fills the older ids from a complete one of the same epoch; an older copy never sets it.
+   */
+  dedupePartial: boolean;
 }
 
 /** One RS at the epoch the controller holds for it. */
@@ -4482,6 +4490,7 @@ function createBaseFetchStateResponse(): FetchStateResponse {
     dedupe: [],
     outbox: [],
     dedupePacked: Buffer.alloc(0),
+    dedupePartial: false,
   };
 }
 
@@ -4507,6 +4516,9 @@ export const FetchStateResponse: MessageFns<FetchStateResponse> = {
     }
     if (message.dedupePacked.length !== 0) {
       writer.uint32(58).bytes(message.dedupePacked);
+    }
+    if (message.dedupePartial !== false) {
+      writer.uint32(64).bool(message.dedupePartial);
     }
     return writer;
   },
@@ -4580,6 +4592,14 @@ export const FetchStateResponse: MessageFns<FetchStateResponse> = {
             message.dedupePacked = Buffer.from(reader.bytes());
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.dedupePartial = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4613,6 +4633,11 @@ export const FetchStateResponse: MessageFns<FetchStateResponse> = {
         : isSet(object.dedupe_packed)
         ? Buffer.from(bytesFromBase64(object.dedupe_packed))
         : Buffer.alloc(0),
+      dedupePartial: isSet(object.dedupePartial)
+        ? globalThis.Boolean(object.dedupePartial)
+        : isSet(object.dedupe_partial)
+        ? globalThis.Boolean(object.dedupe_partial)
+        : false,
     };
   },
 
@@ -4639,6 +4664,9 @@ export const FetchStateResponse: MessageFns<FetchStateResponse> = {
     if (message.dedupePacked.length !== 0) {
       obj.dedupePacked = base64FromBytes(message.dedupePacked);
     }
+    if (message.dedupePartial !== false) {
+      obj.dedupePartial = message.dedupePartial;
+    }
     return obj;
   },
 
@@ -4654,6 +4682,7 @@ export const FetchStateResponse: MessageFns<FetchStateResponse> = {
     message.dedupe = object.dedupe?.map((e) => UpdateEntry.fromPartial(e)) || [];
     message.outbox = object.outbox?.map((e) => OutboxEntry.fromPartial(e)) || [];
     message.dedupePacked = object.dedupePacked ?? Buffer.alloc(0);
+    message.dedupePartial = object.dedupePartial ?? false;
     return message;
   },
 };
