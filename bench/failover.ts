@@ -1,7 +1,11 @@
 /**
  * Failover benchmark (issue 3), real processes on 127.0.0.1: a controller (embedded store), two
  * fault managers and three counter copies (DISTRIBUTED_FAULT_TOLERANT, 1 active + 1 standby per
- * RS, 100 ms heartbeats, hang = 3 missed). One load worker per RS sends increments back to back.
+ * RS, 100 ms heartbeats, hang = 3 missed). One load worker per RS sends increments back to back
+ * (closed loop; RATE_PER_RS paces it). The faults start once WARM_ACKS increments were
+ * acknowledged (default: enough to fill every RS's dedupe table, as in a cluster that has run a
+ * while). `machine_busy_pct`: the whole machine's CPU over the fault runs; closed loop keeps this
+ * 2-core box ~95% busy, which sets the tail.
  *
  * Each run picks the copy with the most actives and either kills it (`kill -9`, CRASH_RUNS runs,
  * default 50) or stops it (`SIGSTOP`, HANG_RUNS runs, default 20), then measures
@@ -15,7 +19,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { CopyStatus, Role } from '@understudy/proto';
-import { keysPerRs, pct, PROCESSES, r1 } from './lib';
+import { keysPerRs, machineBusyPct, machineTicks, pct, PROCESSES, r1 } from './lib';
 import { startCounterCluster, type CounterCluster } from '../test/harness/cluster';
 import type { Proc } from '../test/harness/processes';
 import { waitFor } from '../test/harness/wait';
@@ -44,8 +48,18 @@ const DEDUPE_WINDOW = process.env.DEDUPE_WINDOW;
 const SNAPSHOT_BYTES_IN_FLIGHT = process.env.SNAPSHOT_BYTES_IN_FLIGHT;
 /** The copies' `--snapshot-split-dedupe-bytes` (default 64 KiB; 0: whole tables in snapshots). */
 const SNAPSHOT_SPLIT_DEDUPE_BYTES = process.env.SNAPSHOT_SPLIT_DEDUPE_BYTES;
-/** Increments per second per RS; 0 = closed loop (each worker sends the next as soon as the last is acknowledged). */
+/**
+ * Increments per second per RS after the warm-up; 0 = closed loop (each worker sends the next as
+ * soon as the last is acknowledged). A paced load measures the first acknowledgement only as
+ * finely as its interval: the first request after the new active is ready goes when it is due.
+ */
 const RATE_PER_RS = Number(process.env.RATE_PER_RS ?? 0);
+/**
+ * Acknowledged increments before the first fault, closed loop. Default: the dedupe window times
+ * the RS count, so every RS's table is full as in a cluster that has run for a while (a
+ * failover's snapshots then carry full tables, not the near-empty ones of a fresh cluster).
+ */
+const WARM_ACKS = Number(process.env.WARM_ACKS ?? Number(DEDUPE_WINDOW ?? 10_000) * RS);
 
 interface Ack {
   t: number;
@@ -63,6 +77,8 @@ class Load {
   dropped = 0;
   failures = 0;
   private running = true;
+  /** Sends at RATE_PER_RS once set (after the warm-up); closed loop before. */
+  paced = false;
   private readonly loops: Promise<void>[];
   constructor(
     private readonly cl: CounterCluster,
@@ -73,7 +89,7 @@ class Load {
   private async loop(key: string, rs: number): Promise<void> {
     let next = performance.now();
     while (this.running) {
-      if (RATE_PER_RS > 0) {
+      if (RATE_PER_RS > 0 && this.paced) {
         // Paced: one send per interval; a late loop starts over from now (no catch-up bursts).
         next = Math.max(next + 1000 / RATE_PER_RS, performance.now());
         const wait = next - performance.now();
@@ -212,8 +228,12 @@ async function main(): Promise<void> {
   const crash: { first: number; all: number }[] = [];
   const hang: { first: number; all: number }[] = [];
   const retired: Proc[] = [];
+  /** The whole machine's CPU over the fault runs (restarts and catch-ups included). */
+  let busyPct = NaN;
   try {
-    await waitFor(() => load.acks.length >= 100, { what: 'load running' });
+    await waitFor(() => load.dropped + load.acks.length >= Math.max(100, WARM_ACKS), { what: `${WARM_ACKS} increments acknowledged (warm-up)`, timeoutMs: 600_000, intervalMs: 50 });
+    load.paced = true;
+    const ticks0 = machineTicks();
     for (let i = 0; i < CRASH_RUNS + HANG_RUNS; i++) {
       const isHang = i >= CRASH_RUNS;
       const { victim, rs } = await activesOf(cl);
@@ -242,6 +262,7 @@ async function main(): Promise<void> {
       // After settling: the services' log lines have reached this process by then.
       console.log(`  ${isHang ? 'hang ' : 'crash'} ${i + 1}/${CRASH_RUNS + HANG_RUNS}: ${victim} (${rs.length} RS active) first ${m.first.toFixed(1)} ms, all ${m.all.toFixed(1)} ms${phases(cl, victim, wall0)}`);
     }
+    busyPct = machineBusyPct(ticks0, machineTicks());
   } finally {
     await load.stop();
   }
@@ -271,6 +292,9 @@ async function main(): Promise<void> {
       hang_max_ms: r1(Math.max(...f(hang))),
       crash_all_p99_ms: r1(pct(a(crash), 99)),
       hang_all_p99_ms: r1(pct(a(hang), 99)),
+      rate_per_rs: RATE_PER_RS,
+      warm_acks: WARM_ACKS,
+      machine_busy_pct: Math.round(busyPct),
       heartbeat_ms: HEARTBEAT_MS,
       missed_heartbeats: MISSED,
       dedupe_window: Number(DEDUPE_WINDOW ?? 10_000),
