@@ -1910,12 +1910,23 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         }),
       );
       if (slot.role !== 'ACTIVE' || slot.epoch !== epoch) return;
-      const held = answers.filter((a): a is { from: string; r: FetchStateResponse } => a !== undefined && a.r.hasState);
+      // A member whose state or table does not decode counts as one that could not be reached
+      // (bad input from a peer must not take this copy down).
+      const held: Fetched[] = [];
+      let undecodable = 0;
+      for (const a of answers) {
+        if (!a || !a.r.hasState) continue;
+        try {
+          held.push({ ...a, snap: decodeJson(a.r.state), dedupe: snapshotDedupe(a.r, `state of ${this.appName}/${slot.rs} from ${a.from}`, this.o.dedupeWindow) });
+        } catch (e) {
+          undecodable++;
+          log.warn({ from: a.from, err: ensureError(e).message }, 'a member answered with a state that does not decode: not used');
+        }
+      }
       const best = newestState(held);
       if (best) {
-        const snap = decodeJson(best.r.state);
-        const dedupe = snapshotDedupe(best.r, `state of ${this.appName}/${slot.rs} from ${best.from}`, this.o.dedupeWindow);
-        if (best.r.dedupePartial) this.fillOlderDedupe(slot.rs, dedupe, best, held, log);
+        const { snap, dedupe } = best;
+        if (best.r.dedupePartial) this.fillOlderDedupe(dedupe, best, held, log);
         slot.state = this.handler.restore ? this.handler.restore(snap) : (snap as S);
         slot.seq = best.r.seq;
         slot.dedupe = dedupe;
@@ -1925,7 +1936,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
         log.info({ from: best.from, stateEpoch: best.r.stateEpoch, seq: best.r.seq }, 'activated without state: fetched it from a member');
         return;
       }
-      const allAnswered = answers.every((a) => a !== undefined);
+      const allAnswered = undecodable === 0 && answers.every((a) => a !== undefined);
       if ((allAnswered || Date.now() >= deadline) && this.checkpoints) {
         await this.restoreFromCheckpoint(slot, epoch, log);
         return;
@@ -1948,13 +1959,13 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
    * epoch (a prefix of the same history, so what it has and `dedupe` lacks is older than
    * `dedupe`'s first id). Without one, a retry of an older message would run again: logged.
    */
-  private fillOlderDedupe(rs: number, dedupe: DedupeTable, best: { from: string; r: FetchStateResponse }, held: readonly { from: string; r: FetchStateResponse }[], log: Logger): void {
+  private fillOlderDedupe(dedupe: DedupeTable, best: Fetched, held: readonly Fetched[], log: Logger): void {
     const complete = newestState(held.filter((a) => !a.r.dedupePartial && a.r.stateEpoch === best.r.stateEpoch));
     if (!complete) {
       log.warn({ from: best.from, idsRemembered: dedupe.size }, 'the newest state held has only the newest dedupe ids and no member holds the rest: a retry of an older message would run again');
       return;
     }
-    const { added, joined } = dedupe.prependMissingFrom(snapshotDedupe(complete.r, `state of ${this.appName}/${rs} from ${complete.from}`, this.o.dedupeWindow));
+    const { added, joined } = dedupe.prependMissingFrom(complete.dedupe);
     const fields = { from: best.from, olderFrom: complete.from, olderSeq: complete.r.seq, added };
     if (joined) log.info(fields, 'the newest state had only the newest dedupe ids: the older ones taken from a complete table');
     else log.warn(fields, 'the newest state had only the newest dedupe ids; the complete table ends before them, so the ids in between are known to neither: a retry of one would run again');
@@ -2229,11 +2240,19 @@ function snapshotDedupe(m: { readonly dedupe: readonly UpdateEntry[]; readonly d
   return out;
 }
 
+/** A member's FetchState answer with its state and dedupe table decoded. */
+interface Fetched {
+  readonly from: string;
+  readonly r: FetchStateResponse;
+  readonly snap: unknown;
+  readonly dedupe: DedupeTable;
+}
+
 /**
  * The most recent of the states members answered with (highest state epoch, then sequence); of
  * equals, one whose dedupe table is complete (SNAPSHOT_SPLIT: `dedupe_partial` not set).
  */
-function newestState<T extends { r: FetchStateResponse }>(held: readonly T[]): T | undefined {
+function newestState<T extends { readonly r: FetchStateResponse }>(held: readonly T[]): T | undefined {
   let best: T | undefined;
   for (const a of held) {
     if (

@@ -4,7 +4,8 @@
  * the whole table in the snapshot. With real copies, a standby caught up that way and then
  * promoted recognises a retry of the OLDEST message id as a duplicate. A copy activated without
  * state, fetching it from a member still waiting for its older part and from one a batch behind
- * with a complete table, takes the newest state and the older ids from the complete table.
+ * with a complete table, takes the newest state and the older ids from the complete table; a
+ * member whose answer does not decode is passed over (before, it took the fetching copy down).
  *
  * Setup in each case: RS 0 already has the standby (its replication stream, and so the standby's
  * headers, are open), RS 1 first runs alone with 1,500 messages (~100 KB of dedupe table, over the
@@ -19,7 +20,7 @@ import { DedupeTable } from '../src/dedupe';
 import { InvalidArgumentError, NotFoundError } from '@understudy/runtime';
 import { counterApp } from '../../../examples/counter/src/counter';
 import { membersOf } from './members';
-import { StandInStandby } from './stand-in-standby';
+import { StandInStandby, type StandInOptions } from './stand-in-standby';
 import { waitFor } from '../../../test/harness/wait';
 
 const APP = 'counter';
@@ -33,6 +34,12 @@ describe('SNAPSHOT_SPLIT', () => {
     for (const s of stops.reverse()) await s();
   });
 
+  const startStandIn = async (o: StandInOptions): Promise<StandInStandby> => {
+    const s = new StandInStandby(o);
+    await s.start();
+    stops.push(() => s.server.shutdown(100));
+    return s;
+  };
   const clientOf = (c: { address: string }): AdsmServiceClient => {
     const cl = new AdsmServiceClient(c.address, insecureCredentials(), clientChannelOptions());
     stops.push(async () => cl.close());
@@ -61,9 +68,7 @@ describe('SNAPSHOT_SPLIT', () => {
   };
 
   test('a standby that announced it gets the newest ids with the state, the older ones after', async () => {
-    const standby = new StandInStandby({ copyId: 'rec-split', incarnation: 5, splitSnapshots: true });
-    await standby.start();
-    stops.push(() => standby.server.shutdown(100));
+    const standby = await startStandIn({ copyId: 'rec-split', incarnation: 5, splitSnapshots: true });
     const { cl, me, withStandby } = await prepare('split-a', standby);
     await setRole(cl, me, 1, Role.ROLE_ACTIVE, 1, 2, withStandby);
     assert.equal((await inc(cl, 1, 'split-a-after')).value, MESSAGES + 1, 'commits with the new standby');
@@ -78,9 +83,7 @@ describe('SNAPSHOT_SPLIT', () => {
   });
 
   test('a standby that did not announce it (an older version) gets the whole table in the snapshot', async () => {
-    const standby = new StandInStandby({ copyId: 'rec-whole', incarnation: 5, splitSnapshots: false });
-    await standby.start();
-    stops.push(() => standby.server.shutdown(100));
+    const standby = await startStandIn({ copyId: 'rec-whole', incarnation: 5, splitSnapshots: false });
     const { cl, me, withStandby } = await prepare('split-b', standby);
     await setRole(cl, me, 1, Role.ROLE_ACTIVE, 1, 2, withStandby);
     assert.equal((await inc(cl, 1, 'split-b-after')).value, MESSAGES + 1);
@@ -178,5 +181,31 @@ describe('SNAPSHOT_SPLIT', () => {
     const newest = await inc(fresh.cl, 5, 'f-400');
     assert.deepEqual(newest, { value: 401, duplicate: true }, 'the newest message (known to the partial member only) too');
     assert.equal((await inc(fresh.cl, 5, 'f-new')).value, 402, 'the newest state was taken, nothing applied twice');
+  });
+
+  test('a member answering FetchState with a state that does not decode is passed over; the copy stays up', async () => {
+    const incarnation = Date.now() + 20;
+    const good = await startCopy({ app: counterApp, copyId: 'fetch-good', incarnation, controllerAddresses: ['127.0.0.1:1'], logger: silentLogger(), heartbeatIntervalMs: 60_000 });
+    stops.push(() => good.stop());
+    const goodCl = clientOf(good);
+    const goodM = { copyId: good.copyId, address: good.address, incarnation };
+    // Claims a newer state (seq 50) whose dedupe blob is truncated.
+    const bad = await startStandIn({ copyId: 'fetch-bad', fetchState: { hasState: true, stateEpoch: 5, seq: 50, state: encodeJson({ k6: 50 }), dedupe: [], dedupePacked: Buffer.from([9, 0, 0, 0, 1]), outbox: [], dedupePartial: false } });
+    const fresh = await startCopy({ app: counterApp, copyId: 'fetch-fresh', incarnation: incarnation + 1, controllerAddresses: ['127.0.0.1:1'], logger: silentLogger(), heartbeatIntervalMs: 60_000 });
+    stops.push(() => fresh.stop());
+    const freshCl = clientOf(fresh);
+    const freshM = { copyId: fresh.copyId, address: fresh.address, incarnation: incarnation + 1 };
+    const gone = { copyId: 'fetch-gone', address: '127.0.0.1:1', incarnation: 9 };
+    await setRole(goodCl, goodM, 6, Role.ROLE_STANDBY, 4, 1, membersOf(gone, [goodM]));
+    const table = new DedupeTable(10_000);
+    for (let i = 0; i < 10; i++) table.set(`g-${i}`, Buffer.from(encodeJson({ key: 'k6', value: i + 1 })));
+    await unaryCall(goodCl.installSnapshot.bind(goodCl), { app: APP, rs: 6, epoch: 4, fromCopyId: gone.copyId, seq: 10, state: encodeJson({ k6: 10 }), dedupe: [], outbox: [], dedupePacked: table.pack(), dedupeOlderFollows: false });
+    const badM = { copyId: bad.copyId, address: bad.address, incarnation: bad.incarnation };
+    const atEpoch5 = membersOf(freshM, [goodM, badM]);
+    await setRole(goodCl, goodM, 6, Role.ROLE_STANDBY, 5, 2, atEpoch5);
+    await setRole(freshCl, freshM, 6, Role.ROLE_ACTIVE, 5, 2, atEpoch5);
+    assert.deepEqual(await inc(freshCl, 6, 'g-9'), { value: 10, duplicate: true }, 'the state and table of the member that decodes');
+    assert.ok(bad.fetchStateCalls > 0, 'the undecodable member was asked');
+    assert.equal((await inc(freshCl, 6, 'g-new')).value, 11);
   });
 });

@@ -2,13 +2,15 @@
  * Test helper: a stand-in for a standby copy, a real grpc-js AdsmService on 127.0.0.1 that
  * records what an active sends it (ReplicateStream messages, snapshots, older dedupe parts) and
  * applies nothing: every Replicate is acknowledged at its highest sequence number, every snapshot
- * at its seq. What it announces in its ReplicateStream response headers is configurable, to play
+ * at its seq; a FetchState gets the configured answer. What it announces in its ReplicateStream response headers is configurable, to play
  * a current or an older version of the copy.
  */
 import * as grpc from '@grpc/grpc-js';
 import {
   AdsmServiceService,
   type AddOlderDedupeRequest,
+  type FetchStateRequest,
+  type FetchStateResponse,
   type InstallSnapshotRequest,
   type ReplicateRequest,
   type ReplicateStreamRequest,
@@ -28,6 +30,8 @@ export interface StandInOptions {
   readonly splitSnapshots?: boolean;
   /** Hold each InstallSnapshot answer this long (a slow peer, so snapshots sent together overlap). @default 0 */
   readonly snapshotDelayMs?: number;
+  /** The answer to every FetchState (a member a copy activated without state asks). @default unimplemented */
+  readonly fetchState?: FetchStateResponse;
 }
 
 /** See the module comment. */
@@ -39,6 +43,8 @@ export class StandInStandby {
   readonly messages: ReplicateStreamRequest[] = [];
   readonly snapshots: InstallSnapshotRequest[] = [];
   readonly olderParts: AddOlderDedupeRequest[] = [];
+  /** FetchState calls answered. */
+  fetchStateCalls = 0;
   /** Whether the last ReplicateStream's client asked for batched answers. */
   clientTakesBatches = false;
   /** InstallSnapshot calls open now, and the most ever open at once. */
@@ -73,6 +79,14 @@ export class StandInStandby {
         this.olderParts.push(call.request);
         cb(null, { taken: true });
       },
+      ...(this.o.fetchState
+        ? {
+            fetchState: (_call: grpc.ServerUnaryCall<FetchStateRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+              this.fetchStateCalls++;
+              cb(null, this.o.fetchState);
+            },
+          }
+        : {}),
       replicate: (call: grpc.ServerUnaryCall<ReplicateRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => cb(null, applied(call.request)),
       replicateStream: (call: grpc.ServerDuplexStream<ReplicateStreamRequest, ReplicateStreamResponse>) => {
         this.clientTakesBatches = takesBatches(call.metadata);
