@@ -1993,7 +1993,7 @@ class AdsmCopy<S, M, U, R, Q, QR> implements CopyHandle {
     }
     return {
       hasState: true,
-      stateEpoch: slot.epoch,
+      stateEpoch: slot.stateEpoch,
       seq: slot.seq,
       state: encodeJson(this.handler.snapshot ? this.handler.snapshot(slot.state) : slot.state),
       dedupe: [],

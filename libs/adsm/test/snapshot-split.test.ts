@@ -208,4 +208,31 @@ describe('SNAPSHOT_SPLIT', () => {
     assert.ok(bad.fetchStateCalls > 0, 'the undecodable member was asked');
     assert.equal((await inc(freshCl, 6, 'g-new')).value, 11);
   });
+
+  test('FetchState ranks by the epoch the state comes from, not the epoch a member was last told: a longer stale tail loses', async () => {
+    const base = Date.now() + 30;
+    const start = async (copyId: string, incarnation: number) => {
+      const h = await startCopy({ app: counterApp, copyId, incarnation, controllerAddresses: ['127.0.0.1:1'], logger: silentLogger(), heartbeatIntervalMs: 60_000 });
+      stops.push(() => h.stop());
+      return { h, cl: clientOf(h), m: { copyId, address: h.address, incarnation } };
+    };
+    const newer = await start('rank-newer', base);
+    const stale = await start('rank-stale', base + 1);
+    const fresh = await start('rank-fresh', base + 2);
+    const snap = (epoch: number, seq: number, from: string) => ({ app: APP, rs: 7, epoch, fromCopyId: from, seq, state: encodeJson({ k7: seq }), dedupe: [], outbox: [], dedupePacked: Buffer.alloc(0), dedupeOlderFollows: false });
+    // Epoch 3's active recorded up to seq 105 on `stale` and died before committing the tail;
+    // epoch 4's active started from seq 100 and got to 103 on `newer`.
+    const at3 = { copyId: 'rank-a3', address: '127.0.0.1:1', incarnation: 3 };
+    const at4 = { copyId: 'rank-a4', address: '127.0.0.1:1', incarnation: 4 };
+    await setRole(stale.cl, stale.m, 7, Role.ROLE_STANDBY, 3, 1, membersOf(at3, [stale.m]));
+    await unaryCall(stale.cl.installSnapshot.bind(stale.cl), snap(3, 105, at3.copyId));
+    await setRole(newer.cl, newer.m, 7, Role.ROLE_STANDBY, 4, 2, membersOf(at4, [newer.m]));
+    await unaryCall(newer.cl.installSnapshot.bind(newer.cl), snap(4, 103, at4.copyId));
+    // Both are told epoch 5, where a copy without state becomes the active.
+    const at5 = membersOf(fresh.m, [newer.m, stale.m]);
+    await setRole(newer.cl, newer.m, 7, Role.ROLE_STANDBY, 5, 3, at5);
+    await setRole(stale.cl, stale.m, 7, Role.ROLE_STANDBY, 5, 3, at5);
+    await setRole(fresh.cl, fresh.m, 7, Role.ROLE_ACTIVE, 5, 3, at5);
+    assert.equal((await inc(fresh.cl, 7, 'rank-next')).value, 104, "epoch 4's history (seq 103), not epoch 3's longer uncommitted tail (seq 105)");
+  });
 });

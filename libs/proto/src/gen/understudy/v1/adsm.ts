@@ -376,7 +376,12 @@ export interface FetchStateRequest {
 export interface FetchStateResponse {
   /** False when this copy holds no state for the RS. */
   hasState: boolean;
-  /** Epoch at which the state was last current on this copy. */
+  /**
+   * Epoch of the active whose history the state is from (the epoch it was synced at or served
+   * as active), not the epoch this copy was last told about: two members at the same
+   * (state_epoch, seq) hold the same state and the same history, and a newer state_epoch is a
+   * history that superseded the older one's uncommitted tail whatever its seq.
+   */
   stateEpoch: number;
   seq: number;
   state: Buffer;
