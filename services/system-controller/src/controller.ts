@@ -517,9 +517,9 @@ class ControllerNode implements ControllerHandle {
    * `MAX_QUEUED_SENDS` waiting, later ones fold into one full role set (see `RoleSendQueue`).
    */
   private sendRoles(c: SetRolesCommand): Promise<void> {
-    let q = this.sendQueues.get(c.copyId);
-    if (!q) {
-      const queue = new RoleSendQueue<SetRolesCommand>(
+    const queue =
+      this.sendQueues.get(c.copyId) ??
+      new RoleSendQueue<SetRolesCommand>(
         (cmd) => this.sendRolesNow(cmd),
         () => {
           const state = this.current;
@@ -527,10 +527,7 @@ class ControllerNode implements ControllerHandle {
         },
         MAX_QUEUED_SENDS,
       );
-      q = queue;
-      this.sendQueues.set(c.copyId, q);
-    }
-    const queue = q;
+    this.sendQueues.set(c.copyId, queue);
     return queue
       .push(c, (queued) => this.log.warn({ copy: c.copyId, queued }, 'SetRoles queue full (copy slow or hung); a full role set follows the queued ones'))
       .finally(() => {
